@@ -75,7 +75,9 @@ class ClassSet:
             )
             ignore = int(data.get("ignore_index", IGNORE_INDEX))
         except (KeyError, TypeError, ValueError) as err:
-            raise HdmapError(f"{source}: not a valid classes file ({err!r}); see docs/conventions.md") from None
+            raise HdmapError(
+                f"{source}: not a valid classes file ({err!r}); see docs/conventions.md"
+            ) from None
         try:
             return cls(classes, ignore)
         except HdmapError as err:

@@ -1,0 +1,44 @@
+"""Albumentations pipelines built from YAML lists of ``_target_`` entries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from hydra.utils import instantiate
+
+#: ImageNet statistics, as timm's Twins checkpoints were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def build_transform(steps: Sequence) -> A.Compose:
+    """Compose the configured augmentation ``steps`` (dicts with ``_target_`` or ready transforms),
+    then normalise and convert to tensors, which every pipeline needs."""
+    augment = [instantiate(s) if not isinstance(s, A.BasicTransform) else s for s in steps]
+    return A.Compose([*augment, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])
+
+
+def pad_collate(batch: list[dict], ignore_index: int) -> dict:
+    """Stack samples of different sizes: pad images with 0 and masks with ``ignore_index`` to the
+    largest size in the batch, so that padding never counts in loss or metrics."""
+    h = max(b["image"].shape[1] for b in batch)
+    w = max(b["image"].shape[2] for b in batch)
+    images = torch.zeros(len(batch), 3, h, w, dtype=batch[0]["image"].dtype)
+    masks = torch.full((len(batch), h, w), ignore_index, dtype=torch.long)
+    for i, b in enumerate(batch):
+        _, bh, bw = b["image"].shape
+        images[i, :, :bh, :bw] = b["image"]
+        masks[i, :bh, :bw] = b["mask"]
+    return {"image": images, "mask": masks, "name": [b["name"] for b in batch]}
+
+
+def denormalize(image: torch.Tensor) -> np.ndarray:
+    """``(3, H, W)`` normalised tensor -> ``(H, W, 3)`` uint8 RGB, for overlays."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    rgb = (image.detach().cpu().float() * std + mean).clamp(0, 1)
+    return (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

@@ -1,0 +1,47 @@
+"""Training from a composed Hydra config (the body of ``train.py``)."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from hdmap_seg.data.datamodule import RoadsDataModule
+
+log = logging.getLogger(__name__)
+
+
+def build(cfg: DictConfig) -> tuple[RoadsDataModule, L.LightningModule, L.Trainer]:
+    """Instantiate data, model, module and trainer; checks the data set before anything trains."""
+    # _convert_="all": plain lists and dicts, so checkpoints hold no OmegaConf objects and load with
+    # weights_only=True.
+    datamodule: RoadsDataModule = instantiate(cfg.data, _convert_="all")
+    datamodule.check()
+    model_config = OmegaConf.to_container(cfg.model, resolve=True)
+    module = instantiate(
+        cfg.module,
+        model=instantiate(model_config),
+        classes=datamodule.classes.to_dict(),
+        model_config=model_config,
+        _convert_="all",
+    )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return datamodule, module, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (resuming from ``cfg.ckpt_path`` if set) and return the final metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule, module, trainer = build(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if cfg.get("validate_best") and best and not trainer.fast_dev_run:
+        log.info("validating the best checkpoint %s", best)
+        (best_metrics,) = trainer.validate(module, datamodule=datamodule, ckpt_path=best, weights_only=True)
+        metrics.update({f"best/{k}": float(v) for k, v in best_metrics.items()})
+    return metrics

@@ -1,0 +1,113 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from hdmap_seg.data.classes import ROAD_CLASSES, ClassSet, load_classes
+from hdmap_seg.data.datamodule import RoadsDataModule
+from hdmap_seg.data.transforms import denormalize, pad_collate
+from hdmap_seg.errors import HdmapError
+
+CROP = [
+    {"_target_": "albumentations.RandomScale", "scale_limit": [-0.5, 1.0], "p": 1.0},
+    {
+        "_target_": "albumentations.RandomCrop",
+        "height": 32,
+        "width": 32,
+        "pad_if_needed": True,
+        "fill_mask": 255,
+    },
+    {"_target_": "albumentations.HorizontalFlip", "p": 0.5},
+]
+
+
+def make_dm(root, **kw):
+    return RoadsDataModule(root, num_classes=6, train_transforms=CROP, batch_size=3, num_workers=0, **kw)
+
+
+def test_classes_yaml_round_trip(toy_dataset):
+    classes = load_classes(toy_dataset / "classes.yaml")
+    assert classes == ROAD_CLASSES
+    assert classes.id_of("pole") == 4
+    assert tuple(classes.palette()[5]) == (220, 220, 0)
+    with pytest.raises(HdmapError, match="no class named 'tree'"):
+        classes.id_of("tree")
+
+
+def test_class_ids_must_be_contiguous():
+    with pytest.raises(HdmapError, match="0..1"):
+        ClassSet.from_dict(
+            {
+                "classes": [
+                    {"id": 0, "name": "a", "color": [0, 0, 0]},
+                    {"id": 2, "name": "b", "color": [1, 1, 1]},
+                ]
+            }
+        )
+
+
+def test_batches_have_crop_size_and_valid_labels(toy_dataset):
+    dm = make_dm(toy_dataset)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (3, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (3, 32, 32) and batch["mask"].dtype == torch.long
+    values = set(batch["mask"].unique().tolist())
+    assert values <= {0, 1, 2, 3, 4, 5, 255}
+    # Validation keeps the whole odd-sized frame.
+    val = next(iter(dm.val_dataloader()))
+    assert val["image"].shape[-2:] == (40, 56)
+
+
+def test_val_image_round_trips_through_normalisation(toy_dataset):
+    dm = make_dm(toy_dataset)
+    dm.setup("validate")
+    val = next(iter(dm.val_dataloader()))
+    rgb = denormalize(val["image"][0])
+    original = cv2.cvtColor(cv2.imread(str(toy_dataset / "images/val/0000.png")), cv2.COLOR_BGR2RGB)
+    assert np.abs(rgb.astype(int) - original.astype(int)).max() <= 1
+
+
+def test_pad_collate_pads_masks_with_ignore():
+    a = {"image": torch.ones(3, 4, 5), "mask": torch.zeros(4, 5, dtype=torch.long), "name": "a"}
+    b = {"image": torch.ones(3, 6, 3), "mask": torch.ones(6, 3, dtype=torch.long), "name": "b"}
+    batch = pad_collate([a, b], ignore_index=255)
+    assert batch["image"].shape == (2, 3, 6, 5)
+    assert (batch["mask"][0, 4:] == 255).all() and (batch["mask"][1, :, 3:] == 255).all()
+    assert (batch["image"][0, :, 4:] == 0).all()
+    assert batch["name"] == ["a", "b"]
+
+
+def test_missing_mask_names_the_file(toy_dataset):
+    (toy_dataset / "masks/train/0003.png").unlink()
+    with pytest.raises(HdmapError, match=r"masks/train/0003\.png: mask missing"):
+        make_dm(toy_dataset).check()
+
+
+def test_size_mismatch_names_the_file(toy_dataset):
+    cv2.imwrite(str(toy_dataset / "masks/val/0001.png"), np.zeros((39, 56), np.uint8))
+    with pytest.raises(
+        HdmapError, match=r"masks/val/0001\.png: mask is 56x39 but its image 0001\.png is 56x40"
+    ):
+        make_dm(toy_dataset).check()
+
+
+def test_labels_outside_the_classes_name_the_file_and_values(toy_dataset):
+    mask = cv2.imread(str(toy_dataset / "masks/train/0002.png"), cv2.IMREAD_UNCHANGED)
+    mask[0, 0], mask[1, 1] = 9, 17
+    cv2.imwrite(str(toy_dataset / "masks/train/0002.png"), mask)
+    with pytest.raises(HdmapError, match=r"0002\.png: label values \[9, 17\]"):
+        make_dm(toy_dataset).check()
+
+
+def test_empty_split(toy_dataset):
+    for p in (toy_dataset / "images/val").iterdir():
+        p.unlink()
+    with pytest.raises(HdmapError, match="split 'val' is empty"):
+        make_dm(toy_dataset).check()
+
+
+def test_class_count_must_match_the_config(toy_dataset):
+    dm = RoadsDataModule(toy_dataset, num_classes=11)
+    with pytest.raises(HdmapError, match="has 6 classes but the config says data.num_classes=11"):
+        dm.check()

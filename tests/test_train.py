@@ -1,0 +1,127 @@
+"""Training through Hydra: configs compose, the real command line runs, resuming continues."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_object
+from omegaconf import OmegaConf, open_dict
+
+from conftest import REPO_ROOT
+from hdmap_seg.training import train
+
+CONF = REPO_ROOT / "conf"
+
+
+def tiny_overrides(data_root: Path, out: Path) -> list[str]:
+    return [
+        f"data.root={data_root}",
+        "model=twins_svt_tiny",
+        "trainer=cpu",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.train_transforms.1.height=32",
+        "data.train_transforms.1.width=32",
+        "module.lr=1e-3",
+        "module.warmup_steps=2",
+        f"paths.log_dir={out}/logs",
+        f"hydra.run.dir={out}/run",
+        "trainer.log_every_n_steps=1",
+    ]
+
+
+def all_group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", all_group_options("model"))
+def test_every_model_config_composes_and_builds(model):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}"])
+    assert cfg.model._target_ == "hdmap_seg.models.Segmenter"
+    assert cfg.model.num_classes == cfg.data.num_classes
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"trainer={t}" for t in all_group_options("trainer")]
+    + [f"logger={t}" for t in all_group_options("logger")]
+    + [f"data={d}" for d in all_group_options("data")]
+    + [f"experiment={e}" for e in all_group_options("experiment")],
+)
+def test_every_config_group_composes(override, tmp_path):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[override])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)  # Hydra sets it inside a real run
+        cfg.paths.root_dir = str(REPO_ROOT)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    targets = [resolved[k]["_target_"] for k in ("data", "model", "module", "trainer")]
+    targets += [
+        c["_target_"] for group in ("callbacks", "logger") for c in (resolved[group] or {}).values() if c
+    ]
+    for target in targets:
+        assert callable(get_object(target)), target
+
+
+def run_train_cli(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
+
+
+@pytest.mark.slow
+def test_fast_dev_run_through_the_command_line(toy_dataset, tmp_path):
+    proc = run_train_cli(*tiny_overrides(toy_dataset, tmp_path), "trainer.fast_dev_run=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "val/mIoU" in proc.stdout + proc.stderr
+
+
+def test_bad_data_set_exits_2_with_one_line_and_no_traceback(toy_dataset, tmp_path):
+    (toy_dataset / "masks/train/0001.png").unlink()
+    proc = run_train_cli(*tiny_overrides(toy_dataset, tmp_path), "trainer.fast_dev_run=1")
+    assert proc.returncode == 2
+    assert "masks/train/0001.png: mask missing" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def compose_tiny(data_root: Path, out: Path, *extra: str):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*tiny_overrides(data_root, out), *extra], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out / "run")
+    HydraConfig.instance().set_config(cfg)
+    del cfg["hydra"]
+    return cfg
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_checkpoint(toy_dataset, tmp_path):
+    cfg = compose_tiny(toy_dataset, tmp_path, "trainer.max_steps=3", "callbacks.progress_bar=null")
+    train(cfg)
+    last = tmp_path / "run/checkpoints/last.ckpt"
+    ckpt = torch.load(last, weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 3
+    assert (tmp_path / "run/learning_curve.png").stat().st_size > 0
+    assert (tmp_path / "run/csv/metrics.csv").is_file()
+
+    out2 = tmp_path / "second"
+    cfg2 = compose_tiny(
+        toy_dataset, out2, "trainer.max_steps=6", f"ckpt_path={last}", "callbacks.progress_bar=null"
+    )
+    train(cfg2)
+    resumed = torch.load(out2 / "run/checkpoints/last.ckpt", weights_only=True, map_location="cpu")
+    assert resumed["global_step"] == 6
+    # The schedule continued: the scheduler counted all six steps, not three.
+    (sched,) = resumed["lr_schedulers"]
+    assert sched["last_epoch"] == 6
