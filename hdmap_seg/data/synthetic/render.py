@@ -1,0 +1,620 @@
+"""Render a :class:`~hdmap_seg.data.synthetic.world.World` into an RGB frame and its label mask.
+
+How (all vectorized numpy/OpenCV, one core):
+
+- Ground: every pixel's ray is intersected with the plane ``z = 0``; the hit point's road
+  coordinates ``(s, d)`` come in closed form from the road's pieces
+  (:meth:`RoadGeometry.road_coords`), and the cross-section gives class and material.
+- Everything that stands up (poles, sign plates and posts, trees, buildings, cars) is a set of
+  planar polygons: projected, filled with ``cv2.fillPoly`` (sub-pixel), and z-tested per pixel
+  against a depth buffer whose depth is the exact plane depth at that pixel. Cylinders are
+  camera-facing quads, tree crowns camera-facing ellipses. So near objects hide far ones, and
+  everything hides the ground behind it.
+- Shadows: each object's shadow polygon on the ground, projected and filled; it darkens the
+  pixels whose visible surface is the ground.
+- Then light, haze, sky, and the camera's faults: blur, sensor noise, JPEG artefacts.
+
+Labels (docs/conventions.md): 0 background, 1 road, 2 lane_marking, 3 median, 4 pole, 5 sign.
+A pole's arm and lamp head are pole; a sign's own thin post is background (it is not a pole of
+the ground truth), a pole that carries a sign stays pole. Sign plates are sign from both sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from hdmap_seg.data.synthetic.camera import CameraRig
+from hdmap_seg.data.synthetic.world import Box, World
+from hdmap_seg.geo.frames import invert_transform
+
+BACKGROUND, ROAD, LANE_MARKING, MEDIAN, POLE, SIGN = 0, 1, 2, 3, 4, 5
+
+_NEAR_M = 0.3  # near clipping plane
+_MAX_GROUND_M = 400.0  # ground beyond this along the ray is left to the sky/haze
+_CULL_SMALL_M = 130.0  # poles, signs, trees and cars farther than this are not drawn
+_CULL_LARGE_M = 350.0
+_TEX = 512  # side of the tiling noise textures
+
+
+@dataclass
+class Frame:
+    """One rendered frame: ``rgb`` (H, W, 3) uint8, ``label`` (H, W) uint8 class ids,
+    ``depth_m`` (H, W) float32 z-depth in the camera (inf for sky)."""
+
+    rgb: np.ndarray
+    label: np.ndarray
+    depth_m: np.ndarray
+
+
+def _value_noise(rng: np.random.Generator, size: int, octaves: int = 5) -> np.ndarray:
+    """A tiling multi-octave noise texture in [-1, 1], ``(size, size)`` float32."""
+    out = np.zeros((size, size), np.float32)
+    amp, total = 1.0, 0.0
+    for o in range(octaves):
+        cells = 4 * 2**o
+        coarse = rng.standard_normal((cells, cells)).astype(np.float32)
+        # Tile-wrapped upsampling keeps the texture seamless.
+        big = cv2.resize(np.tile(coarse, (3, 3)), (3 * size, 3 * size), interpolation=cv2.INTER_CUBIC)
+        out += amp * big[size : 2 * size, size : 2 * size]
+        total += amp
+        amp *= 0.55
+    out /= total
+    return np.clip(out / (3 * out.std() + 1e-6), -1, 1)
+
+
+class Renderer:
+    """Renders worlds through one camera rig. Holds per-rig precomputed rays and textures.
+
+    ``render(world, T_world_from_imu, t_s, rng)`` is deterministic for a given ``rng`` state.
+    """
+
+    def __init__(self, rig: CameraRig):
+        self.rig = rig
+        H, W = rig.height, rig.width
+        K = rig.K
+        self.fx, self.fy, self.cx, self.cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+        u = (np.arange(W, dtype=np.float32) - self.cx) / self.fx
+        v = (np.arange(H, dtype=np.float32) - self.cy) / self.fy
+        self.ray_u = u  # x/z of each column's ray
+        self.ray_v = v  # y/z of each row's ray
+        rays = np.empty((H, W, 3), np.float32)
+        rays[..., 0] = u[None, :]
+        rays[..., 1] = v[:, None]
+        rays[..., 2] = 1.0
+        self.rays_cam = rays.reshape(-1, 3)
+        self.sky_shape = (max(W // 4, 2), max(H // 4, 2))
+        us = (np.linspace(0, W - 1, self.sky_shape[0], dtype=np.float32) - self.cx) / self.fx
+        vs = (np.linspace(0, H - 1, self.sky_shape[1], dtype=np.float32) - self.cy) / self.fy
+        self.rays_sky = np.stack(np.broadcast_arrays(us[None, :], vs[:, None], np.float32(1)), -1).reshape(
+            -1, 3
+        )
+        self.T_imu_from_cam = invert_transform(rig.T_cam_from_imu)
+        tex_rng = np.random.default_rng(12345)  # textures are fixed: part of the renderer, not the world
+        self.ground_tex = _value_noise(tex_rng, _TEX)
+        self.detail_tex = tex_rng.standard_normal((_TEX, _TEX)).astype(np.float32).clip(-2.5, 2.5) / 2.5
+        self.sensor_noise = tex_rng.standard_normal((H + 64, W + 64, 3)).astype(np.float32)
+
+    # ------------------------------------------------------------------------------- public
+
+    def render(
+        self,
+        world: World,
+        T_world_from_imu: np.ndarray,
+        t_s: float = 0.0,
+        rng: np.random.Generator | None = None,
+        degrade: bool = True,
+    ) -> Frame:
+        """Render one frame of ``world`` seen from the vehicle pose ``T_world_from_imu`` at time ``t_s``.
+
+        ``rng`` drives per-frame variation (exposure, blur, noise, JPEG quality); ``degrade=False``
+        returns the clean image (tests).
+        """
+        rng = rng if rng is not None else np.random.default_rng(0)
+        H, W = self.rig.height, self.rig.width
+        style = world.style
+        T_world_from_cam = T_world_from_imu @ self.T_imu_from_cam
+        self.R_wc = T_world_from_cam[:3, :3]
+        self.o = T_world_from_cam[:3, 3]
+        self.T_cam_from_world = invert_transform(T_world_from_cam)
+        sun = np.array(
+            [
+                np.cos(style.sun_elevation_rad) * np.cos(style.sun_azimuth_rad),
+                np.cos(style.sun_elevation_rad) * np.sin(style.sun_azimuth_rad),
+                np.sin(style.sun_elevation_rad),
+            ]
+        )
+        self.sun = sun
+        self.ambient = 0.55 + 0.3 * (1.0 - style.sun_strength)
+        self.direct = 0.55 * style.sun_strength
+
+        self.color = self._sky(world, self.R_wc).reshape(H * W, 3)
+        self.label = np.zeros(H * W, np.uint8)
+        self.zbuf = np.full(H * W, np.inf, np.float32)
+
+        rays_w = self.rays_cam @ self.R_wc.T.astype(np.float32)
+        is_ground = self._ground(world, rays_w)
+        self.color = self.color.reshape(H, W, 3)
+        self.label = self.label.reshape(H, W)
+        self.zbuf = self.zbuf.reshape(H, W)
+        self._ground_visible = is_ground.reshape(H, W).copy()  # objects clear it where they win
+        self._sky_mask = ~self._ground_visible
+
+        self._objects(world, t_s)
+
+        # Shadows fall on the pixels whose visible surface is still the ground.
+        light = np.ones((H, W), np.float32)
+        if style.sun_strength > 0.3 and style.sun_elevation_rad > 0.15:
+            light[self._shadows(world, t_s) & self._ground_visible] = 1.0 - 0.55 * style.sun_strength
+
+        # Haze towards the horizon colour with distance (not on the sky, whose depth is inf).
+        depth = self.zbuf
+        fog = np.exp(depth * np.float32(-1.0 / style.haze_m))
+        fog[self._sky_mask] = 1.0
+        horizon = np.asarray(style.sky_horizon, np.float32)
+        img = self.color * (fog * light)[..., None]
+        img += (1.0 - fog)[..., None] * horizon
+        gain = 255.0 * style.exposure * rng.uniform(0.9, 1.1) * rng.uniform(0.95, 1.05, 3)
+        rgb = cv2.convertScaleAbs(cv2.multiply(img, (*gain.tolist(), 0.0)))
+        if degrade:
+            rgb = self._degrade(rgb, rng)
+        return Frame(rgb, self.label.copy(), depth.copy())
+
+    # ------------------------------------------------------------------------------- ground
+
+    def _ground(self, world: World, rays_w: np.ndarray) -> np.ndarray:
+        """Shade the ground pixels; returns the flat mask of pixels that see the ground."""
+        style, sec = world.style, world.section
+        dz = rays_w[:, 2]
+        hit = dz < -self.o[2] / _MAX_GROUND_M  # the ray meets z = 0 within _MAX_GROUND_M of depth
+        idx = np.flatnonzero(hit)
+        t_hit = np.float32(-self.o[2]) / dz[idx]  # z-depth: the rays have z = 1 in the camera
+        gx = np.float32(self.o[0]) + t_hit * rays_w[idx, 0]
+        gy = np.float32(self.o[1]) + t_hit * rays_w[idx, 1]
+
+        s_cam, _ = world.road.road_coords(np.array([self.o[0]]), np.array([self.o[1]]))
+        pieces = world.road.pieces_near(float(s_cam[0]), 80.0, _MAX_GROUND_M + 80.0)
+        s, d = world.road.road_coords(gx, gy, pieces)
+        ad = np.abs(d)
+        hm, edge = sec.half_median_m, sec.road_edge_m
+        gap = world.in_median_gap(s)
+
+        label = np.zeros(idx.size, np.uint8)
+        inner = ad < hm
+        on_median = inner & ~gap
+        on_road = (~inner & (ad < edge)) | (inner & gap)
+        label[on_road] = ROAD
+        label[on_median] = MEDIAN
+        period = sec.dash_length_m + sec.dash_gap_m
+        half_w = 0.5 * sec.marking_width_m
+        near_line = on_road & (ad < edge)  # candidates, to keep the per-line tests small
+        cand = np.flatnonzero(near_line)
+        ad_c, s_c = ad[cand], s[cand]
+        for k, (c, style_name) in enumerate(sec.marking_lines()):
+            m = np.abs(ad_c - c) < half_w
+            if style_name == "dashed":
+                m &= np.mod(s_c, period) < sec.dash_length_m
+            if k == 0:  # the line along the median stops at its gaps
+                m &= ~gap[cand]
+            label[cand[m]] = LANE_MARKING
+
+        # Materials: a colour per cross-section zone, modulated by world-fixed noise.
+        mask = _TEX - 1
+        tex = self.ground_tex[(gx * 6).astype(np.int32) & mask, (gy * 6).astype(np.int32) & mask]
+        big = self.ground_tex[(gx * 0.4).astype(np.int32) & mask, (gy * 0.4).astype(np.int32) & mask]
+        palette = np.array(
+            [
+                style.verge,
+                style.asphalt,
+                style.marking,
+                style.median,
+                style.sidewalk,
+                style.kerb,
+                np.asarray(style.sidewalk) * 0.8,
+            ],
+            np.float32,
+        )
+        zone = label.copy()  # 0 verge, 1 road, 2 marking, 3 median, then 4 sidewalk, 5 kerb, 6 paving joint
+        out = ~inner & (ad >= edge)
+        sidewalk = out & (ad < edge + sec.sidewalk_width_m)
+        zone[sidewalk] = 4
+        sw = np.flatnonzero(sidewalk)
+        joint = (np.mod(s[sw], 1.0) < 0.04) | (np.mod(ad[sw] - edge, 1.0) < 0.04)
+        zone[sw[joint]] = 6
+        zone[(out & (ad < edge + sec.kerb_band_m)) | (on_median & (hm - ad < sec.kerb_band_m))] = 5
+        rough = np.array([1.0, 1.0, 0.3, 1.6 if style.median_grass else 1.0, 1.0, 0.6, 1.0], np.float32)
+        light = self.ambient + self.direct * np.sin(style.sun_elevation_rad)
+        shade = (1.0 + style.texture_amp * tex * rough[zone] + 0.08 * big) * np.float32(light)
+        self.color[idx] = palette[zone] * shade[:, None]
+        self.label[idx] = label
+        self.zbuf[idx] = t_hit
+        return hit
+
+    def _sky(self, world: World, R_wc: np.ndarray) -> np.ndarray:
+        """The sky for the whole frame, ``(H, W, 3)``: computed at 1/4 resolution (it is smooth)."""
+        style = world.style
+        r = self.rays_sky @ R_wc.T.astype(np.float32)
+        elev = np.arctan2(r[:, 2], np.hypot(r[:, 0], r[:, 1]))
+        az = np.arctan2(r[:, 1], r[:, 0])
+        w = np.clip(elev / 0.6, 0, 1)[:, None]
+        col = np.asarray(style.sky_horizon, np.float32) * (1 - w) + np.asarray(style.sky_top, np.float32) * w
+        # Clouds: the noise texture stretched over the sky dome, fixed to the world.
+        cu = ((az + np.pi) * 60).astype(np.int32) & (_TEX - 1)
+        cv = (np.clip(elev, 0, 1.5) * 200).astype(np.int32) & (_TEX - 1)
+        cloud = np.clip(self.ground_tex[cv, cu] * 1.5 - 0.2, 0, 1)[:, None] * (1 - 0.5 * style.sun_strength)
+        sky = (col * (1 - cloud) + 0.9 * cloud).reshape(self.sky_shape[1], self.sky_shape[0], 3)
+        return cv2.resize(sky, (self.rig.width, self.rig.height), interpolation=cv2.INTER_LINEAR)
+
+    # ------------------------------------------------------------------------------ objects
+
+    def _objects(self, world: World, t_s: float) -> None:
+        o = self.o
+        fwd = self.R_wc[:, 2]
+        fwd_h = fwd[:2] / (np.linalg.norm(fwd[:2]) + 1e-9)
+
+        def near(x: float, y: float, reach: float, radius: float) -> bool:
+            dx, dy = x - o[0], y - o[1]
+            return dx * dx + dy * dy < reach * reach and dx * fwd_h[0] + dy * fwd_h[1] > -radius
+
+        for b in world.buildings:
+            if near(b.x_m, b.y_m, _CULL_LARGE_M, 0.5 * (b.length_m + b.width_m)):
+                self._box(b, BACKGROUND)
+        for v in world.vehicle_boxes(t_s):
+            if near(v.x_m, v.y_m, _CULL_SMALL_M, v.length_m):
+                self._box(v, BACKGROUND)
+        for tr in world.trees:
+            if near(tr.x_m, tr.y_m, _CULL_SMALL_M, tr.crown_radius_m + 1):
+                self._cylinder(
+                    tr.x_m,
+                    tr.y_m,
+                    0.0,
+                    tr.trunk_height_m + tr.crown_radius_m,
+                    tr.trunk_radius_m,
+                    tr.trunk_color,
+                    BACKGROUND,
+                )
+                zc = tr.trunk_height_m + 0.8 * tr.crown_radius_m
+                self._billboard_ellipse(
+                    tr.x_m, tr.y_m, zc, tr.crown_radius_m, 0.9 * tr.crown_radius_m, tr.crown_color, BACKGROUND
+                )
+        for p in world.poles:
+            if not near(p.x_m, p.y_m, _CULL_SMALL_M, p.height_m):
+                continue
+            self._cylinder(p.x_m, p.y_m, 0.0, p.height_m, p.radius_m, p.color, POLE)
+            if p.kind == "lamp" and p.arm_m > 0:
+                ax, ay = p.arm_dir
+                top = p.height_m - 0.3
+                x1, y1 = p.x_m + ax * p.arm_m, p.y_m + ay * p.arm_m
+                arm = np.array(
+                    [[p.x_m, p.y_m, top - 0.1], [x1, y1, top - 0.1], [x1, y1, top], [p.x_m, p.y_m, top]]
+                )
+                self._flat_polygon(arm, p.color, POLE)
+                hx, hy = p.x_m + ax * (p.arm_m + 0.5), p.y_m + ay * (p.arm_m + 0.5)
+                head = np.array(
+                    [[x1, y1, top - 0.2], [hx, hy, top - 0.2], [hx, hy, top + 0.02], [x1, y1, top + 0.02]]
+                )
+                self._flat_polygon(head, (0.85, 0.85, 0.8), POLE)
+        for sg in world.signs:
+            if near(sg.x_m, sg.y_m, _CULL_SMALL_M, 2.0):
+                self._sign(sg)
+
+    def _to_cam(self, P_world: np.ndarray) -> np.ndarray:
+        return P_world @ self.T_cam_from_world[:3, :3].T + self.T_cam_from_world[:3, 3]
+
+    def _raster(self, P_cam: np.ndarray):
+        """Clip a planar polygon (camera frame) to the near plane and fill it.
+
+        Returns ``(y0, y1, x0, x1, mask, z)`` for the pixel box it covers, with the per-pixel
+        plane depth ``z``, or None when nothing is visible.
+        """
+        P = _clip_near(P_cam, _NEAR_M)
+        if P is None:
+            return None
+        H, W = self.rig.height, self.rig.width
+        u = self.fx * P[:, 0] / P[:, 2] + self.cx
+        v = self.fy * P[:, 1] / P[:, 2] + self.cy
+        x0, x1 = max(int(np.floor(u.min())), 0), min(int(np.ceil(u.max())) + 1, W)
+        y0, y1 = max(int(np.floor(v.min())), 0), min(int(np.ceil(v.max())) + 1, H)
+        if x0 >= x1 or y0 >= y1:
+            return None
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        pts = np.round(np.stack([u - x0, v - y0], 1) * 16).astype(np.int32)
+        cv2.fillPoly(mask, [pts], 1, lineType=cv2.LINE_8, shift=4)
+        if not mask.any():
+            return None
+        # Plane n . X = c through the polygon; along pixel ray X = z * (u', v', 1): z = c / (n . ray).
+        n = _cross(P[1] - P[0], P[2] - P[0])
+        if n @ n < 1e-20 and len(P) > 3:
+            n = _cross(P[2] - P[0], P[3] - P[0])
+        c = float(n @ P[0])
+        denom = n[0] * self.ray_u[None, x0:x1] + n[1] * self.ray_v[y0:y1, None] + n[2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = c / denom
+        bad = ~np.isfinite(z) | (z <= 0)
+        if bad.any():
+            z[bad] = P[:, 2].mean()
+        np.minimum(np.maximum(z, P[:, 2].min(), out=z), P[:, 2].max(), out=z)
+        return y0, y1, x0, x1, mask.view(bool), z.astype(np.float32)
+
+    def _write(self, r, color, label: int, bias_m: float = 0.0) -> np.ndarray | None:
+        """Depth-test a rasterized polygon and write ``color`` ((3,) or (h, w, 3)) and ``label``."""
+        y0, y1, x0, x1, mask, z = r
+        z = z + bias_m
+        zb = self.zbuf[y0:y1, x0:x1]
+        sel = mask & (z < zb)
+        if not sel.any():
+            return None
+        zb[sel] = z[sel]
+        c = self.color[y0:y1, x0:x1]
+        c[sel] = color[sel] if np.ndim(color) == 3 else color
+        self.label[y0:y1, x0:x1][sel] = label
+        self._ground_visible[y0:y1, x0:x1][sel] = False
+        self._sky_mask[y0:y1, x0:x1][sel] = False
+        return sel
+
+    def _lit(self, color, normal_w: np.ndarray) -> np.ndarray:
+        lam = max(0.0, float(normal_w @ self.sun))
+        return np.asarray(color, np.float32) * (self.ambient + self.direct * lam)
+
+    def _flat_polygon(self, P_world: np.ndarray, color, label: int, bias_m: float = 0.0) -> None:
+        r = self._raster(self._to_cam(P_world))
+        if r is None:
+            return
+        n = _cross(P_world[1] - P_world[0], P_world[2] - P_world[0])
+        n = n / (np.sqrt(n @ n) + 1e-12)
+        if n @ (self.o - P_world[0]) < 0:
+            n = -n
+        self._write(r, self._lit(color, n), label, bias_m)
+
+    def _box(self, b: Box, label: int) -> None:
+        c, s = np.cos(b.yaw_rad), np.sin(b.yaw_rad)
+        hl, hw = 0.5 * b.length_m, 0.5 * b.width_m
+        corners = np.array([[hl, hw], [-hl, hw], [-hl, -hw], [hl, -hw]])
+        xy = corners @ np.array([[c, s], [-s, c]]) + [b.x_m, b.y_m]
+        for i in range(4):
+            a, e = xy[i], xy[(i + 1) % 4]
+            mid = 0.5 * (a + e)
+            normal = np.array([e[1] - a[1], -(e[0] - a[0]), 0.0])  # outward for ccw corners
+            normal /= np.linalg.norm(normal)
+            if normal[:2] @ (self.o[:2] - mid) <= 0:
+                continue  # back face
+            P = np.array(
+                [[a[0], a[1], b.z0_m], [e[0], e[1], b.z0_m], [e[0], e[1], b.z1_m], [a[0], a[1], b.z1_m]]
+            )
+            r = self._raster(self._to_cam(P))
+            if r is None:
+                continue
+            col = self._lit(b.color, normal)
+            if b.windows:
+                col = self._windows(r, P, col)
+            self._write(r, col, label)
+        if self.o[2] > b.z1_m:
+            top = np.column_stack([xy, np.full(4, b.z1_m)])
+            r = self._raster(self._to_cam(top))
+            if r is not None:
+                self._write(r, self._lit(b.color, np.array([0.0, 0.0, 1.0])), label)
+
+    def _windows(self, r, P_world: np.ndarray, col: np.ndarray) -> np.ndarray:
+        """Per-pixel facade colour with a grid of windows.
+
+        Face coordinates are linear in the camera point ``X = z * ray``: along the facade
+        ``a = z * (alpha . ray) + beta``, height ``h = z * (gamma . ray) + delta``.
+        """
+        y0, y1, x0, x1, _, z = r
+        axis = np.array([*(P_world[1, :2] - P_world[0, :2]), 0.0])
+        length = float(np.linalg.norm(axis))
+        axis /= length
+        alpha = self.R_wc.T @ axis
+        beta = float(axis @ (self.o - P_world[0]))
+        gamma = self.R_wc[2]
+        delta = float(self.o[2])
+
+        def lin(vec: np.ndarray) -> np.ndarray:
+            v = vec.astype(np.float32)
+            return v[0] * self.ray_u[None, x0:x1] + v[1] * self.ray_v[y0:y1, None] + v[2]
+
+        a = z * lin(alpha) + beta
+        h = z * lin(gamma) + delta
+        am, hm = np.mod(a, 3.5), np.mod(h, 3.2)
+        win = (am > 0.9) & (am < 2.6) & (hm > 1.0) & (hm < 2.4) & (h > 1.2) & (a > 0.5) & (a < length - 0.5)
+        out = np.empty(z.shape + (3,), np.float32)
+        out[:] = col
+        out[win] = np.asarray((0.18, 0.22, 0.28), np.float32) * (self.ambient + 0.3)
+        return out
+
+    def _cylinder(self, x: float, y: float, z0: float, z1: float, radius: float, color, label: int) -> None:
+        """A vertical cylinder as a quad facing the camera, shaded across its width."""
+        dx, dy = x - self.o[0], y - self.o[1]
+        dist = np.hypot(dx, dy)
+        if dist < radius + 0.05:
+            return
+        px, py = -dy / dist * radius, dx / dist * radius  # half-width across the view direction
+        P = np.array([[x - px, y - py, z0], [x + px, y + py, z0], [x + px, y + py, z1], [x - px, y - py, z1]])
+        r = self._raster(self._to_cam(P))
+        if r is None:
+            return
+        y0, y1, x0, x1 = r[:4]
+        # Shade by the column's position across the projected axis: lit side to dark side.
+        u_axis = self.fx * self._to_cam(np.array([[x, y, 0.5 * (z0 + z1)]]))[0]
+        uc = u_axis[0] / u_axis[2] + self.cx
+        half_px = max(self.fx * radius / max(dist, 1e-3), 0.5)
+        across = np.clip((np.arange(x0, x1) - uc) / half_px, -1, 1).astype(np.float32)
+        side = np.sign(px * self.sun[0] + py * self.sun[1])
+        lam = np.clip(0.5 + 0.5 * side * across, 0, 1) * np.hypot(self.sun[0], self.sun[1])
+        shade = self.ambient + self.direct * lam
+        col = np.asarray(color, np.float32)[None, None, :] * np.broadcast_to(
+            shade[None, :, None], (1, x1 - x0, 1)
+        )
+        col = np.broadcast_to(col, (y1 - y0, x1 - x0, 3))
+        self._write(r, col, label, bias_m=-radius)
+
+    def _billboard_ellipse(self, x, y, z, rx, rz, color, label: int) -> None:
+        dx, dy = x - self.o[0], y - self.o[1]
+        dist = np.hypot(dx, dy)
+        if dist < rx + 0.3:
+            return
+        px, py = -dy / dist, dx / dist
+        ang = np.linspace(0, 2 * np.pi, 18, endpoint=False)
+        P = np.column_stack([x + px * rx * np.cos(ang), y + py * rx * np.cos(ang), z + rz * np.sin(ang)])
+        r = self._raster(self._to_cam(P))
+        if r is None:
+            return
+        y0, y1, x0, x1 = r[:4]
+        # Foliage: leafy noise fixed to the screen patch, darker at the bottom.
+        leaf = self.sensor_noise[y0:y1, x0:x1, 0]
+        vv = np.linspace(-1, 1, y1 - y0, dtype=np.float32)[:, None]
+        shade = (self.ambient + self.direct * 0.6) * (0.85 + 0.25 * np.clip(leaf, -1.5, 1.5) - 0.15 * vv)
+        col = np.asarray(color, np.float32) * shade[..., None]
+        self._write(r, col, label, bias_m=-0.6 * rx)
+
+    def _sign(self, sg) -> None:
+        f = np.array([np.cos(sg.facing_rad), np.sin(sg.facing_rad), 0.0])
+        a = np.array([-f[1], f[0], 0.0])  # plate's horizontal axis
+        centre = np.array([sg.x_m, sg.y_m, sg.height_m])
+        ph = sg.plate_height_m
+        if sg.pole_id < 0:
+            back = centre - 0.03 * f
+            self._cylinder(back[0], back[1], 0.0, sg.height_m, sg.post_radius_m, (0.6, 0.6, 0.62), BACKGROUND)
+        outline = _sign_outline(sg.shape, sg.size_m, ph)
+        P = centre + outline[:, :1] * a + outline[:, 1:] * np.array([0.0, 0.0, 1.0])
+        front = f @ (self.o - centre) > 0
+        if not front:
+            self._flat_polygon(P, (0.55, 0.56, 0.58), SIGN)
+            return
+        self._flat_polygon(P, sg.rim_color, SIGN)
+        inner = centre + 0.75 * (P - centre) + 0.004 * f
+        self._flat_polygon(inner, sg.face_color, SIGN, bias_m=0.0)
+        glyph = _sign_glyph(sg.shape, sg.size_m, ph)
+        Pg = centre + glyph[:, :1] * a + glyph[:, 1:] * np.array([0.0, 0.0, 1.0]) + 0.008 * f
+        self._flat_polygon(Pg, sg.glyph_color, SIGN)
+
+    # ------------------------------------------------------------------------------ shadows
+
+    def _shadows(self, world: World, t_s: float) -> np.ndarray:
+        """Mask of pixels that lie in some object's shadow on the ground (ignoring what hides them)."""
+        H, W = self.rig.height, self.rig.width
+        mask = np.zeros((H, W), np.uint8)
+        st = world.style
+        k = 1.0 / np.tan(st.sun_elevation_rad)
+        off = -k * np.array(
+            [np.cos(st.sun_azimuth_rad), np.sin(st.sun_azimuth_rad)]
+        )  # shadow per metre of height
+        o = self.o
+
+        def draw(points_xy: np.ndarray) -> None:
+            hull = cv2.convexHull(points_xy.astype(np.float32)).reshape(-1, 2)
+            P = np.column_stack([hull, np.zeros(len(hull))])
+            Pc = _clip_near(self._to_cam(P), _NEAR_M)
+            if Pc is None:
+                return
+            u = self.fx * Pc[:, 0] / Pc[:, 2] + self.cx
+            v = self.fy * Pc[:, 1] / Pc[:, 2] + self.cy
+            pts = np.round(np.stack([u, v], 1) * 16).astype(np.int64)
+            if np.abs(pts).max() > 2**28:
+                return
+            cv2.fillPoly(mask, [pts.astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+
+        def close(x, y, reach=_CULL_SMALL_M) -> bool:
+            return (x - o[0]) ** 2 + (y - o[1]) ** 2 < reach**2
+
+        for p in world.poles:
+            if close(p.x_m, p.y_m):
+                d = np.array([-off[1], off[0]]) / (np.linalg.norm(off) + 1e-9) * p.radius_m
+                base = np.array([p.x_m, p.y_m])
+                draw(np.array([base - d, base + d, base + d + off * p.height_m, base - d + off * p.height_m]))
+        for tr in world.trees:
+            if close(tr.x_m, tr.y_m):
+                zc = tr.trunk_height_m + 0.8 * tr.crown_radius_m
+                ang = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+                ring = np.column_stack([np.cos(ang), np.sin(ang)]) * tr.crown_radius_m
+                draw(np.array([tr.x_m, tr.y_m]) + off * zc + ring)
+        for b in list(world.buildings) + world.vehicle_boxes(t_s):
+            if close(b.x_m, b.y_m, _CULL_LARGE_M if b.windows else _CULL_SMALL_M):
+                c, s = np.cos(b.yaw_rad), np.sin(b.yaw_rad)
+                hl, hw = 0.5 * b.length_m, 0.5 * b.width_m
+                xy = np.array([[hl, hw], [-hl, hw], [-hl, -hw], [hl, -hw]]) @ np.array([[c, s], [-s, c]])
+                xy = xy + [b.x_m, b.y_m]
+                draw(np.vstack([xy + off * b.z0_m, xy + off * b.z1_m]))
+        for sg in world.signs:
+            if close(sg.x_m, sg.y_m):
+                a = np.array([-np.sin(sg.facing_rad), np.cos(sg.facing_rad)])
+                c = np.array([sg.x_m, sg.y_m])
+                hs, ph = 0.5 * sg.size_m, 0.5 * sg.plate_height_m
+                draw(
+                    np.array(
+                        [
+                            c - a * hs + off * (sg.height_m - ph),
+                            c + a * hs + off * (sg.height_m - ph),
+                            c + a * hs + off * (sg.height_m + ph),
+                            c - a * hs + off * (sg.height_m + ph),
+                        ]
+                    )
+                )
+        return mask.astype(bool)
+
+    # ------------------------------------------------------------------------- camera faults
+
+    def _degrade(self, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        H, W = rgb.shape[:2]
+        sigma = rng.uniform(0.3, 1.1)
+        img = cv2.GaussianBlur(rgb, (0, 0), sigmaX=sigma)
+        if rng.random() < 0.25:  # horizontal motion blur
+            n = int(rng.integers(3, 7))
+            img = cv2.blur(img, (n, 1))
+        oy, ox = rng.integers(0, 64, 2)
+        noise = self.sensor_noise[oy : oy + H, ox : ox + W] * rng.uniform(1.5, 5.0)
+        img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+        quality = int(rng.integers(45, 95))
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        return cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else img
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cross product of two 3-vectors (np.cross costs ten times more for one pair)."""
+    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
+
+
+def _clip_near(P: np.ndarray, near: float) -> np.ndarray | None:
+    """Sutherland-Hodgman clip of a polygon (camera frame) to ``z >= near``."""
+    inside = P[:, 2] >= near
+    if inside.all():
+        return P
+    if not inside.any():
+        return None
+    out = []
+    n = len(P)
+    for i in range(n):
+        a, b = P[i], P[(i + 1) % n]
+        ia, ib = a[2] >= near, b[2] >= near
+        if ia:
+            out.append(a)
+        if ia != ib:
+            t = (near - a[2]) / (b[2] - a[2])
+            out.append(a + t * (b - a))
+    return np.array(out) if len(out) >= 3 else None
+
+
+def _sign_outline(shape: str, size_m: float, plate_h_m: float) -> np.ndarray:
+    """``(N, 2)`` plate outline, (horizontal, vertical) metres about the centre, counter-clockwise."""
+    if shape == "circle":
+        ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        return 0.5 * size_m * np.column_stack([np.cos(ang), np.sin(ang)])
+    if shape == "triangle":
+        h = plate_h_m * np.sqrt(3) / 2
+        return np.array([[-0.5 * size_m, -h / 3], [0.5 * size_m, -h / 3], [0.0, 2 * h / 3]])
+    return 0.5 * np.array(
+        [[-size_m, -plate_h_m], [size_m, -plate_h_m], [size_m, plate_h_m], [-size_m, plate_h_m]]
+    )
+
+
+def _sign_glyph(shape: str, size_m: float, plate_h_m: float) -> np.ndarray:
+    """A simple symbol on the face: a bar (circles, rectangles) or an exclamation stroke (triangles)."""
+    if shape == "triangle":
+        return np.array([[-0.04, -0.1], [0.04, -0.1], [0.04, 0.2], [-0.04, 0.2]]) * size_m
+    if shape == "circle":
+        return np.array([[-0.3, -0.07], [0.3, -0.07], [0.3, 0.07], [-0.3, 0.07]]) * size_m
+    return np.array(
+        [[-0.35 * size_m, -0.05], [0.35 * size_m, -0.05], [0.35 * size_m, 0.05], [-0.35 * size_m, 0.05]]
+    ) + [0.0, 0.1 * plate_h_m]

@@ -1,0 +1,695 @@
+"""The synthetic road world: a road of straight and circular pieces, and what stands beside it.
+
+Everything lives in the ``world`` frame (docs/conventions.md: x east, y north, z up, metres);
+the ground is the plane ``z = 0``. The road is described in its own curvilinear frame:
+``s_m`` is the arc length along the centre line (the middle of the median), ``d_m`` the signed
+lateral offset, positive to the left of the direction of increasing ``s``. Traffic keeps right,
+so the lanes at ``d < 0`` drive towards increasing ``s`` (the ego car drives there), those at
+``d > 0`` the other way.
+
+Cross-section, from the centre line outwards on each side::
+
+    |d| < median/2           median (kerb band + grass or paving), except in its gaps: road
+    median/2 .. road edge    lanes_per_direction lanes; solid lines along the median and the
+                             outer edge, dashed lines between lanes
+    road edge .. + sidewalk  sidewalk (background), where poles and signs stand
+    beyond                   verge, trees, buildings (background)
+
+A :class:`World` is pure data (arrays and small dataclasses) made by :func:`make_world` from a
+seed; the same seed gives the same world. Its ``poles`` and ``signs`` are the ground truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hdmap_seg.errors import HdmapError
+
+# ------------------------------------------------------------------------------------ the road
+
+
+@dataclass(frozen=True)
+class RoadGeometry:
+    """A centre line of ``n`` pieces, each straight (curvature 0) or a circular arc.
+
+    Arrays of shape ``(n,)``: ``s0_m`` arc length at the piece's start, ``length_m``,
+    ``x0_m``/``y0_m``/``heading0_rad`` its start pose (heading 0 = east, counter-clockwise),
+    ``curvature_1pm`` (1/radius, positive = turning left).
+    """
+
+    s0_m: np.ndarray
+    length_m: np.ndarray
+    x0_m: np.ndarray
+    y0_m: np.ndarray
+    heading0_rad: np.ndarray
+    curvature_1pm: np.ndarray
+
+    @property
+    def total_length_m(self) -> float:
+        return float(self.s0_m[-1] + self.length_m[-1])
+
+    @classmethod
+    def from_pieces(cls, lengths_m, curvatures_1pm, x0_m=0.0, y0_m=0.0, heading0_rad=0.0) -> RoadGeometry:
+        """Chain pieces end to end from a start pose."""
+        lengths = np.asarray(lengths_m, float)
+        curv = np.asarray(curvatures_1pm, float)
+        n = len(lengths)
+        s0, xs, ys, hs = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+        x, y, h, s = float(x0_m), float(y0_m), float(heading0_rad), 0.0
+        for i in range(n):
+            s0[i], xs[i], ys[i], hs[i] = s, x, y, h
+            x, y, h = _advance(x, y, h, curv[i], lengths[i])
+            s += lengths[i]
+        return cls(s0, lengths, xs, ys, hs, curv)
+
+    def pose_at(self, s_m) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Centre-line ``(x_m, y_m, heading_rad)`` at arc lengths ``s_m`` (extrapolated past the ends)."""
+        s = np.asarray(s_m, float)
+        i = np.clip(np.searchsorted(self.s0_m, s, side="right") - 1, 0, len(self.s0_m) - 1)
+        return _advance(
+            self.x0_m[i], self.y0_m[i], self.heading0_rad[i], self.curvature_1pm[i], s - self.s0_m[i]
+        )
+
+    def point_at(self, s_m, d_m) -> tuple[np.ndarray, np.ndarray]:
+        """World ``(x_m, y_m)`` of road coordinates ``(s_m, d_m)``."""
+        x, y, h = self.pose_at(s_m)
+        d = np.asarray(d_m, float)
+        return x - d * np.sin(h), y + d * np.cos(h)
+
+    def road_coords(
+        self, x_m: np.ndarray, y_m: np.ndarray, pieces=None, settle_m: float = 25.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Closed-form ``(s_m, d_m)`` of world points, against the pieces ``pieces`` (default all).
+
+        Each point takes the piece whose span contains its projection and that is nearest
+        laterally; points beyond the first or last piece extend it. Pieces are tried in the
+        given order, and a point within ``settle_m`` of a piece's span is settled there (roads
+        of :func:`make_world` never come back within twice that distance), so that most points
+        are evaluated once. Valid while ``|d|`` stays below the smallest radius (>= 120 m).
+        Works in the dtype of ``x_m`` (float32 is fine for a few km).
+        """
+        x = np.asarray(x_m)
+        y = np.asarray(y_m)
+        if x.dtype != np.float32:
+            x, y = x.astype(float), y.astype(float)
+        idx = range(len(self.s0_m)) if pieces is None else pieces
+        best_s = np.zeros(x.shape, x.dtype)  # stays 0 (with d = inf) where no piece applies
+        best_d = np.full(x.shape, np.inf, x.dtype)
+        pending = np.arange(x.size)
+        xf, yf = x.ravel(), y.ravel()
+        bs, bd = best_s.reshape(-1), best_d.reshape(-1)
+        last = len(self.s0_m) - 1
+        for i in idx:
+            if pending.size == 0:
+                break
+            px, py = xf[pending], yf[pending]
+            s_loc, d = _piece_coords(
+                px,
+                py,
+                float(self.x0_m[i]),
+                float(self.y0_m[i]),
+                float(self.heading0_rad[i]),
+                float(self.curvature_1pm[i]),
+            )
+            lo = -np.inf if i == 0 else -1e-3
+            hi = np.inf if i == last else float(self.length_m[i]) + 1e-3
+            in_span = (s_loc >= lo) & (s_loc <= hi)
+            take = in_span & (np.abs(d) < np.abs(bd[pending]))
+            sel = pending[take]
+            bs[sel] = float(self.s0_m[i]) + s_loc[take]
+            bd[sel] = d[take]
+            pending = pending[~(in_span & (np.abs(d) < settle_m))]
+        return best_s, best_d
+
+    def pieces_near(self, s_m: float, behind_m: float, ahead_m: float) -> list[int]:
+        """Indices of the pieces overlapping ``[s_m - behind_m, s_m + ahead_m]``, nearest to ``s_m`` first."""
+        ends = self.s0_m + self.length_m
+        near = [
+            i for i in range(len(self.s0_m)) if ends[i] >= s_m - behind_m and self.s0_m[i] <= s_m + ahead_m
+        ]
+        gap = np.maximum(self.s0_m - s_m, s_m - ends).clip(0)
+        return sorted(near, key=lambda i: gap[i])
+
+
+def _advance(x, y, h, k, ds):
+    """Pose after driving ``ds`` from ``(x, y, h)`` with constant curvature ``k`` (vectorized)."""
+    x, y, h, k, ds = (np.asarray(v, float) for v in (x, y, h, k, ds))
+    straight = np.abs(k) < 1e-12
+    k_safe = np.where(straight, 1.0, k)
+    h1 = h + k * ds
+    xa = x + (np.sin(h1) - np.sin(h)) / k_safe
+    ya = y - (np.cos(h1) - np.cos(h)) / k_safe
+    xs = x + ds * np.cos(h)
+    ys = y + ds * np.sin(h)
+    return np.where(straight, xs, xa), np.where(straight, ys, ya), h1
+
+
+def _piece_coords(x, y, x0, y0, h0, k):
+    """``(s_local, d)`` of points relative to one piece starting at ``(x0, y0, h0)``."""
+    c, s = float(np.cos(h0)), float(np.sin(h0))
+    if abs(k) < 1e-12:
+        dx, dy = x - x0, y - y0
+        return dx * c + dy * s, dy * c - dx * s
+    r = 1.0 / abs(k)
+    sign = float(np.sign(k))
+    # Centre of the circle: to the left of the start pose for a left turn, to the right otherwise.
+    cx, cy = x0 - s / k, y0 + c / k
+    vx, vy = x - cx, y - cy
+    ux, uy = (x0 - cx) / r, (y0 - cy) / r
+    ang = np.arctan2(ux * vy - uy * vx, ux * vx + uy * vy)
+    return (sign * r) * ang, sign * (r - np.hypot(vx, vy))
+
+
+# ----------------------------------------------------------------------- cross-section, markings
+
+
+@dataclass(frozen=True)
+class CrossSection:
+    """Lateral layout of the road (metres), the same along the whole road."""
+
+    median_width_m: float
+    lanes_per_direction: int
+    lane_width_m: float
+    sidewalk_width_m: float
+    marking_width_m: float = 0.15
+    kerb_band_m: float = 0.2
+    dash_length_m: float = 3.0
+    dash_gap_m: float = 6.0
+
+    @property
+    def half_median_m(self) -> float:
+        return 0.5 * self.median_width_m
+
+    @property
+    def road_edge_m(self) -> float:
+        """``|d|`` of the kerb between carriageway and sidewalk."""
+        return self.half_median_m + self.lanes_per_direction * self.lane_width_m
+
+    def lane_center_m(self, lane: int) -> float:
+        """``d`` of the centre of ego-direction lane ``lane`` (0 = next to the median)."""
+        return -(self.half_median_m + (lane + 0.5) * self.lane_width_m)
+
+    def marking_lines(self) -> list[tuple[float, str]]:
+        """``(|d| of the line's centre, 'solid' | 'dashed')`` on one side; mirrored on the other."""
+        inset = 0.3
+        lines = [(self.half_median_m + inset, "solid")]
+        lines += [
+            (self.half_median_m + k * self.lane_width_m, "dashed") for k in range(1, self.lanes_per_direction)
+        ]
+        lines.append((self.road_edge_m - inset, "solid"))
+        return lines
+
+
+# ----------------------------------------------------------------------------- the objects
+
+
+@dataclass(frozen=True)
+class Pole:
+    """A vertical cylinder standing on the ground; ``kind`` is ``lamp``, ``utility`` or ``plain``.
+
+    Lamp poles carry an arm of ``arm_m`` towards the road (direction ``arm_dir``, a unit
+    ``(x, y)``) and a lamp head at its end.
+    """
+
+    id: int
+    x_m: float
+    y_m: float
+    height_m: float
+    radius_m: float
+    kind: str
+    color: tuple[float, float, float]
+    arm_m: float = 0.0
+    arm_dir: tuple[float, float] = (0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Sign:
+    """A flat sign plate; ``(x_m, y_m, height_m)`` is its centre, ``size_m`` its width.
+
+    ``facing_rad`` is the direction its face points (world yaw: 0 = east, counter-clockwise);
+    ``pole_id`` is the pole it hangs on, or -1 for its own thin post (radius ``post_radius_m``),
+    which is not a pole of the ground truth and is labelled background.
+    """
+
+    id: int
+    x_m: float
+    y_m: float
+    height_m: float
+    size_m: float
+    shape: str  # circle | triangle | rectangle
+    facing_rad: float
+    rim_color: tuple[float, float, float]
+    face_color: tuple[float, float, float]
+    glyph_color: tuple[float, float, float]
+    pole_id: int = -1
+    post_radius_m: float = 0.03
+
+    @property
+    def plate_height_m(self) -> float:
+        """Height of the plate: rectangles are 2/3 as tall as wide, the others as tall."""
+        return self.size_m * (2.0 / 3.0 if self.shape == "rectangle" else 1.0)
+
+    @property
+    def bearing_deg(self) -> float:
+        """Facing as a compass bearing: degrees clockwise from (grid) north, in [0, 360)."""
+        return float(np.degrees(np.pi / 2 - self.facing_rad) % 360.0)
+
+
+@dataclass(frozen=True)
+class Box:
+    """An upright box: footprint centre, yaw of its length axis, sizes, colour (0..1 RGB)."""
+
+    x_m: float
+    y_m: float
+    yaw_rad: float
+    length_m: float
+    width_m: float
+    z0_m: float
+    z1_m: float
+    color: tuple[float, float, float]
+    windows: bool = False
+
+
+@dataclass(frozen=True)
+class Tree:
+    x_m: float
+    y_m: float
+    trunk_radius_m: float
+    trunk_height_m: float
+    crown_radius_m: float
+    trunk_color: tuple[float, float, float]
+    crown_color: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Vehicle:
+    """A car on the road at ``s0_m`` (time 0), lateral ``d_m``, moving at ``speed_mps`` along +s
+    (negative: towards -s; 0: parked)."""
+
+    s0_m: float
+    d_m: float
+    speed_mps: float
+    length_m: float
+    width_m: float
+    height_m: float
+    color: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Style:
+    """The look of a world: materials, light and weather (colours are 0..1 RGB)."""
+
+    asphalt: tuple[float, float, float]
+    marking: tuple[float, float, float]
+    median: tuple[float, float, float]
+    median_grass: bool
+    kerb: tuple[float, float, float]
+    sidewalk: tuple[float, float, float]
+    verge: tuple[float, float, float]
+    sky_top: tuple[float, float, float]
+    sky_horizon: tuple[float, float, float]
+    sun_azimuth_rad: float
+    sun_elevation_rad: float
+    sun_strength: float  # 0 overcast .. 1 hard sun
+    exposure: float
+    haze_m: float
+    texture_amp: float
+
+
+@dataclass(frozen=True)
+class World:
+    """A generated world; ``poles`` and ``signs`` are the ground truth, the rest dresses the scene."""
+
+    seed: int
+    road: RoadGeometry
+    section: CrossSection
+    median_gaps_m: np.ndarray  # (G, 2) s-intervals without median
+    poles: tuple[Pole, ...]
+    signs: tuple[Sign, ...]
+    buildings: tuple[Box, ...]
+    trees: tuple[Tree, ...]
+    vehicles: tuple[Vehicle, ...]
+    style: Style
+    ego_lane: int
+    extras: dict = field(default_factory=dict)
+
+    def in_median_gap(self, s_m: np.ndarray) -> np.ndarray:
+        s = np.asarray(s_m, float)
+        gap = np.zeros(s.shape, bool)
+        for a, b in self.median_gaps_m:
+            gap |= (s >= a) & (s < b)
+        return gap
+
+    def median_pieces_m(self, s_lo_m: float, s_hi_m: float) -> list[tuple[float, float]]:
+        """The ``s``-intervals inside ``[s_lo_m, s_hi_m]`` where the median exists."""
+        out, start = [], s_lo_m
+        for a, b in sorted(map(tuple, self.median_gaps_m)):
+            if b <= start or a >= s_hi_m:
+                continue
+            if a > start:
+                out.append((start, a))
+            start = max(start, b)
+        if start < s_hi_m:
+            out.append((start, s_hi_m))
+        return out
+
+    def vehicle_boxes(self, t_s: float) -> list[Box]:
+        """The vehicles at time ``t_s`` as boxes (underbody, body, cabin), in world coordinates."""
+        if not self.vehicles:
+            return []
+        speed = np.array([v.speed_mps for v in self.vehicles])
+        s = np.array([v.s0_m for v in self.vehicles]) + speed * t_s
+        d = np.array([v.d_m for v in self.vehicles])
+        _, _, heading = self.road.pose_at(s)
+        xs, ys = self.road.point_at(s, d)
+        yaws = heading + np.where(speed < 0, np.pi, 0.0)
+        boxes = []
+        glass = (0.12, 0.14, 0.17)
+        for v, x, y, yaw in zip(self.vehicles, xs.tolist(), ys.tolist(), yaws.tolist(), strict=True):
+            body_top = 0.55 * v.height_m
+            back = -0.1 * v.length_m
+            c, sn = np.cos(yaw), np.sin(yaw)
+            boxes.append(Box(x, y, yaw, 0.92 * v.length_m, 0.95 * v.width_m, 0.0, 0.25, (0.05, 0.05, 0.05)))
+            boxes.append(Box(x, y, yaw, v.length_m, v.width_m, 0.25, body_top, v.color))
+            boxes.append(
+                Box(
+                    x + back * c,
+                    y + back * sn,
+                    yaw,
+                    0.55 * v.length_m,
+                    0.9 * v.width_m,
+                    body_top,
+                    v.height_m,
+                    glass,
+                )
+            )
+        return boxes
+
+
+# ------------------------------------------------------------------------------- generation
+
+_SIGN_PALETTE = {
+    # name: (rim, face, glyph)
+    "red_white": ((0.78, 0.08, 0.08), (0.95, 0.95, 0.95), (0.1, 0.1, 0.1)),
+    "blue": ((0.95, 0.95, 0.95), (0.08, 0.25, 0.7), (0.95, 0.95, 0.95)),
+    "yellow": ((0.1, 0.1, 0.1), (0.95, 0.8, 0.1), (0.1, 0.1, 0.1)),
+    "green": ((0.95, 0.95, 0.95), (0.05, 0.45, 0.2), (0.95, 0.95, 0.95)),
+    "white": ((0.1, 0.1, 0.1), (0.93, 0.93, 0.93), (0.1, 0.1, 0.1)),
+}
+
+
+def _jitter(rng: np.random.Generator, rgb, amp: float = 0.06) -> tuple[float, float, float]:
+    return tuple(float(v) for v in np.clip(np.asarray(rgb) + rng.uniform(-amp, amp, 3), 0.0, 1.0))
+
+
+def _make_style(rng: np.random.Generator) -> Style:
+    grey = rng.uniform(0.22, 0.42)
+    median_grass = bool(rng.random() < 0.6)
+    weather = rng.choice(["sunny", "overcast", "evening"], p=[0.5, 0.3, 0.2])
+    if weather == "sunny":
+        sky_top, sky_hor, sun_el, strength = (0.25, 0.45, 0.85), (0.7, 0.8, 0.92), rng.uniform(0.5, 1.1), 1.0
+    elif weather == "overcast":
+        sky_top, sky_hor, sun_el, strength = (0.6, 0.63, 0.68), (0.8, 0.8, 0.82), rng.uniform(0.6, 1.2), 0.25
+    else:
+        sky_top, sky_hor, sun_el, strength = (0.35, 0.35, 0.6), (0.95, 0.7, 0.45), rng.uniform(0.2, 0.4), 0.8
+    return Style(
+        asphalt=_jitter(rng, (grey, grey, grey * 1.04), 0.02),
+        marking=_jitter(rng, (0.92, 0.92, 0.88), 0.05),
+        median=_jitter(rng, (0.3, 0.5, 0.18) if median_grass else (0.62, 0.6, 0.56), 0.06),
+        median_grass=median_grass,
+        kerb=_jitter(rng, (0.75, 0.75, 0.72), 0.05),
+        sidewalk=_jitter(rng, rng.choice([(0.6, 0.55, 0.5), (0.5, 0.5, 0.52), (0.66, 0.45, 0.4)]), 0.05),
+        verge=_jitter(rng, rng.choice([(0.45, 0.4, 0.3), (0.35, 0.42, 0.22), (0.5, 0.48, 0.42)]), 0.05),
+        sky_top=_jitter(rng, sky_top, 0.05),
+        sky_horizon=_jitter(rng, sky_hor, 0.04),
+        sun_azimuth_rad=float(rng.uniform(-np.pi, np.pi)),
+        sun_elevation_rad=float(sun_el),
+        sun_strength=float(strength),
+        exposure=float(rng.uniform(0.85, 1.15)),
+        haze_m=float(rng.uniform(250.0, 1200.0)),
+        texture_amp=float(rng.uniform(0.05, 0.15)),
+    )
+
+
+def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None) -> World:
+    """Generate a world of a road ``length_m`` long (plus run-in), deterministic for ``seed``.
+
+    The road starts at the origin heading in a random direction, then alternates straights and
+    arcs of radius 120-600 m turning at most 60 degrees each, so it never crosses itself.
+    """
+    if length_m < 50:
+        raise HdmapError(f"world length must be at least 50 m, got {length_m}")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
+
+    # --- road centre line
+    lengths, curvs, total = [], [], 0.0
+    heading_sum = 0.0
+    lengths.append(rng.uniform(40, 120))
+    curvs.append(0.0)
+    total += lengths[-1]
+    while total < length_m + 200:
+        if len(lengths) % 2 == 1:
+            radius = rng.uniform(120, 600)
+            turn = rng.uniform(0.15, 1.0) * np.sign(rng.uniform(-1, 1))
+            if abs(heading_sum + turn) > 1.4:  # keep the road going roughly one way
+                turn = -turn
+            heading_sum += turn
+            curvs.append(np.sign(turn) / radius)
+            lengths.append(abs(turn) * radius)
+        else:
+            curvs.append(0.0)
+            lengths.append(rng.uniform(30, 200))
+        total += lengths[-1]
+    road = RoadGeometry.from_pieces(lengths, curvs, heading0_rad=rng.uniform(-np.pi, np.pi))
+
+    section = CrossSection(
+        median_width_m=float(rng.uniform(1.0, 4.0)),
+        lanes_per_direction=int(rng.integers(1, 4)),
+        lane_width_m=float(rng.uniform(3.0, 3.75)),
+        sidewalk_width_m=float(rng.uniform(2.0, 4.0)),
+        marking_width_m=float(rng.uniform(0.12, 0.2)),
+        dash_length_m=float(rng.choice([3.0, 4.0, 6.0])),
+        dash_gap_m=float(rng.choice([6.0, 8.0, 12.0])),
+    )
+    L = road.total_length_m
+
+    # --- median gaps
+    gaps, s = [], rng.uniform(40, 120)
+    while s < L:
+        g = rng.uniform(8, 20)
+        gaps.append((s, s + g))
+        s += g + rng.uniform(60, 180)
+    median_gaps = np.array(gaps, float).reshape(-1, 2)
+
+    def in_gap(s_m: float, margin: float = 0.0) -> bool:
+        return bool(np.any((s_m >= median_gaps[:, 0] - margin) & (s_m < median_gaps[:, 1] + margin)))
+
+    edge = section.road_edge_m
+    poles: list[Pole] = []
+    signs: list[Sign] = []
+
+    def side_normal(s_m: float, side: int) -> tuple[float, float]:
+        """Unit (x, y) pointing from the roadside at ``side`` (+1 left, -1 right) towards the road."""
+        _, _, h = road.pose_at(s_m)
+        return float(side * np.sin(h)), float(-side * np.cos(h))
+
+    # --- poles along both sidewalks (and some on a wide median)
+    for side in (-1, 1):
+        s = rng.uniform(5, 30)
+        while s < L - 5:
+            kind = rng.choice(["lamp", "utility", "plain"], p=[0.5, 0.25, 0.25])
+            d = side * (edge + rng.uniform(0.4, min(1.2, section.sidewalk_width_m - 0.3)))
+            x, y = road.point_at(s, d)
+            if kind == "lamp":
+                h, r = rng.uniform(8, 12), rng.uniform(0.1, 0.15)
+                color = _jitter(
+                    rng, rng.choice([(0.45, 0.47, 0.5), (0.2, 0.22, 0.25), (0.6, 0.6, 0.58)]), 0.04
+                )
+                arm = rng.uniform(1.0, 2.5)
+            elif kind == "utility":
+                h, r = rng.uniform(7, 11), rng.uniform(0.12, 0.15)
+                color, arm = _jitter(rng, (0.4, 0.3, 0.2), 0.05), 0.0
+            else:
+                h, r = rng.uniform(5, 8), rng.uniform(0.05, 0.1)
+                color, arm = _jitter(rng, rng.choice([(0.55, 0.55, 0.55), (0.85, 0.85, 0.82)]), 0.04), 0.0
+            poles.append(
+                Pole(
+                    len(poles),
+                    float(x),
+                    float(y),
+                    float(h),
+                    float(r),
+                    str(kind),
+                    color,
+                    float(arm),
+                    side_normal(s, side),
+                )
+            )
+            s += rng.uniform(22, 45)
+    if section.median_width_m >= 2.0 and rng.random() < 0.5:
+        s = rng.uniform(20, 60)
+        while s < L - 5:
+            if not in_gap(s, 2.0):
+                x, y = road.point_at(s, 0.0)
+                side = 1 if rng.random() < 0.5 else -1
+                poles.append(
+                    Pole(
+                        len(poles),
+                        float(x),
+                        float(y),
+                        float(rng.uniform(8, 12)),
+                        float(rng.uniform(0.1, 0.15)),
+                        "lamp",
+                        _jitter(rng, (0.45, 0.47, 0.5), 0.04),
+                        float(rng.uniform(1.0, 2.0)),
+                        side_normal(s, side),
+                    )
+                )
+            s += rng.uniform(35, 70)
+
+    # --- signs: on their own posts on the sidewalks, facing the traffic of their side
+    def add_sign(x: float, y: float, facing: float, height: float, pole_id: int) -> None:
+        shape = str(rng.choice(["circle", "triangle", "rectangle"]))
+        palette = {
+            "circle": ["red_white", "blue", "white"],
+            "triangle": ["red_white", "yellow"],
+            "rectangle": ["blue", "green", "white", "yellow"],
+        }[shape]
+        rim, face, glyph = _SIGN_PALETTE[str(rng.choice(palette))]
+        size = float(rng.uniform(0.6, 1.0) if shape != "rectangle" else rng.uniform(0.8, 1.5))
+        signs.append(Sign(len(signs), x, y, height, size, shape, facing, rim, face, glyph, pole_id))
+
+    for side in (-1, 1):
+        s = rng.uniform(10, 40)
+        while s < L - 5:
+            d = side * (edge + rng.uniform(0.3, min(1.5, section.sidewalk_width_m - 0.2)))
+            x, y = road.point_at(s, d)
+            _, _, h = road.pose_at(s)
+            # Right side (ego lanes) faces back along -s, towards the cars; left side faces +s.
+            facing = float(h) + (np.pi if side < 0 else 0.0) + rng.uniform(-0.2, 0.2)
+            if not any(np.hypot(p.x_m - x, p.y_m - y) < 1.5 for p in poles):
+                add_sign(float(x), float(y), facing, float(rng.uniform(2.0, 3.5)), -1)
+            s += rng.uniform(25, 60)
+    # Some signs hang on lamp and plain poles, on the road side of the pole.
+    for p in list(poles):
+        if p.kind == "utility" or rng.random() > 0.3:
+            continue
+        s_p, d_p = road.road_coords(np.array([p.x_m]), np.array([p.y_m]))
+        _, _, h = road.pose_at(s_p[0])
+        side = -1 if d_p[0] < 0 else 1
+        facing = float(h) + (np.pi if side < 0 else 0.0)
+        offset = p.radius_m + 0.04
+        fx, fy = np.cos(facing), np.sin(facing)
+        add_sign(p.x_m + offset * fx, p.y_m + offset * fy, facing, float(rng.uniform(2.5, 4.5)), p.id)
+
+    # --- trees and buildings behind the sidewalks
+    trees, buildings = [], []
+    for side in (-1, 1):
+        s = rng.uniform(0, 15)
+        while s < L + 50:
+            d = side * (edge + section.sidewalk_width_m + rng.uniform(1.5, 6.0))
+            x, y = road.point_at(s, d)
+            crown = rng.uniform(1.5, 3.2)
+            trees.append(
+                Tree(
+                    float(x),
+                    float(y),
+                    float(rng.uniform(0.12, 0.25)),
+                    float(rng.uniform(1.8, 3.5)),
+                    float(crown),
+                    _jitter(rng, (0.3, 0.22, 0.15), 0.05),
+                    _jitter(rng, (0.2, 0.38, 0.12), 0.08),
+                )
+            )
+            s += rng.uniform(8, 40)
+        s = rng.uniform(-20, 10)
+        while s < L + 80:
+            length = rng.uniform(10, 35)
+            depth = rng.uniform(8, 20)
+            setback = rng.uniform(8, 25)
+            d = side * (edge + section.sidewalk_width_m + setback + depth / 2)
+            x, y = road.point_at(s + length / 2, d)
+            _, _, h = road.pose_at(s + length / 2)
+            color = _jitter(
+                rng,
+                rng.choice(
+                    [
+                        (0.7, 0.65, 0.55),
+                        (0.55, 0.35, 0.3),
+                        (0.8, 0.8, 0.78),
+                        (0.45, 0.45, 0.5),
+                        (0.65, 0.55, 0.4),
+                    ]
+                ),
+                0.07,
+            )
+            buildings.append(
+                Box(
+                    float(x),
+                    float(y),
+                    float(h),
+                    float(length),
+                    float(depth),
+                    0.0,
+                    float(rng.uniform(5, 25)),
+                    color,
+                    windows=True,
+                )
+            )
+            s += length + rng.uniform(2, 30)
+
+    # --- vehicles: parked at the kerb of the far side, moving in the other lanes
+    ego_lane = int(rng.integers(0, section.lanes_per_direction))
+    vehicles = []
+    car_colors = [
+        (0.8, 0.1, 0.1),
+        (0.1, 0.2, 0.6),
+        (0.85, 0.85, 0.85),
+        (0.1, 0.1, 0.1),
+        (0.5, 0.5, 0.52),
+        (0.9, 0.75, 0.2),
+    ]
+
+    def car(s0: float, d: float, speed: float) -> Vehicle:
+        return Vehicle(
+            float(s0),
+            float(d),
+            float(speed),
+            float(rng.uniform(3.8, 4.8)),
+            float(rng.uniform(1.7, 1.9)),
+            float(rng.uniform(1.4, 1.7)),
+            _jitter(rng, car_colors[rng.integers(len(car_colors))], 0.05),
+        )
+
+    n_lanes = section.lanes_per_direction
+    if n_lanes >= 2:  # cars parked in the far side's outer lane, where nobody drives
+        s = rng.uniform(10, 60)
+        while s < L:
+            vehicles.append(car(s, -section.lane_center_m(n_lanes - 1) + 0.4, 0.0))
+            s += rng.uniform(15, 90)
+    for lane in range(n_lanes):
+        s = rng.uniform(0, 80)
+        while s < L and not (n_lanes >= 2 and lane == n_lanes - 1):
+            vehicles.append(car(s, -section.lane_center_m(lane), -rng.uniform(8, 15)))
+            s += rng.uniform(60, 200)
+        if lane != ego_lane:
+            s = rng.uniform(0, 80)
+            while s < L:
+                vehicles.append(car(s, section.lane_center_m(lane), rng.uniform(6, 16)))
+                s += rng.uniform(60, 200)
+
+    return World(
+        seed=int(seed),
+        road=road,
+        section=section,
+        median_gaps_m=median_gaps,
+        poles=tuple(poles),
+        signs=tuple(signs),
+        buildings=tuple(buildings),
+        trees=tuple(trees),
+        vehicles=tuple(vehicles),
+        style=_make_style(rng),
+        ego_lane=ego_lane,
+    )
