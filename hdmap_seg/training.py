@@ -20,15 +20,14 @@ def build(cfg: DictConfig) -> tuple[RoadsDataModule, L.LightningModule, L.Traine
     datamodule: RoadsDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.check()
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
-    module = instantiate(
-        cfg.module,
-        model=instantiate(model_config),
-        classes=datamodule.classes.to_dict(),
-        model_config=model_config,
-        _convert_="all",
+    # A partial, so that Hydra does not instantiate model_config (it has a _target_) on the way in.
+    make_module = instantiate(cfg.module, _partial_=True, _convert_="all")
+    module = make_module(
+        model=instantiate(model_config), classes=datamodule.classes.to_dict(), model_config=model_config
     )
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
+    # A group entry set to null (callbacks.progress_bar=null) switches that part off.
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, module, trainer
 

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object
 from omegaconf import OmegaConf, open_dict
 
 from conftest import REPO_ROOT
+from hdmap_seg.data.classes import ROAD_CLASSES
+from hdmap_seg.errors import HdmapError
+from hdmap_seg.module import load_segmenter
 from hdmap_seg.training import train
 
 CONF = REPO_ROOT / "conf"
@@ -97,11 +99,9 @@ def test_bad_data_set_exits_2_with_one_line_and_no_traceback(toy_dataset, tmp_pa
 
 def compose_tiny(data_root: Path, out: Path, *extra: str):
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[*tiny_overrides(data_root, out), *extra], return_hydra_config=True)
+        cfg = compose("train", overrides=[*tiny_overrides(data_root, out), *extra])
     with open_dict(cfg):
-        cfg.paths.output_dir = str(out / "run")
-    HydraConfig.instance().set_config(cfg)
-    del cfg["hydra"]
+        cfg.paths.output_dir = str(out / "run")  # Hydra sets it inside a real run
     return cfg
 
 
@@ -125,3 +125,29 @@ def test_resume_continues_from_the_checkpoint(toy_dataset, tmp_path):
     # The schedule continued: the scheduler counted all six steps, not three.
     (sched,) = resumed["lr_schedulers"]
     assert sched["last_epoch"] == 6
+
+
+@pytest.mark.slow
+def test_load_segmenter_rebuilds_the_trained_network(toy_dataset, tmp_path):
+    cfg = compose_tiny(toy_dataset, tmp_path, "trainer.max_steps=2", "callbacks.progress_bar=null")
+    train(cfg)
+    last = tmp_path / "run/checkpoints/last.ckpt"
+    model, classes = load_segmenter(last)
+    assert classes == ROAD_CLASSES
+    state = torch.load(last, weights_only=True, map_location="cpu")["state_dict"]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[f"model.{name}"]), name
+    logits = model(torch.randn(1, 3, 37, 45))
+    assert logits.shape == (1, 6, 37, 45)
+
+
+def test_load_segmenter_rejects_what_is_no_training_checkpoint(tmp_path):
+    bogus = tmp_path / "weights.ckpt"
+    bogus.write_text("not a checkpoint")
+    with pytest.raises(HdmapError, match="weights.ckpt: not a loadable checkpoint"):
+        load_segmenter(bogus)
+    torch.save({"state_dict": {}}, tmp_path / "plain.ckpt")
+    with pytest.raises(HdmapError, match="plain.ckpt: not a hdmap_seg training checkpoint"):
+        load_segmenter(tmp_path / "plain.ckpt")
+    with pytest.raises(HdmapError, match="missing.ckpt: checkpoint not found"):
+        load_segmenter(tmp_path / "missing.ckpt")
