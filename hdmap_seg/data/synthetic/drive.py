@@ -1,0 +1,170 @@
+"""The ego car: a drive along a lane of the world, its 6-DoF poses, and its OXTS packets.
+
+The OXTS unit rides ``imu_height_m`` above the ground (KITTI: 0.93 m), so the ground is flat
+and level exactly ``imu_height_m`` below the vehicle's reference point, as the geo stage assumes
+(docs/conventions.md). Pitch and roll are small oscillations (a few tenths of a degree), as a
+real car's suspension gives; lateral position and heading wander a little within the lane.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hdmap_seg.data.synthetic.world import World
+from hdmap_seg.geo.frames import LocalFrame, make_transform, oxts_pose_from_T, rotation_from_rpy
+from hdmap_seg.geo.kitti import OxtsPacket
+
+GRAVITY_MPS2 = 9.81
+
+
+@dataclass(frozen=True)
+class Drive:
+    """``n`` poses: ``t_s`` (n,) seconds from the start, ``T_world_from_imu`` (n, 4, 4)."""
+
+    t_s: np.ndarray
+    T_world_from_imu: np.ndarray
+    s_m: np.ndarray  # the car's arc length along the road, (n,)
+
+
+@dataclass(frozen=True)
+class Wobble:
+    """The car's small motions: amplitudes and phases of sinusoids (amplitudes in m and rad)."""
+
+    lateral_m: float
+    lateral_period_s: float
+    pitch_rad: tuple[float, float]
+    roll_rad: float
+    phases: tuple[float, float, float, float]
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> Wobble:
+        return cls(
+            lateral_m=float(rng.uniform(0.05, 0.3)),
+            lateral_period_s=float(rng.uniform(4.0, 12.0)),
+            pitch_rad=(float(rng.uniform(0.002, 0.008)), float(rng.uniform(0.001, 0.004))),
+            roll_rad=float(rng.uniform(0.002, 0.006)),
+            phases=tuple(float(p) for p in rng.uniform(0, 2 * np.pi, 4)),
+        )
+
+
+def pose_on_road(
+    world: World, s_m, d_m, t_s, wobble: Wobble, imu_height_m: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Poses of the car at road coordinates ``(s_m, d_m)`` and times ``t_s`` (arrays of one length).
+
+    Returns ``(T_world_from_imu (n, 4, 4), (n, 3) roll, pitch, yaw in rad)``. The lateral wobble
+    turns the heading by its slope, so the car points where it goes.
+    """
+    s = np.atleast_1d(np.asarray(s_m, float))
+    t = np.atleast_1d(np.asarray(t_s, float))
+    w = 2 * np.pi / wobble.lateral_period_s
+    p = wobble.phases
+    d = np.asarray(d_m, float) + wobble.lateral_m * np.sin(w * t + p[0])
+    _, _, heading = world.road.pose_at(s)
+    x, y = world.road.point_at(s, d)
+    # Slope of the lateral offset per metre driven (speed from the spacing; 10 m/s where single).
+    ds_dt = np.gradient(s, t) if len(s) > 1 else np.array([10.0])
+    dd_ds = wobble.lateral_m * w * np.cos(w * t + p[0]) / np.maximum(ds_dt, 1.0)
+    yaw = heading + np.arctan(dd_ds)
+    pitch = wobble.pitch_rad[0] * np.sin(2 * np.pi * 0.7 * t + p[1]) + wobble.pitch_rad[1] * np.sin(
+        2 * np.pi * 1.9 * t + p[2]
+    )
+    roll = wobble.roll_rad * np.sin(2 * np.pi * 0.45 * t + p[3])
+    T = np.stack(
+        [
+            make_transform(rotation_from_rpy(r, pi, ya), [xi, yi, imu_height_m])
+            for r, pi, ya, xi, yi in zip(roll, pitch, yaw, x, y, strict=True)
+        ]
+    )
+    return T, np.column_stack([roll, pitch, yaw])
+
+
+def make_drive(
+    world: World,
+    n_frames: int,
+    rng: np.random.Generator,
+    imu_height_m: float,
+    hz: float = 10.0,
+    s_start_m: float | None = None,
+) -> Drive:
+    """A drive of ``n_frames`` at ``hz`` along the world's ego lane, speed 8-14 m/s (gently varying)."""
+    t = np.arange(n_frames) / hz
+    v0 = rng.uniform(8.0, 14.0)
+    dv = rng.uniform(0.0, 1.5)
+    phase = rng.uniform(0, 2 * np.pi)
+    # s(t) = s0 + v0 t + dv/w (sin(w t + phase) - sin(phase)): speed v0 + dv cos(w t + phase).
+    w = 2 * np.pi / 20.0
+    s0 = 30.0 if s_start_m is None else s_start_m
+    s = s0 + v0 * t + dv / w * (np.sin(w * t + phase) - np.sin(phase))
+    d = world.section.lane_center_m(world.ego_lane)
+    T, _ = pose_on_road(world, s, np.full(n_frames, d), t, Wobble.random(rng), imu_height_m)
+    return Drive(t, T, s)
+
+
+def oxts_packets(frame: LocalFrame, drive: Drive) -> list[OxtsPacket]:
+    """All 30 OXTS fields of every pose, with KITTI's meanings (``oxts/dataformat.txt``).
+
+    Velocities, accelerations and angular rates are the poses' time derivatives (central
+    differences): ``vn/ve/vu`` in the world (north, east, up), ``vf/vl`` and ``af/al/au``,
+    ``wf/wl/wu`` in the level frame turned by yaw, ``ax/ay/az`` and ``wx/wy/wz`` in the vehicle
+    frame; the accelerometer channels include gravity (``az`` reads about +9.81 at rest), as
+    on KITTI.
+    """
+    t = drive.t_s
+    T = drive.T_world_from_imu
+    pos = T[:, :3, 3]
+    vel = np.gradient(pos, t, axis=0) if len(t) > 1 else np.zeros_like(pos)
+    acc = np.gradient(vel, t, axis=0) if len(t) > 1 else np.zeros_like(pos)
+    acc_specific = acc + [0.0, 0.0, GRAVITY_MPS2]
+    R = T[:, :3, :3]
+    # Angular velocity in the world frame from dR/dt R^T (skew-symmetric).
+    dR = np.gradient(R, t, axis=0) if len(t) > 1 else np.zeros_like(R)
+    Omega = dR @ np.transpose(R, (0, 2, 1))
+    omega_w = np.column_stack([Omega[:, 2, 1], Omega[:, 0, 2], Omega[:, 1, 0]])
+    packets = []
+    for i in range(len(t)):
+        pose = oxts_pose_from_T(frame, T[i])
+        yaw_grid = np.arctan2(R[i, 1, 0], R[i, 0, 0])
+        R_level = rotation_from_rpy(0.0, 0.0, yaw_grid)  # level frame: x forward, y left, z up
+        v_level = R_level.T @ vel[i]
+        a_level = R_level.T @ acc_specific[i]
+        a_body = R[i].T @ acc_specific[i]
+        w_body = R[i].T @ omega_w[i]
+        w_level = R_level.T @ omega_w[i]
+        packets.append(
+            OxtsPacket(
+                lat=pose["lat"],
+                lon=pose["lon"],
+                alt=pose["alt"],
+                roll=pose["roll"],
+                pitch=pose["pitch"],
+                yaw=pose["yaw"],
+                vn=float(vel[i, 1]),
+                ve=float(vel[i, 0]),
+                vf=float(v_level[0]),
+                vl=float(v_level[1]),
+                vu=float(vel[i, 2]),
+                ax=float(a_body[0]),
+                ay=float(a_body[1]),
+                az=float(a_body[2]),
+                af=float(a_level[0]),
+                al=float(a_level[1]),
+                au=float(a_level[2]),
+                wx=float(w_body[0]),
+                wy=float(w_body[1]),
+                wz=float(w_body[2]),
+                wf=float(w_level[0]),
+                wl=float(w_level[1]),
+                wu=float(w_level[2]),
+                pos_accuracy=0.02,
+                vel_accuracy=0.01,
+                navstat=4,
+                numsats=11,
+                posmode=6,
+                velmode=6,
+                orimode=6,
+            )
+        )
+    return packets

@@ -1,0 +1,470 @@
+"""Write what the synthetic world makes: a training data set, KITTI-raw drive logs with ground truth.
+
+Layouts are those of docs/conventions.md; docs/synthetic.md describes the files in full.
+
+Determinism: every world and every frame draws from its own ``numpy`` seed sequence, derived
+from the user's seed, the split and the index, so the output does not depend on the number of
+workers or on the order frames are made in, and a rerun skips frames already on disk (every
+file is written atomically) and finishes with the same bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from shapely.geometry import Polygon
+from shapely.geometry.polygon import orient
+
+from hdmap_seg.data.classes import ROAD_CLASSES, save_classes
+from hdmap_seg.data.synthetic.camera import CameraRig, rig_by_name
+from hdmap_seg.data.synthetic.drive import Drive, Wobble, make_drive, oxts_packets, pose_on_road
+from hdmap_seg.data.synthetic.render import POLE, SIGN, Renderer
+from hdmap_seg.data.synthetic.world import World, make_world
+from hdmap_seg.errors import HdmapError
+from hdmap_seg.geo.frames import LocalFrame, invert_transform
+from hdmap_seg.geo.kitti import write_oxts, write_timestamps
+from hdmap_seg.io import atomic_path, write_bytes_atomic, write_text_atomic
+
+_SPLIT_CODE = {"train": 1, "val": 2, "log": 3}
+_MANIFEST = "synthetic.json"
+#: Where a drive starts, and how far past its last frame the world goes on (metres).
+_RUN_IN_M, _RUN_OUT_M = 30.0, 150.0
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What ``tools/make_synthetic.py`` makes; stored as ``synthetic.json`` in the output folder."""
+
+    seed: int = 0
+    camera: str = "kitti"
+    scale: float = 1.0
+    train: int = 300
+    val: int = 60
+    frames_per_world: int = 25
+    world_length_m: float = 600.0
+    logs: int = 1
+    frames_per_log: int = 200
+    lat0: float = 49.0
+    lon0: float = 8.4
+    alt0: float = 110.0
+    gt_range_m: float = 30.0
+
+    def rig(self) -> CameraRig:
+        return _renderer(self.camera, self.scale).rig
+
+
+def world_seed(seed: int, split: str, index: int) -> int:
+    """The seed of world ``index`` of ``split``: train, val and logs never share a world."""
+    return int(np.random.SeedSequence([seed, _SPLIT_CODE[split], index]).generate_state(1)[0])
+
+
+def frame_rng(seed: int, split: str, index: int, sub: int = 0) -> np.random.Generator:
+    """The random stream of item ``index`` of ``split`` (``sub`` numbers streams within a log)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_CODE[split], index, sub, 0xF00D]))
+
+
+@functools.lru_cache(maxsize=8)
+def _world(seed: int, length_m: float) -> World:
+    return make_world(seed, length_m)
+
+
+@functools.lru_cache(maxsize=2)
+def _renderer(camera: str, scale: float) -> Renderer:
+    return Renderer(rig_by_name(camera, scale))
+
+
+def _png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise HdmapError("could not encode a PNG")
+    return buf.tobytes()
+
+
+def _rgb_png(rgb: np.ndarray) -> bytes:
+    return _png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+# ------------------------------------------------------------------------------ training data
+
+
+def _dataset_frame(cfg: SynthConfig, split: str, index: int, root: str) -> str:
+    """Render and write frame ``index`` of ``split`` unless it exists; returns its stem."""
+    stem = f"{index:06d}"
+    img_path = Path(root) / "images" / split / f"{stem}.png"
+    mask_path = Path(root) / "masks" / split / f"{stem}.png"
+    if img_path.is_file() and mask_path.is_file():
+        return stem
+    world = _world(world_seed(cfg.seed, split, index // cfg.frames_per_world), cfg.world_length_m)
+    rng = frame_rng(cfg.seed, split, index)
+    rig = cfg.rig()
+    s = rng.uniform(20.0, world.road.total_length_m - 200.0)
+    d = world.section.lane_center_m(world.ego_lane) + rng.uniform(-0.5, 0.5)
+    t = rng.uniform(0.0, 40.0)
+    T, _ = pose_on_road(world, [s], [d], [t], Wobble.random(rng), rig.imu_height_m)
+    frame = _renderer(cfg.camera, cfg.scale).render(world, T[0], t, rng)
+    write_bytes_atomic(mask_path, _png(frame.label))
+    write_bytes_atomic(img_path, _rgb_png(frame.rgb))  # the image last: its presence means "done"
+    return stem
+
+
+def write_dataset(cfg: SynthConfig, root: str | os.PathLike, workers: int = 1, progress=None) -> Path:
+    """The training data set: ``classes.yaml``, ``images/{train,val}``, ``masks/{train,val}``, contact sheet."""
+    root = Path(root)
+    _check_manifest(cfg, root)
+    save_classes(ROAD_CLASSES, root / "classes.yaml")
+    jobs = [("train", i) for i in range(cfg.train)] + [("val", i) for i in range(cfg.val)]
+    _run(functools.partial(_dataset_job, cfg, str(root)), jobs, workers, progress, "data set")
+    if cfg.train:
+        stems = [f"{i:06d}" for i in np.linspace(0, cfg.train - 1, min(8, cfg.train)).astype(int)]
+        write_contact_sheet(
+            root / "contact_sheet.png",
+            [root / "images" / "train" / f"{s}.png" for s in stems],
+            [root / "masks" / "train" / f"{s}.png" for s in stems],
+        )
+    return root
+
+
+def _dataset_job(cfg: SynthConfig, root: str, job: tuple[str, int]):
+    return _dataset_frame(cfg, job[0], job[1], root)
+
+
+# ---------------------------------------------------------------------------------- drive logs
+
+
+def log_name(index: int) -> str:
+    return f"synthetic_drive_{index:04d}"
+
+
+@functools.lru_cache(maxsize=4)
+def _log_setup(cfg: SynthConfig, index: int) -> tuple[World, Drive, LocalFrame]:
+    length = _RUN_IN_M + 14.5 * cfg.frames_per_log / 10.0 + _RUN_OUT_M  # 14.5 m/s is the top speed
+    world = _world(world_seed(cfg.seed, "log", index), max(length, cfg.world_length_m))
+    rig = cfg.rig()
+    drive = make_drive(
+        world, cfg.frames_per_log, frame_rng(cfg.seed, "log", index), rig.imu_height_m, s_start_m=_RUN_IN_M
+    )
+    return world, drive, LocalFrame(cfg.lat0, cfg.lon0, cfg.alt0)
+
+
+def _log_frame(cfg: SynthConfig, log_index: int, log_dir: str, i: int) -> dict[str, list[int]]:
+    """Render frame ``i`` of a log (or read its label back if done); returns the GT objects it sees."""
+    world, drive, _ = _log_setup(cfg, log_index)
+    rig = cfg.rig()
+    stem = f"{i:010d}"
+    img_path = Path(log_dir) / "image_02" / "data" / f"{stem}.png"
+    mask_path = Path(log_dir) / "label_02" / "data" / f"{stem}.png"
+    if img_path.is_file() and mask_path.is_file():
+        label = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+    else:
+        rng = frame_rng(cfg.seed, "log", log_index, sub=i + 1)
+        frame = _renderer(cfg.camera, cfg.scale).render(world, drive.T_world_from_imu[i], drive.t_s[i], rng)
+        label = frame.label
+        write_bytes_atomic(mask_path, _png(label))
+        write_bytes_atomic(img_path, _rgb_png(frame.rgb))
+    return seen_objects(world, rig, drive.T_world_from_imu[i], label, cfg.gt_range_m)
+
+
+def seen_objects(
+    world: World, rig: CameraRig, T_world_from_imu: np.ndarray, label: np.ndarray, range_m: float
+) -> dict[str, list[int]]:
+    """Ids of the poles and signs this frame shows: within ``range_m`` (ground distance from the
+    camera), projected into the image, and with their own class at that pixel (not hidden).
+
+    A pole is probed 1 m above its base, a sign at its centre.
+    """
+    T_cam_from_world = invert_transform(T_world_from_imu @ invert_transform(rig.T_cam_from_imu))
+    cam_xy = invert_transform(T_cam_from_world)[:2, 3]
+    out: dict[str, list[int]] = {"poles": [], "signs": []}
+    for key, objs, cls in (("poles", world.poles, POLE), ("signs", world.signs, SIGN)):
+        if not objs:
+            continue
+        P = np.array([[o.x_m, o.y_m, 1.0 if key == "poles" else o.height_m] for o in objs])
+        near = np.hypot(P[:, 0] - cam_xy[0], P[:, 1] - cam_xy[1]) <= range_m
+        Pc = P @ T_cam_from_world[:3, :3].T + T_cam_from_world[:3, 3]
+        front = Pc[:, 2] > 0.5
+        uv = Pc @ rig.K.T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = np.round(uv[:, 0] / uv[:, 2]).astype(np.int64, copy=False)
+            v = np.round(uv[:, 1] / uv[:, 2]).astype(np.int64, copy=False)
+        inside = near & front & (u >= 0) & (u < label.shape[1]) & (v >= 0) & (v < label.shape[0])
+        for k in np.flatnonzero(inside):
+            if label[v[k], u[k]] == cls:
+                out[key].append(objs[k].id)
+    return out
+
+
+def write_drive_log(
+    cfg: SynthConfig, index: int, logs_root: str | os.PathLike, workers: int = 1, progress=None
+) -> Path:
+    """Drive log ``index`` in the KITTI raw layout, with label masks and ground truth (``gt/``)."""
+    log_dir = Path(logs_root) / log_name(index)
+    world, drive, origin = _log_setup(cfg, index)
+    rig = cfg.rig()
+    rig.calib.write(log_dir)
+    start = np.datetime64("2026-01-01T12:00:00", "ns") + np.timedelta64(index, "h")
+    stamps = start + (drive.t_s * 1e9).astype("timedelta64[ns]")
+    write_timestamps(log_dir / "image_02" / "timestamps.txt", stamps)
+    write_timestamps(log_dir / "oxts" / "timestamps.txt", stamps)
+    for i, packet in enumerate(oxts_packets(origin, drive)):
+        write_oxts(log_dir / "oxts" / "data" / f"{i:010d}.txt", packet)
+    seen = _run(
+        functools.partial(_log_job, cfg, index, str(log_dir)),
+        list(range(cfg.frames_per_log)),
+        workers,
+        progress,
+        log_name(index),
+    )
+    counts = {"poles": {}, "signs": {}}
+    for frame_seen in seen:
+        for key, ids in frame_seen.items():
+            for k in ids:
+                counts[key][k] = counts[key].get(k, 0) + 1
+    write_ground_truth(log_dir / "gt", world, drive, origin, rig, counts, cfg.gt_range_m)
+    stems = [
+        f"{i:010d}" for i in np.linspace(0, cfg.frames_per_log - 1, min(8, cfg.frames_per_log)).astype(int)
+    ]
+    write_contact_sheet(
+        log_dir / "contact_sheet.png",
+        [log_dir / "image_02" / "data" / f"{s}.png" for s in stems],
+        [log_dir / "label_02" / "data" / f"{s}.png" for s in stems],
+    )
+    return log_dir
+
+
+def _log_job(cfg: SynthConfig, index: int, log_dir: str, i: int):
+    return _log_frame(cfg, index, log_dir, i)
+
+
+# ------------------------------------------------------------------------------- ground truth
+
+
+def write_ground_truth(
+    gt_dir: str | os.PathLike,
+    world: World,
+    drive: Drive,
+    origin: LocalFrame,
+    rig: CameraRig,
+    seen_counts: dict[str, dict[int, int]],
+    range_m: float,
+    min_frames: int = 2,
+) -> None:
+    """The drive's map layers as GeoJSON (RFC 7946) in ``gt_dir``: what the drive saw.
+
+    Poles and signs seen (:func:`seen_objects`) in at least ``min_frames`` frames; medians and
+    lane markings over the stretch of road the camera saw, from 5 m ahead of its first position
+    to ``range_m`` ahead of its last.
+    """
+    gt_dir = Path(gt_dir)
+    s_cam0 = float(drive.s_m[0]) + float(invert_transform(rig.T_cam_from_imu)[0, 3])
+    s_lo, s_hi = s_cam0 + 5.0, float(drive.s_m[-1]) + range_m
+
+    def lonlat(xy: np.ndarray, z=None) -> list:
+        pts = np.column_stack([xy, z]) if z is not None else np.asarray(xy)
+        out = origin.wgs84_from_world_points(pts)
+        out[:, :2] = np.round(out[:, :2], 7)
+        if out.shape[1] == 3:
+            out[:, 2] = np.round(out[:, 2], 3)
+        return out.tolist()
+
+    poles = []
+    for p in world.poles:
+        n = seen_counts["poles"].get(p.id, 0)
+        if n >= min_frames:
+            props = {
+                "id": p.id,
+                "kind": p.kind,
+                "height_m": round(p.height_m, 3),
+                "diameter_m": round(2 * p.radius_m, 3),
+                "n_frames_seen": n,
+            }
+            poles.append(
+                _feature({"type": "Point", "coordinates": lonlat(np.array([[p.x_m, p.y_m]]))[0]}, props)
+            )
+    signs = []
+    for sg in world.signs:
+        n = seen_counts["signs"].get(sg.id, 0)
+        if n >= min_frames:
+            props = {
+                "id": sg.id,
+                "shape": sg.shape,
+                "height_m": round(sg.height_m, 3),
+                "bearing_deg": round(sg.bearing_deg, 2),
+                "size_m": round(sg.size_m, 3),
+                "plate_height_m": round(sg.plate_height_m, 3),
+                "mount": "pole" if sg.pole_id >= 0 else "post",
+                "pole_id": sg.pole_id,
+                "n_frames_seen": n,
+            }
+            geom = {"type": "Point", "coordinates": lonlat(np.array([[sg.x_m, sg.y_m]]), [sg.height_m])[0]}
+            signs.append(_feature(geom, props))
+
+    sec = world.section
+    medians = []
+    for k, (a, b) in enumerate(world.median_pieces_m(s_lo, s_hi)):
+        if b - a < 1.0:
+            continue
+        s = _samples(a, b)
+        left = np.column_stack(world.road.point_at(s, np.full_like(s, sec.half_median_m)))
+        right = np.column_stack(world.road.point_at(s, np.full_like(s, -sec.half_median_m)))
+        ring = np.vstack([left, right[::-1]])
+        poly = orient(Polygon(lonlat(ring)), sign=1.0)
+        props = {
+            "median_id": k,
+            "width_m": round(sec.median_width_m, 3),
+            "s_start_m": round(a, 2),
+            "s_end_m": round(b, 2),
+        }
+        medians.append(
+            _feature(
+                {"type": "Polygon", "coordinates": [list(map(list, poly.exterior.coords))]},
+                {"kind": "footprint", **props},
+            )
+        )
+        centre = np.column_stack(world.road.point_at(s, np.zeros_like(s)))
+        medians.append(
+            _feature({"type": "LineString", "coordinates": lonlat(centre)}, {"kind": "centerline", **props})
+        )
+
+    markings = []
+    for side, sign in (("ego", -1.0), ("opposite", 1.0)):
+        for k, (c, style) in enumerate(sec.marking_lines()):
+            pieces = world.median_pieces_m(s_lo, s_hi) if k == 0 else [(s_lo, s_hi)]
+            for a, b in pieces:
+                if b - a < 1.0:
+                    continue
+                s = _samples(a, b)
+                xy = np.column_stack(world.road.point_at(s, np.full_like(s, sign * c)))
+                props = {
+                    "style": style,
+                    "side": side,
+                    "line": k,
+                    "offset_m": round(sign * c, 3),
+                    "width_m": round(sec.marking_width_m, 3),
+                }
+                markings.append(_feature({"type": "LineString", "coordinates": lonlat(xy)}, props))
+
+    for name, feats in (
+        ("poles", poles),
+        ("signs", signs),
+        ("medians", medians),
+        ("lane_markings", markings),
+    ):
+        write_text_atomic(
+            gt_dir / f"{name}.geojson", json.dumps({"type": "FeatureCollection", "features": feats})
+        )
+
+
+def _samples(a: float, b: float, step_m: float = 1.0) -> np.ndarray:
+    return np.linspace(a, b, max(int(np.ceil((b - a) / step_m)) + 1, 2))
+
+
+def _feature(geometry: dict, properties: dict) -> dict:
+    return {"type": "Feature", "geometry": geometry, "properties": properties}
+
+
+# ------------------------------------------------------------------------------ contact sheet
+
+
+def write_contact_sheet(
+    path: str | os.PathLike, images: Iterable[Path], masks: Iterable[Path], width: int = 1600
+) -> None:
+    """A PNG grid: each frame beside itself with its label mask overlaid in the class colours."""
+    lut = ROAD_CLASSES.palette()[:, ::-1]  # BGR
+    rows = []
+    for ip, mp_ in zip(images, masks, strict=True):
+        img = cv2.imread(str(ip), cv2.IMREAD_COLOR)
+        mask = cv2.imread(str(mp_), cv2.IMREAD_UNCHANGED)
+        if img is None or mask is None:
+            continue
+        overlay = img.copy()
+        labelled = mask > 0
+        overlay[labelled] = (0.45 * img[labelled] + 0.55 * lut[mask[labelled]]).astype(np.uint8)
+        rows.append(np.hstack([img, overlay]))
+    if not rows:
+        return
+    sheet = np.vstack(rows)
+    scale = min(1.0, width / sheet.shape[1])
+    sheet = cv2.resize(sheet, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    with atomic_path(path) as tmp:
+        cv2.imwrite(str(tmp), sheet)
+
+
+# ---------------------------------------------------------------------------------- plumbing
+
+
+def _check_manifest(cfg: SynthConfig, root: Path) -> None:
+    """Refuse to mix frames of different settings in one folder; record the settings otherwise."""
+    path = root / _MANIFEST
+    mine = asdict(cfg)
+    if path.is_file():
+        try:
+            theirs = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise HdmapError(f"{path}: not valid JSON ({err})") from None
+        keys = (
+            "seed",
+            "camera",
+            "scale",
+            "frames_per_world",
+            "world_length_m",
+            "lat0",
+            "lon0",
+            "alt0",
+            "frames_per_log",
+            "gt_range_m",
+        )
+        diff = [k for k in keys if theirs.get(k) != mine[k]]
+        if diff:
+            raise HdmapError(
+                f"{root} holds synthetic data made with other settings ({', '.join(diff)}); "
+                "choose another --out or delete it"
+            )
+    write_text_atomic(path, json.dumps(mine, indent=2) + "\n")
+
+
+def _run(fn: Callable, jobs: list, workers: int, progress, description: str) -> list:
+    """``[fn(j) for j in jobs]``, over ``workers`` processes, advancing ``progress`` (rich) per job."""
+    task = progress.add_task(description, total=len(jobs)) if progress is not None else None
+    results = []
+    if workers <= 1 or len(jobs) < 4:
+        for j in jobs:
+            results.append(fn(j))
+            if task is not None:
+                progress.advance(task)
+        return results
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers, initializer=_single_thread) as pool:
+        for r in pool.imap(fn, jobs, chunksize=2):
+            results.append(r)
+            if task is not None:
+                progress.advance(task)
+    return results
+
+
+def _single_thread() -> None:
+    cv2.setNumThreads(1)
+
+
+def make_all(
+    cfg: SynthConfig,
+    out: str | os.PathLike,
+    logs_out: str | os.PathLike | None = None,
+    workers: int = 1,
+    progress=None,
+) -> dict[str, object]:
+    """Everything ``cfg`` asks for: the data set in ``out`` and the logs in ``logs_out`` (default ``out/logs``)."""
+    out = Path(out)
+    logs_root = Path(logs_out) if logs_out is not None else out / "logs"
+    start = dt.datetime.now()
+    write_dataset(cfg, out, workers, progress)
+    logs = [write_drive_log(cfg, i, logs_root, workers, progress) for i in range(cfg.logs)]
+    return {"root": out, "logs": logs, "seconds": (dt.datetime.now() - start).total_seconds()}
