@@ -1,0 +1,167 @@
+"""GeoJSON (RFC 7946) and GeoPackage output of map layers, and reading GeoJSON layers back.
+
+RFC 7946: WGS84 longitude, latitude (and altitude in metres for points), exterior rings counter-
+clockwise and holes clockwise, no ``crs`` member. Coordinates are snapped to 7 decimals (1 cm) and
+the snapped geometry is checked valid; altitudes are kept to the millimetre. Files are written
+atomically (:mod:`hdmap_seg.io`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import shapely
+from shapely.geometry import mapping, shape
+from shapely.geometry.base import BaseGeometry
+
+from hdmap_seg.errors import HdmapError
+from hdmap_seg.geo.frames import LocalFrame
+from hdmap_seg.io import atomic_path, write_text_atomic
+from hdmap_seg.vectorize.layers import Feature, MapLayers
+
+DECIMALS = 7
+GRID_DEG = 10.0**-DECIMALS
+ALT_DECIMALS = 3
+
+
+def to_wgs84(geom: BaseGeometry, origin: LocalFrame) -> BaseGeometry:
+    """A world-frame geometry -> WGS84 lon/lat(/alt), snapped to 7 decimals, valid, CCW exteriors."""
+    out = shapely.transform(geom, origin.wgs84_from_world_points, include_z=geom.has_z)
+    if out.geom_type in ("Point", "MultiPoint"):
+        return out
+    out = shapely.set_precision(out, GRID_DEG)
+    if not out.is_valid:
+        out = shapely.make_valid(out)
+    return shapely.orient_polygons(out, exterior_cw=False)
+
+
+def _round(coords):
+    if isinstance(coords, (tuple, list)) and coords and isinstance(coords[0], (int, float)):
+        return [round(float(v), DECIMALS if i < 2 else ALT_DECIMALS) for i, v in enumerate(coords)]
+    return [_round(c) for c in coords]
+
+
+def _clean(value):
+    """JSON-safe property values: numpy scalars to Python, NaN to null."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def feature_collection(features: list[Feature], origin: LocalFrame, name: str) -> dict:
+    """An RFC 7946 FeatureCollection dict of world-frame features."""
+    out = []
+    for f in features:
+        geom = to_wgs84(f.geometry, origin)
+        if geom.is_empty:
+            continue
+        g = mapping(geom)
+        g = {"type": g["type"], "coordinates": _round(g["coordinates"])}
+        out.append(
+            {"type": "Feature", "geometry": g, "properties": {k: _clean(v) for k, v in f.properties.items()}}
+        )
+    return {"type": "FeatureCollection", "name": name, "features": out}
+
+
+def write_geojson(
+    path: str | os.PathLike, features: list[Feature], origin: LocalFrame, name: str | None = None
+) -> Path:
+    """Write one layer as a GeoJSON FeatureCollection, atomically."""
+    path = Path(path)
+    fc = feature_collection(features, origin, name or path.stem)
+    write_text_atomic(path, json.dumps(fc, allow_nan=False, separators=(",", ":")) + "\n")
+    return path
+
+
+def read_geojson(path: str | os.PathLike) -> list[tuple[BaseGeometry, dict]]:
+    """Read a FeatureCollection: ``[(shapely geometry in lon/lat(/alt), properties)]``."""
+    path = Path(path)
+    if not path.is_file():
+        raise HdmapError(f"{path}: GeoJSON file not found")
+    try:
+        data = json.loads(path.read_text())
+        if data.get("type") != "FeatureCollection":
+            raise ValueError("not a FeatureCollection")
+        return [(shape(f["geometry"]), dict(f.get("properties") or {})) for f in data["features"]]
+    except (ValueError, KeyError, TypeError, AttributeError, shapely.errors.GEOSException) as err:
+        raise HdmapError(f"{path}: not a GeoJSON FeatureCollection ({err})") from None
+
+
+def _gpkg_layers(layers: MapLayers) -> dict[str, list[Feature]]:
+    """GeoPackage layers hold one geometry type each: medians split into footprints and centre lines."""
+    out: dict[str, list[Feature]] = {}
+    for name, feats in layers.items():
+        if name == "medians":
+            out["medians"] = [f for f in feats if f.properties.get("kind") == "footprint"]
+            out["median_centerlines"] = [f for f in feats if f.properties.get("kind") == "centerline"]
+        else:
+            out[name] = feats
+    return out
+
+
+def write_geopackage(path: str | os.PathLike, layers: MapLayers, origin: LocalFrame) -> Path:
+    """Write every layer into one GeoPackage (EPSG:4326), atomically; empty layers are kept, typed."""
+    import pyogrio.raw
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.unlink()
+        for name, feats in _gpkg_layers(layers).items():
+            geoms = [to_wgs84(f.geometry, origin) for f in feats]
+            keys = list(dict.fromkeys(k for f in feats for k in f.properties))
+            columns = []
+            for k in keys:
+                vals = [_clean(f.properties.get(k)) for f in feats]
+                kinds = {type(v) for v in vals if v is not None}
+                if kinds <= {int} and None not in vals:
+                    columns.append(np.array(vals, np.int64))
+                elif kinds <= {int, float} and kinds:
+                    columns.append(np.array([np.nan if v is None else v for v in vals], np.float64))
+                else:
+                    columns.append(np.array(["" if v is None else str(v) for v in vals], object))
+            geom_type = _layer_geometry_type(name, geoms)
+            pyogrio.raw.write(
+                str(tmp),
+                np.array(shapely.to_wkb(geoms), dtype=object) if geoms else np.array([], dtype=object),
+                columns,
+                keys,
+                layer=name,
+                driver="GPKG",
+                geometry_type=geom_type,
+                crs="EPSG:4326",
+                promote_to_multi=False,
+                append=False,
+            )
+    return path
+
+
+def _layer_geometry_type(name: str, geoms: list[BaseGeometry]) -> str:
+    types = {g.geom_type for g in geoms}
+    if len(types) == 1:
+        t = types.pop()
+        return f"{t} Z" if geoms[0].has_z else t
+    if not types:
+        return {"poles": "Point Z", "signs": "Point Z", "median_centerlines": "LineString"}.get(
+            name, "Polygon"
+        )
+    return "Unknown"
+
+
+def write_layers(
+    layers: MapLayers, out_dir: str | os.PathLike, origin: LocalFrame, gpkg: bool = True
+) -> list[Path]:
+    """Write ``<layer>.geojson`` for every layer (and ``map.gpkg`` with all of them) into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [
+        write_geojson(out_dir / f"{name}.geojson", feats, origin, name) for name, feats in layers.items()
+    ]
+    if gpkg:
+        paths.append(write_geopackage(out_dir / "map.gpkg", layers, origin))
+    return paths

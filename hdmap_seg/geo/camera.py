@@ -1,0 +1,131 @@
+"""Camera model (OpenCV's, with distortion), camera -> vehicle -> world, and the flat ground.
+
+Pixel coordinates follow OpenCV: ``(u, v)`` with pixel centres on integers, ``u`` to the right,
+``v`` down. The ``cam`` frame is OpenCV's (x right, y down, z forward). The ground is the plane
+``z = ground_z_m`` of the world frame, ``ground_offset_m`` below the vehicle's reference point
+(docs/conventions.md): it stays level when the car pitches or rolls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from hdmap_seg.errors import HdmapError
+from hdmap_seg.geo.frames import invert_transform
+
+
+@dataclass(frozen=True, eq=False)
+class CameraModel:
+    """A pinhole camera with OpenCV distortion, mounted on the vehicle.
+
+    ``K`` 3x3 intrinsics; ``dist`` OpenCV coefficients ``(k1, k2, p1, p2[, k3[, k4, k5, k6]])``, empty
+    for an undistorted (e.g. KITTI rectified) image; ``T_vehicle_from_cam`` the mounting;
+    ``ground_offset_m`` the height of the vehicle's reference point above the ground.
+    """
+
+    K: np.ndarray
+    width: int
+    height: int
+    dist: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    T_vehicle_from_cam: np.ndarray = field(default_factory=lambda: np.eye(4))
+    ground_offset_m: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "K", np.asarray(self.K, float).reshape(3, 3))
+        object.__setattr__(self, "dist", np.asarray(self.dist, float).ravel())
+        object.__setattr__(
+            self, "T_vehicle_from_cam", np.asarray(self.T_vehicle_from_cam, float).reshape(4, 4)
+        )
+        if self.dist.size not in (0, 4, 5, 8):
+            raise HdmapError(f"camera distortion must have 0, 4, 5 or 8 coefficients, got {self.dist.size}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` in pixels."""
+        return self.width, self.height
+
+    @property
+    def focal_px(self) -> float:
+        """Mean focal length in pixels (for pixel <-> metre error budgets)."""
+        return float(0.5 * (self.K[0, 0] + self.K[1, 1]))
+
+    @property
+    def has_distortion(self) -> bool:
+        return bool(np.any(self.dist != 0))
+
+    def check_mask(self, mask: np.ndarray, source: str) -> None:
+        """A clear error when a mask's size is not the camera's."""
+        if mask.ndim != 2 or mask.shape != (self.height, self.width):
+            raise HdmapError(
+                f"{source}: mask is {mask.shape[1] if mask.ndim >= 2 else '?'}x{mask.shape[0]}"
+                f"{'' if mask.ndim == 2 else f' with {mask.ndim} dims'}, the camera's images are "
+                f"{self.width}x{self.height} (single-channel class ids expected)"
+            )
+
+    def normalized_from_pixels(self, uv: np.ndarray) -> np.ndarray:
+        """``(N, 2)`` pixels -> ``(N, 2)`` undistorted normalised coordinates ``(x/z, y/z)``."""
+        uv = np.asarray(uv, np.float64).reshape(-1, 2)
+        if not self.has_distortion:
+            return (uv - self.K[:2, 2]) / np.diag(self.K)[:2]
+        return cv2.undistortPoints(uv.reshape(-1, 1, 2), self.K, self.dist).reshape(-1, 2)
+
+    def pixels_from_normalized(self, xy: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`normalized_from_pixels` (applies distortion)."""
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        if not self.has_distortion:
+            return xy * np.diag(self.K)[:2] + self.K[:2, 2]
+        pts = np.concatenate([xy, np.ones((len(xy), 1))], axis=1).reshape(-1, 1, 3)
+        uv, _ = cv2.projectPoints(pts, np.zeros(3), np.zeros(3), self.K, self.dist)
+        return uv.reshape(-1, 2)
+
+    def project(self, p_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, 3)`` points in ``cam`` -> ``(N, 2)`` pixels and ``(N,)`` in-front flags (z > 0)."""
+        p_cam = np.asarray(p_cam, np.float64).reshape(-1, 3)
+        in_front = p_cam[:, 2] > 1e-9
+        z = np.where(in_front, p_cam[:, 2], 1.0)
+        return self.pixels_from_normalized(p_cam[:, :2] / z[:, None]), in_front
+
+    def rays_cam(self, uv: np.ndarray) -> np.ndarray:
+        """``(N, 2)`` pixels -> ``(N, 3)`` unit ray directions in ``cam``."""
+        xy = self.normalized_from_pixels(uv)
+        d = np.concatenate([xy, np.ones((len(xy), 1))], axis=1)
+        return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+    def ground_z_m(self, T_world_from_cam: np.ndarray) -> float:
+        """World height of the ground under the vehicle that carries the camera at this pose."""
+        T_world_from_vehicle = T_world_from_cam @ invert_transform(self.T_vehicle_from_cam)
+        return float(T_world_from_vehicle[2, 3] - self.ground_offset_m)
+
+
+def ground_homography(T_world_from_cam: np.ndarray, plane_z_m: float) -> np.ndarray:
+    """3x3 ``H`` mapping normalised camera coordinates ``(x, y, 1)`` to world ``(X, Y, 1)`` on ``z = plane_z_m``.
+
+    ``H @ m = w * (X, Y, 1)`` with ``w = (R @ m)_z``; the ray meets the plane in front of the
+    camera only where ``w`` has the sign of ``plane_z_m - C_z`` (below the horizon for a plane
+    under the camera).
+    """
+    R, C = T_world_from_cam[:3, :3], T_world_from_cam[:3, 3]
+    dz = plane_z_m - C[2]
+    return np.stack([C[0] * R[2] + dz * R[0], C[1] * R[2] + dz * R[1], R[2]])
+
+
+def apply_homography(H: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` -> ``(N, 2)`` through a 3x3 homography."""
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    p = xy @ H[:, :2].T + H[:, 2]
+    return p[:, :2] / p[:, 2:3]
+
+
+def intersect_ground(origin: np.ndarray, dirs: np.ndarray, plane_z_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rays ``origin + t * dirs`` (``(N, 3)`` dirs, world) against ``z = plane_z_m``.
+
+    Returns ``(N, 3)`` hit points and ``(N,)`` flags: True where the ray meets the plane at ``t > 0``.
+    """
+    dirs = np.asarray(dirs, np.float64).reshape(-1, 3)
+    dz = dirs[:, 2]
+    ok = dz * (plane_z_m - origin[2]) > 1e-12
+    t = np.where(ok, (plane_z_m - origin[2]) / np.where(ok, dz, 1.0), 0.0)
+    return origin + t[:, None] * dirs, ok

@@ -1,0 +1,171 @@
+"""The vectorization API: feed label masks frame by frame, get map layers.
+
+    builder = MapBuilder(log.camera, config)
+    for i in range(len(log)):
+        builder.add_frame(i, mask_i, log.T_world_from_cam(i), log[i].timestamp)
+    layers = builder.finish()            # {"poles": [...], "signs": [...], "medians": [...], "coverage": [...]}
+    write_layers(layers, out_dir, log.origin)
+
+:func:`vectorize_log` does this for a drive log and a folder of masks. State is bounded by what
+the camera sees plus the finished map (see :mod:`~hdmap_seg.vectorize.tracks`,
+:mod:`~hdmap_seg.vectorize.medians`), never by the number of frames.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from shapely.geometry import Polygon
+from tqdm import tqdm
+
+from hdmap_seg.errors import HdmapError
+from hdmap_seg.geo.camera import CameraModel
+from hdmap_seg.geo.drivelog import DriveLog
+from hdmap_seg.vectorize.config import VectorizeConfig
+from hdmap_seg.vectorize.frame import FrameGeometry
+from hdmap_seg.vectorize.layers import MapLayers
+from hdmap_seg.vectorize.medians import GroundVotes
+from hdmap_seg.vectorize.poles import PoleFuser, pole_instances, pole_observations
+from hdmap_seg.vectorize.signs import SignTracker, sign_instances
+
+
+class MapBuilder:
+    """Streaming vectorizer for one camera. Not thread-safe; one per drive."""
+
+    def __init__(self, camera: CameraModel, config: VectorizeConfig | None = None) -> None:
+        self.camera = camera
+        self.config = config or VectorizeConfig()
+        cfg = self.config
+        # One lookup per pixel maps class ids to layer bits (1 pole, 2 sign, 4 median).
+        self._lut = np.zeros(256, np.uint8)
+        for bit, layer in ((1, "pole"), (2, "sign"), (4, "median")):
+            for cid in cfg.classes.get(layer, []):
+                self._lut[int(cid)] |= bit
+        self.poles = PoleFuser(cfg.pole) if "pole" in cfg.classes else None
+        self.signs = SignTracker(cfg.sign, cfg.max_range_m) if "sign" in cfg.classes else None
+        self.ground = GroundVotes(cfg.median)
+        self._has_median = "median" in cfg.classes
+        self._last_frame: int | None = None
+        self.n_frames = 0
+
+    def add_frame(
+        self,
+        frame_index: int,
+        mask: np.ndarray,
+        T_world_from_cam: np.ndarray,
+        timestamp: np.datetime64 | None = None,
+        source: str | None = None,
+    ) -> None:
+        """Add one frame's ``(H, W)`` uint8 class-id mask seen from ``T_world_from_cam``.
+
+        Frames must come in increasing ``frame_index`` (tracks retire by frame gaps).
+        """
+        where = source or f"frame {frame_index}"
+        self.camera.check_mask(mask, where)
+        if self._last_frame is not None and frame_index <= self._last_frame:
+            raise HdmapError(
+                f"{where}: frames must be added in increasing order ({frame_index} after {self._last_frame})"
+            )
+        if not np.all(np.isfinite(T_world_from_cam)):
+            raise HdmapError(f"{where}: NaN or inf in the camera pose")
+        self._last_frame = frame_index
+        self.n_frames += 1
+        cfg = self.config
+        geom = FrameGeometry(
+            self.camera, T_world_from_cam, self.camera.ground_z_m(T_world_from_cam), cfg.max_range_m
+        )
+        bits = cv2.LUT(mask.astype(np.uint8, copy=False), self._lut)
+        sign_px = (bits & 2) > 0 if self.signs is not None else None
+        if self.poles is not None:
+            inst = pole_instances((bits & 1) > 0, cfg.pole, blocked=sign_px)
+            xy, info = pole_observations(inst, geom, cfg.pole)
+            self.poles.add(frame_index, timestamp, xy, info, geom.ground_z_m)
+        if self.signs is not None:
+            self.signs.add(frame_index, timestamp, sign_instances(sign_px, cfg.sign), geom)
+        median = None
+        if self._has_median:
+            median = geom.image_polygons_to_ground(
+                _mask_polygons((bits & 4) > 0), geom.ground_z_m + cfg.median.surface_height_m
+            )
+        self.ground.add(frame_index, geom.visible_ground(), median)
+
+    def state_size(self) -> dict[str, int]:
+        """Sizes of the fusion state (for the memory benchmark and logs)."""
+        return {
+            "pole_tracks": self.poles.n_tracks if self.poles else 0,
+            "sign_tracks": self.signs.n_tracks if self.signs else 0,
+            "ground_tiles": self.ground.n_tiles,
+            "median_pieces": len(self.ground.median_pieces),
+        }
+
+    def finish(self) -> MapLayers:
+        """Finish every track and tile; the layers in the world frame."""
+        layers: MapLayers = {}
+        if self.poles is not None:
+            layers["poles"] = self.poles.finish()
+        if self.signs is not None:
+            layers["signs"] = self.signs.finish()
+        medians, coverage = self.ground.finish()
+        if self._has_median:
+            layers["medians"] = medians
+        layers["coverage"] = coverage
+        return layers
+
+
+def _mask_polygons(binary: np.ndarray) -> list[Polygon]:
+    """Pixel-space polygons (with holes) of a binary mask, along the pixels' outer edges."""
+    contours, hierarchy = cv2.findContours(binary.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    hierarchy = hierarchy[0]
+    out = []
+    for i, c in enumerate(contours):
+        if hierarchy[i][3] != -1 or len(c) < 3:
+            continue
+        holes, child = [], hierarchy[i][2]
+        while child != -1:
+            if len(contours[child]) >= 3:
+                holes.append(contours[child].reshape(-1, 2))
+            child = hierarchy[child][0]
+        poly = Polygon(c.reshape(-1, 2).astype(float), [h.astype(float) for h in holes])
+        out.append(poly.buffer(0.5, join_style="mitre"))  # contours run through pixel centres: out to edges
+    return out
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Read a single-channel PNG of class ids; clear errors for a missing or colour file."""
+    if not path.is_file():
+        raise HdmapError(f"{path}: mask not found (masks are PNGs named like the frames)")
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise HdmapError(f"{path}: not a readable image")
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise HdmapError(
+            f"{path}: expected a single-channel 8-bit mask of class ids, got shape {mask.shape} {mask.dtype}"
+        )
+    return mask
+
+
+def vectorize_log(
+    log: DriveLog,
+    masks_dir: str | os.PathLike | None = None,
+    config: VectorizeConfig | None = None,
+    progress: bool = True,
+) -> MapLayers:
+    """Vectorize a whole drive log from its masks (default: the log's own label folder)."""
+    masks_dir = Path(masks_dir) if masks_dir is not None else log.default_masks_dir
+    if not masks_dir.is_dir():
+        raise HdmapError(f"{masks_dir}: masks folder not found")
+    first = log.mask_path(masks_dir, 0)
+    if not first.is_file():
+        raise HdmapError(
+            f"{first}: mask of frame {log[0].stem} not found (masks are PNGs named like the frames)"
+        )
+    builder = MapBuilder(log.camera, config)
+    for i in tqdm(range(len(log)), desc="vectorize", unit="frame", disable=not progress):
+        path = log.mask_path(masks_dir, i)
+        builder.add_frame(i, read_mask(path), log.T_world_from_cam(i), log[i].timestamp, source=str(path))
+    return builder.finish()

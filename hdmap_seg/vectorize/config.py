@@ -1,0 +1,118 @@
+"""Vectorization settings: which mask classes feed which map layer, ranges, fusion parameters.
+
+``conf/vectorize/road.yaml`` (the project's taxonomy) and ``conf/vectorize/camvid.yaml`` (CamVid's
+11 classes) are instances; the dataclass defaults below are the project's taxonomy. Every field
+is documented in docs/map.md.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from hdmap_seg.errors import HdmapError
+
+#: Map layers that have a builder; ``lane_marking`` will join them (docs/map.md, "Lane markings").
+LAYERS = ("pole", "sign", "median")
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "vectorize"
+
+
+@dataclass
+class PoleConfig:
+    min_pixels: int = 12  # smaller connected components are noise
+    min_height_px: int = 8  # a pole instance must be at least this tall in the image
+    min_width_px: int = 2  # ... and this wide (the 0.1 m pole at 30 m is 2.4 px)
+    split_fraction: float = 0.3  # columns with fewer pixels than this x the tallest column split instances
+    split_base_jump_px: int = 4  # adjacent columns whose bottoms differ by more belong to different poles
+    sigma_px: float = 0.7  # pixel noise of the base point (1 px mask steps)
+    sigma_floor_m: float = 0.05  # pose noise floor of one observation
+    gate_m: float = 0.5  # model error added to the association gate
+    min_obs: int = 2  # a pole seen in fewer frames is rejected
+    retire_after_frames: int = 20  # a track unseen for this many frames is finished (bounded state)
+    merge_radius_m: float = 0.5  # finished poles closer than this are one (drives that loop back)
+
+
+@dataclass
+class SignConfig:
+    min_pixels: int = 12
+    size_prior_m: float = 0.9  # typical plate size, for the first guess of a sign's distance
+    sigma_px: float = 1.0  # centroid noise
+    sigma_floor_m: float = 0.05
+    gate_px: float = 25.0  # association gate in the image (grows with the sign's size)
+    min_obs: int = 2
+    retire_after_frames: int = 10
+    max_obs_kept: int = 64  # observations kept per sign for its facing and size (bounded state)
+    min_parallax_deg: float = 2.0  # a sign's rays must span at least this angle to be triangulated
+    max_rms_sigma: float = 3.0  # ... and pass within this many sigmas of its point (RMS): else mixed-up views
+    merge_radius_m: float = 0.5
+
+
+@dataclass
+class MedianConfig:
+    cell_m: float = 0.1  # vote grid resolution on the ground
+    tile_cells: int = 256  # vote tiles are tile_cells x tile_cells; far-behind tiles are polygonised
+    surface_height_m: float = 0.0  # height of the median's top above the road surface
+    vote_fraction: float = 0.5  # a cell is median if at least this fraction of the frames that saw it say so
+    min_votes: int = 2  # ... and at least this many
+    retire_after_frames: int = 40
+    close_m: float = 0.3  # morphological closing of the merged footprint
+    simplify_m: float = 0.1
+    min_area_m2: float = 2.0
+
+
+@dataclass
+class VectorizeConfig:
+    #: layer -> mask class ids that feed it
+    classes: dict[str, list[int]] = field(default_factory=lambda: {"pole": [4], "sign": [5], "median": [3]})
+    ignore_index: int = 255
+    max_range_m: float = 30.0  # only ground within this distance of the camera counts
+    pole: PoleConfig = field(default_factory=PoleConfig)
+    sign: SignConfig = field(default_factory=SignConfig)
+    median: MedianConfig = field(default_factory=MedianConfig)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.classes) - set(LAYERS))
+        if unknown:
+            later = " (lane markings are not vectorized yet)" if "lane_marking" in unknown else ""
+            raise HdmapError(
+                f"vectorize config: no layer builder for {unknown}{later}; layers are {list(LAYERS)}"
+            )
+        for layer, ids in self.classes.items():
+            if any(not 0 <= int(i) <= 254 for i in ids):
+                raise HdmapError(f"vectorize config: class ids of {layer} must be 0..254, got {list(ids)}")
+            if self.ignore_index in ids:
+                raise HdmapError(f"vectorize config: {layer} uses the ignore index {self.ignore_index}")
+        if self.max_range_m <= 0:
+            raise HdmapError("vectorize config: max_range_m must be positive")
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>") -> VectorizeConfig:
+        """Validate a mapping (a YAML file, a Hydra node) against the dataclasses."""
+        data = dict(data)
+        classes = data.pop("classes", None)
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(data))
+            if classes is not None:  # replaced, not merged: a config lists exactly the layers it feeds
+                merged.classes = classes
+            return OmegaConf.to_object(merged)
+        except OmegaConfBaseException as err:
+            raise HdmapError(f"{source}: {str(err).splitlines()[0]}") from None
+
+
+def load_vectorize_config(name_or_path: str | os.PathLike, overrides: list[str] = ()) -> VectorizeConfig:
+    """A config by name (``road``, ``camvid``: conf/vectorize/<name>.yaml) or path, with ``key=value`` overrides."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONF_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        named = sorted(p.stem for p in CONF_DIR.glob("*.yaml")) if CONF_DIR.is_dir() else []
+        raise HdmapError(f"{path}: vectorize config not found (named configs: {named})")
+    try:
+        data = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise HdmapError(f"{path}: {str(err).splitlines()[0]}") from None
+    return VectorizeConfig.from_dict(OmegaConf.to_container(data), source=str(path))

@@ -1,0 +1,258 @@
+"""Medians (and the drive's coverage): ground footprints voted on a grid, merged into polygons.
+
+Every frame adds one to the cells of the ground it sees within range (``seen``) and to the cells
+of its median footprint (``votes``). A cell is median when ``votes >= min_votes`` and
+``votes >= vote_fraction * seen``: a union of footprints that one wrong frame cannot grow. The
+grid lives in square tiles; a tile that no frame has touched for ``retire_after_frames`` frames
+is turned into polygons (OpenCV contours) and freed, so memory holds the tiles around the car
+plus the polygons of the map. :meth:`GroundVotes.finish` merges the pieces (union, closing by
+``close_m``, simplification, small parts dropped) and draws each polygon's centre line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import shapely
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import dijkstra
+from shapely.geometry import LineString, MultiPoint, Polygon
+from shapely.geometry.base import BaseGeometry
+
+from hdmap_seg.vectorize.config import MedianConfig
+from hdmap_seg.vectorize.layers import Feature
+
+_SHIFT = 4  # cv2.fillPoly fractional bits: vertices at 1/16 cell
+
+
+@dataclass
+class _Tile:
+    seen: np.ndarray  # uint16 (n, n): frames that saw the cell
+    votes: np.ndarray  # uint16 (n, n): frames whose median footprint covers the cell
+    last_frame: int
+
+
+@dataclass
+class _Piece:
+    polygon: BaseGeometry
+    score_sum: float  # sum over its cells of votes / seen
+    n_cells: int
+
+
+class GroundVotes:
+    """Vote grid over the ground: median footprints and coverage, streaming with bounded memory."""
+
+    def __init__(self, cfg: MedianConfig) -> None:
+        self.cfg = cfg
+        self.tiles: dict[tuple[int, int], _Tile] = {}
+        self.median_pieces: list[_Piece] = []
+        self.coverage_pieces: list[BaseGeometry] = []
+        self._tile_m = cfg.cell_m * cfg.tile_cells
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.tiles)
+
+    def add(self, frame: int, visible: BaseGeometry, median: BaseGeometry | None) -> None:
+        """Vote one frame: ``visible`` ground and ``median`` footprint, world polygons (x, y)."""
+        self._retire(frame)
+        if visible.is_empty:
+            return
+        cell = self.cfg.cell_m
+        x0, y0, x1, y1 = visible.bounds
+        c0, r0 = int(np.floor(x0 / cell)), int(np.floor(y0 / cell))
+        c1, r1 = int(np.floor(x1 / cell)) + 1, int(np.floor(y1 / cell)) + 1
+        seen = np.zeros((r1 - r0, c1 - c0), np.uint8)
+        _fill(seen, visible, c0, r0, cell)
+        votes = np.zeros_like(seen)
+        if median is not None and not median.is_empty:
+            _fill(votes, median, c0, r0, cell)
+            votes &= seen
+        n = self.cfg.tile_cells
+        for tr in range(r0 // n, (r1 - 1) // n + 1):
+            for tc in range(c0 // n, (c1 - 1) // n + 1):
+                tile = self.tiles.get((tc, tr))
+                if tile is None:
+                    tile = self.tiles[(tc, tr)] = _Tile(
+                        np.zeros((n, n), np.uint16), np.zeros((n, n), np.uint16), frame
+                    )
+                tile.last_frame = frame
+                # overlap of this frame's window with the tile, in global cell indices
+                ra, rb = max(r0, tr * n), min(r1, (tr + 1) * n)
+                ca, cb = max(c0, tc * n), min(c1, (tc + 1) * n)
+                tile_sl = (slice(ra - tr * n, rb - tr * n), slice(ca - tc * n, cb - tc * n))
+                win_sl = (slice(ra - r0, rb - r0), slice(ca - c0, cb - c0))
+                tile.seen[tile_sl] += seen[win_sl]
+                tile.votes[tile_sl] += votes[win_sl]
+
+    def _retire(self, frame: int) -> None:
+        for key in [k for k, t in self.tiles.items() if frame - t.last_frame > self.cfg.retire_after_frames]:
+            self._polygonize(key, self.tiles.pop(key))
+
+    def _polygonize(self, key: tuple[int, int], tile: _Tile) -> None:
+        cfg = self.cfg
+        ox, oy = key[0] * self._tile_m, key[1] * self._tile_m
+        covered = (tile.seen > 0).astype(np.uint8)
+        self.coverage_pieces.extend(_contours_to_polygons(covered, ox, oy, cfg.cell_m))
+        is_median = (tile.votes >= cfg.min_votes) & (tile.votes >= cfg.vote_fraction * tile.seen)
+        if not is_median.any():
+            return
+        score = np.where(is_median, tile.votes / np.maximum(tile.seen, 1), 0.0)
+        n_cells, labels = cv2.connectedComponents(is_median.astype(np.uint8), connectivity=8)
+        sums = np.bincount(labels.ravel(), weights=score.ravel(), minlength=n_cells)
+        counts = np.bincount(labels.ravel(), minlength=n_cells)
+        for lab in range(1, n_cells):
+            for poly in _contours_to_polygons((labels == lab).astype(np.uint8), ox, oy, cfg.cell_m):
+                self.median_pieces.append(_Piece(poly, float(sums[lab]), int(counts[lab])))
+
+    def finish(self) -> tuple[list[Feature], list[Feature]]:
+        """``(median features, coverage features)``; medians come as footprint Polygon + centre LineString."""
+        for key in list(self.tiles):
+            self._polygonize(key, self.tiles.pop(key))
+        cfg = self.cfg
+        # Contours run through cell centres, and fillPoly marks the cells an edge touches: the two
+        # half-cell errors cancel, so pieces are grown only for the closing.
+        coverage = _merge([p.buffer(0.5, quad_segs=2) for p in self.coverage_pieces], 0.5, 0.25)
+        merged = _merge(
+            [p.polygon.buffer(cfg.close_m) for p in self.median_pieces], cfg.close_m, cfg.simplify_m
+        )
+        polys = [p for p in _polygons(merged) if p.area >= cfg.min_area_m2]
+        features = []
+        if polys:
+            tree = shapely.STRtree([p.polygon for p in self.median_pieces])
+            for i, poly in enumerate(sorted(polys, key=lambda p: (p.centroid.x, p.centroid.y))):
+                hits = tree.query(poly, predicate="intersects")
+                score = sum(self.median_pieces[h].score_sum for h in hits)
+                cells = sum(self.median_pieces[h].n_cells for h in hits)
+                props = {
+                    "id": i,
+                    "confidence": round(score / max(cells, 1), 3),
+                    "area_m2": round(poly.area, 1),
+                }
+                features.append(Feature(poly, {**props, "kind": "footprint"}))
+                line = centerline(poly, cfg.simplify_m)
+                if line is not None:
+                    features.append(
+                        Feature(line, {**props, "kind": "centerline", "length_m": round(line.length, 1)})
+                    )
+        cover = [Feature(p, {"area_m2": round(p.area, 1)}) for p in _polygons(coverage)]
+        return features, cover
+
+
+def _fill(canvas: np.ndarray, geom: BaseGeometry, c0: int, r0: int, cell: float) -> None:
+    """Rasterise polygons (with holes) into ``canvas`` (cell ``(r, c)`` centred at ``((c0+c+.5) cell, (r0+r+.5) cell)``)."""
+    scale = (1 << _SHIFT) / cell
+    off = np.array([c0 + 0.5, r0 + 0.5]) * (1 << _SHIFT)
+
+    def ring(coords) -> np.ndarray:
+        return np.round(np.asarray(coords)[:, :2] * scale - off).astype(np.int32)
+
+    for poly in _polygons(geom):
+        cv2.fillPoly(canvas, [ring(poly.exterior.coords)], 1, lineType=cv2.LINE_8, shift=_SHIFT)
+        holes = [ring(r.coords) for r in poly.interiors]
+        if holes:
+            cv2.fillPoly(canvas, holes, 0, lineType=cv2.LINE_8, shift=_SHIFT)
+
+
+def _contours_to_polygons(binary: np.ndarray, ox: float, oy: float, cell: float) -> list[Polygon]:
+    """Outer contours with their holes -> world polygons through cell centres."""
+    contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    hierarchy = hierarchy[0]
+
+    def world(c: np.ndarray) -> np.ndarray:
+        return (c.reshape(-1, 2) + 0.5) * cell + (ox, oy)
+
+    out = []
+    for i, c in enumerate(contours):
+        if hierarchy[i][3] != -1:
+            continue
+        holes, child = [], hierarchy[i][2]
+        while child != -1:
+            if len(contours[child]) >= 3:
+                holes.append(world(contours[child]))
+            child = hierarchy[child][0]
+        if len(c) >= 3:
+            poly = shapely.make_valid(Polygon(world(c), holes))
+        else:  # a one- or two-cell sliver: keep it as a cell-sized square so that the union stays whole
+            poly = shapely.box(*(world(c).min(0) - 0.5 * cell), *(world(c).max(0) + 0.5 * cell))
+        out.append(poly)
+    return out
+
+
+def _merge(parts: list[BaseGeometry], shrink_m: float, simplify_m: float) -> BaseGeometry:
+    if not parts:
+        return Polygon()
+    merged = shapely.union_all(parts).buffer(-shrink_m)
+    return shapely.make_valid(merged.simplify(simplify_m))
+
+
+def _polygons(geom: BaseGeometry) -> list[Polygon]:
+    """The non-empty polygons of any geometry (Polygon, MultiPolygon, GeometryCollection)."""
+    if geom.is_empty:
+        return []
+    if isinstance(geom, Polygon):
+        return [geom]
+    return [g for part in getattr(geom, "geoms", []) for g in _polygons(part)]
+
+
+def centerline(poly: Polygon, simplify_m: float, spacing_m: float = 0.5) -> LineString | None:
+    """The longest path through the polygon's medial axis (Voronoi edges of its densified boundary)."""
+    boundary = shapely.segmentize(poly, spacing_m).boundary
+    pts = shapely.get_coordinates(boundary)
+    if len(pts) < 4:
+        return None
+    edges = shapely.voronoi_polygons(MultiPoint(pts), only_edges=True)
+    segs = np.array(shapely.get_parts(edges))
+    segs = segs[shapely.contains(poly, segs)]
+    if len(segs) == 0:
+        return None
+    coords = np.array([shapely.get_coordinates(s)[[0, -1]] for s in segs])  # (E, 2, 2)
+    keys, inverse = np.unique(np.round(coords.reshape(-1, 2), 6), axis=0, return_inverse=True)
+    ends = inverse.reshape(-1, 2)
+    length = np.linalg.norm(coords[:, 0] - coords[:, 1], axis=1)
+    n = len(keys)
+    graph = coo_matrix(
+        (np.r_[length, length], (np.r_[ends[:, 0], ends[:, 1]], np.r_[ends[:, 1], ends[:, 0]])), (n, n)
+    )
+    graph = graph.tocsr()
+    dist = dijkstra(graph, indices=0)
+    a = int(np.argmax(np.where(np.isfinite(dist), dist, -1)))
+    dist, pred = dijkstra(graph, indices=a, return_predecessors=True)
+    b = int(np.argmax(np.where(np.isfinite(dist), dist, -1)))
+    path = [b]
+    while path[-1] != a:
+        path.append(int(pred[path[-1]]))
+    if len(path) < 2:
+        return None
+    return _trim_and_extend(poly, keys[path[::-1]]).simplify(simplify_m)
+
+
+def _trim_and_extend(poly: Polygon, pts: np.ndarray) -> LineString:
+    """Cut the medial path's end spurs into corners, then run its ends straight out to the boundary.
+
+    Spurs are where the clearance to the boundary falls below 0.9 of the path's median clearance
+    (along a spur into a corner it falls to zero; along the trunk it is the half-width).
+    """
+    clearance = shapely.distance(poly.boundary, shapely.points(pts))
+    ok = np.flatnonzero(clearance >= 0.9 * np.median(clearance))
+    pts = pts[ok[0] : ok[-1] + 1]
+    if len(pts) < 2:
+        return LineString(pts if len(pts) == 2 else np.repeat(pts, 2, axis=0))
+    line = LineString(pts)
+    reach = 2.0 * float(clearance.max()) + 1.0
+    back = min(2.0, 0.3 * line.length)
+    ends = []
+    for end, inner in ((pts[0], line.interpolate(back)), (pts[-1], line.interpolate(line.length - back))):
+        direction = end - np.array(inner.coords[0])
+        norm = np.linalg.norm(direction)
+        if norm < 1e-9:
+            ends.append(end)
+            continue
+        ray = LineString([end, end + direction / norm * reach])
+        hits = shapely.get_coordinates(ray.intersection(poly.boundary))
+        ends.append(hits[np.argmin(np.linalg.norm(hits - end, axis=1))] if len(hits) else end)
+    return LineString(np.vstack([ends[0], pts, ends[1]]))

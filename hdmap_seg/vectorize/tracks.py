@@ -1,0 +1,144 @@
+"""Streaming fusion of point observations: Gaussian information sums per track, bounded state.
+
+A track holds the information matrix ``J = sum(Sigma_i^-1)`` and vector ``sum(Sigma_i^-1 x_i)`` of
+its observations (the least-squares estimate is ``J^-1 sum(...)``): constant size however many
+frames see it. Tracks not seen for ``retire_after_frames`` leave the active set; the caller turns
+them into features or drops them, so that active state is bounded by what the camera sees and
+finished state by the map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+
+@dataclass
+class Track:
+    """Fused observations of one physical object (``dim`` = 2 for poles, 3 for signs)."""
+
+    info: np.ndarray
+    info_vec: np.ndarray
+    first_frame: int
+    last_frame: int
+    first_time: np.datetime64 | None
+    last_time: np.datetime64 | None
+    n_obs: int = 1
+    ground_z_sum: float = 0.0
+    #: ``sum(x_i^T Sigma_i^-1 x_i)``, so that the weighted squared residual is ``info_const - info_vec . estimate``
+    info_const: float = 0.0
+    #: a few per-observation records, for the properties that need them (bounded by the caller)
+    kept: list = field(default_factory=list)
+
+    @classmethod
+    def start(cls, info: np.ndarray, x: np.ndarray, frame: int, time, ground_z_m: float, kept=None) -> Track:
+        """A track of one observation ``x`` with information matrix ``info``."""
+        return cls(
+            info.copy(),
+            info @ x,
+            frame,
+            frame,
+            time,
+            time,
+            1,
+            ground_z_m,
+            float(x @ info @ x),
+            list(kept or []),
+        )
+
+    @property
+    def estimate(self) -> np.ndarray:
+        return np.linalg.solve(self.info, self.info_vec)
+
+    @property
+    def covariance(self) -> np.ndarray:
+        return np.linalg.inv(self.info)
+
+    @property
+    def chi2_per_obs(self) -> float:
+        """Mean squared residual of the observations about the estimate, in units of their sigmas."""
+        return max(0.0, float(self.info_const - self.info_vec @ self.estimate)) / self.n_obs
+
+    @property
+    def ground_z_m(self) -> float:
+        return self.ground_z_sum / self.n_obs
+
+    @property
+    def hit_rate(self) -> float:
+        """Fraction of the frames from first to last sighting in which it was seen."""
+        return self.n_obs / (self.last_frame - self.first_frame + 1)
+
+    @property
+    def confidence(self) -> float:
+        """``hit_rate * (1 - 1/n_obs)``: 0 for a single sighting, towards 1 for a steady one."""
+        return float(self.hit_rate * (1.0 - 1.0 / self.n_obs))
+
+    def add(self, info: np.ndarray, x: np.ndarray, frame: int, time, ground_z_m: float) -> None:
+        """Add an observation ``x`` with information matrix ``info`` (inverse covariance)."""
+        self.info = self.info + info
+        self.info_vec = self.info_vec + info @ x
+        self.info_const += float(x @ info @ x)
+        self.n_obs += 1
+        self.last_frame = frame
+        self.last_time = time
+        self.ground_z_sum += ground_z_m
+
+    def absorb(self, other: Track) -> None:
+        """Merge another track of the same object (a second pass over the same place)."""
+        self.info = self.info + other.info
+        self.info_vec = self.info_vec + other.info_vec
+        self.info_const += other.info_const
+        self.n_obs += other.n_obs
+        self.ground_z_sum += other.ground_z_sum
+        if other.first_frame < self.first_frame:
+            self.first_frame, self.first_time = other.first_frame, other.first_time
+        if other.last_frame > self.last_frame:
+            self.last_frame, self.last_time = other.last_frame, other.last_time
+        self.kept.extend(other.kept)
+
+
+def assign(cost: np.ndarray, gate: float | np.ndarray) -> list[tuple[int, int]]:
+    """One-to-one assignment (Hungarian) of rows to columns with ``cost <= gate``."""
+    if cost.size == 0:
+        return []
+    ok = cost <= gate
+    big = 1e6 + float(np.nanmax(np.where(ok, cost, 0.0)))
+    rows, cols = linear_sum_assignment(np.where(ok, cost, big))
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if ok[r, c]]
+
+
+def split_stale(active: list[Track], frame: int, retire_after_frames: int) -> tuple[list[Track], list[Track]]:
+    """``(still_active, stale)``: stale tracks were last seen more than ``retire_after_frames`` ago."""
+    keep = [t for t in active if frame - t.last_frame <= retire_after_frames]
+    stale = [t for t in active if frame - t.last_frame > retire_after_frames]
+    return keep, stale
+
+
+def merge_close(tracks: list[Track], radius_m: float) -> list[Track]:
+    """Merge tracks whose horizontal estimates lie within ``radius_m`` (transitively)."""
+    if len(tracks) < 2 or radius_m <= 0:
+        return tracks
+    xy = np.array([t.estimate[:2] for t in tracks])
+    pairs = cKDTree(xy).query_pairs(radius_m, output_type="ndarray")
+    if len(pairs) == 0:
+        return tracks
+    n = len(tracks)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    merged: dict[int, Track] = {}
+    for t, lab in zip(tracks, labels, strict=True):
+        if lab in merged:
+            merged[lab].absorb(t)
+        else:
+            merged[lab] = t
+    return list(merged.values())
+
+
+def iso_time(ts: np.datetime64 | None) -> str | None:
+    """ISO 8601 text of a frame time (milliseconds), or None for a frame without one."""
+    return None if ts is None else str(np.datetime_as_string(np.datetime64(ts, "ns"), unit="ms"))

@@ -1,0 +1,203 @@
+"""Vectorization against geometry placed by hand and drawn with OpenCV (tests/test_vectorize_scene.py)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import shapely
+from shapely.geometry import LineString, Polygon
+from test_vectorize_scene import (
+    MEDIAN,
+    POLE,
+    SIGN,
+    Scene,
+    default_scene,
+    kitti_like_camera,
+    render_mask,
+    trajectory,
+)
+
+from hdmap_seg.errors import HdmapError
+from hdmap_seg.geo.frames import make_transform, rotation_from_rpy
+from hdmap_seg.vectorize import MapBuilder, VectorizeConfig, load_vectorize_config
+from hdmap_seg.vectorize.config import PoleConfig
+from hdmap_seg.vectorize.frame import FrameGeometry
+from hdmap_seg.vectorize.poles import pole_instances, pole_observations
+
+
+def _run(camera, traj, scene, config=None, ground_z_m=0.0):
+    builder = MapBuilder(camera, config)
+    for i, T in enumerate(traj):
+        builder.add_frame(i, render_mask(camera, T, scene, ground_z_m), T @ camera.T_vehicle_from_cam)
+    return builder.finish()
+
+
+def _xy(features):
+    return np.array([[f.geometry.x, f.geometry.y] for f in features]).reshape(-1, 2)
+
+
+@pytest.mark.parametrize("dist", [(), (-0.3, 0.12, 0.001, -0.0005, -0.02)])
+def test_pole_placed_by_hand_seen_from_three_poses(dist):
+    camera = kitti_like_camera(dist)
+    pole = np.array([[18.0, -6.5, 0.12, 7.0]])
+    poses = [
+        make_transform(rotation_from_rpy(0.02, -0.03, 0.05), [0.0, -2.0, 0.93]),
+        make_transform(rotation_from_rpy(-0.015, 0.02, -0.04), [3.0, -1.6, 0.95]),
+        make_transform(rotation_from_rpy(0.0, 0.035, 0.1), [6.5, -2.3, 0.91]),
+    ]
+    layers = _run(camera, np.array(poses), Scene(poles=pole))
+    (f,) = layers["poles"]
+    assert np.hypot(f.geometry.x - 18.0, f.geometry.y + 6.5) < 0.1
+    assert f.properties["n_obs"] == 3 and (f.properties["first_frame"], f.properties["last_frame"]) == (0, 2)
+    # the ground under the car: 0.93 m below the OXTS unit (first frame), in world z
+    assert f.geometry.z == pytest.approx(np.mean([0.0, 0.02, -0.02]), abs=0.03)
+    assert 0 < f.properties["confidence"] <= 1
+
+
+def test_known_ground_point_projects_and_back_under_pitch_and_roll():
+    """A base pixel computed from a known world point comes back to that point (full 6-DoF pose)."""
+    camera = kitti_like_camera()
+    T_wv = make_transform(rotation_from_rpy(0.03, -0.04, 0.7), [100.0, 50.0, 12.93])  # ground at z = 12
+    T_wc = T_wv @ camera.T_vehicle_from_cam
+    base = np.array([108.0, 62.0, 12.0])
+    uv, ok = camera.project((np.linalg.inv(T_wc) @ np.r_[base, 1.0])[:3])
+    assert ok[0]
+    geom = FrameGeometry(camera, T_wc, camera.ground_z_m(T_wc), 30.0)
+    assert geom.ground_z_m == pytest.approx(12.0)
+    xy, info = pole_observations(np.array([[uv[0, 0], uv[0, 1], 0.0]]), geom, PoleConfig())
+    np.testing.assert_allclose(xy[0], base[:2], atol=1e-6)
+    # A plane fixed to the vehicle (ignoring pitch and roll) would put it metres off.
+    level = make_transform(rotation_from_rpy(0.0, 0.0, 0.7), T_wv[:3, 3]) @ camera.T_vehicle_from_cam
+    xy_level, _ = pole_observations(
+        np.array([[uv[0, 0], uv[0, 1], 0.0]]), FrameGeometry(camera, level, 12.0, 30.0), PoleConfig()
+    )
+    assert np.linalg.norm(xy_level[0] - base[:2]) > 1.0
+    # The weakest direction's sigma is what one pixel of the base row moves the point, measured here
+    # by finite differences (with the config's 0.7 px noise and 5 cm floor).
+    xy_down, _ = pole_observations(np.array([[uv[0, 0], uv[0, 1] + 0.5, 0.0]]), geom, PoleConfig())
+    xy_up, _ = pole_observations(np.array([[uv[0, 0], uv[0, 1] - 0.5, 0.0]]), geom, PoleConfig())
+    sigma_radial = np.hypot(np.linalg.norm(xy_up[0] - xy_down[0]) * 0.7, 0.05)
+    assert 1 / np.sqrt(np.linalg.eigvalsh(info[0])[0]) == pytest.approx(sigma_radial, rel=0.1)
+
+
+def test_pole_seen_in_one_frame_is_rejected():
+    camera = kitti_like_camera()
+    traj = trajectory(2)
+    traj[1, :3, :3] = traj[1, :3, :3] @ rotation_from_rpy(0, 0, np.pi)  # second frame looks back
+    layers = _run(camera, traj, Scene(poles=np.array([[15.0, -6.0, 0.12, 7.0]])))
+    assert layers["poles"] == []
+
+
+def test_instances_split_touching_poles_and_skip_ungrounded_ones():
+    mask = np.zeros((200, 300), np.uint8)
+    cv2.rectangle(mask, (50, 20), (55, 150), 1, -1)  # pole A, base at row 150
+    cv2.rectangle(mask, (56, 30), (61, 120), 1, -1)  # pole B touching A, farther (base row 120)
+    cv2.rectangle(mask, (120, 10), (124, 90), 1, -1)  # pole on a sign (sign below)
+    cv2.rectangle(mask, (200, 40), (204, 199), 1, -1)  # cut by the bottom of the image
+    cv2.rectangle(mask, (240, 40), (244, 100), 1, -1)  # a pole with a thin arm to the right
+    cv2.line(mask, (245, 45), (290, 45), 1, 1)
+    signs = np.zeros_like(mask, bool)
+    signs[91:100, 115:130] = True
+    inst = pole_instances(mask > 0, PoleConfig(), blocked=signs)
+    # A and B apart at their base jump, the arm cut off; u at the column centre, v at the lower pixel edge.
+    assert sorted(inst.tolist()) == [[52.5, 150.5, 6.0], [58.5, 120.5, 6.0], [242.0, 100.5, 5.0]]
+
+
+def test_scene_poles_signs_medians_land_on_the_truth():
+    camera = kitti_like_camera()
+    scene = default_scene()
+    layers = _run(camera, trajectory(100), scene)
+    poles = _xy(layers["poles"])
+    d = np.linalg.norm(poles[:, None] - scene.poles[None, :, :2], axis=2)
+    assert len(poles) == len(scene.poles)
+    assert d.min(axis=1).max() < 0.2 and len(set(d.argmin(axis=1))) == len(scene.poles)
+
+    signs = layers["signs"]
+    assert len(signs) == len(scene.signs)
+    for f, truth in zip(sorted(signs, key=lambda f: f.geometry.x), scene.signs, strict=True):
+        assert np.linalg.norm(np.array(f.geometry.coords[0]) - truth[:3]) < 0.2
+        assert f.properties["height_m"] == pytest.approx(truth[2], abs=0.1)
+        assert abs((f.properties["facing_deg"] - 270.0 + 180) % 360 - 180) < 10  # truth faces west
+        assert f.properties["width_m"] == pytest.approx(truth[3], rel=0.2)
+        assert f.properties["n_obs"] >= 5
+
+    footprints = [f.geometry for f in layers["medians"] if f.properties["kind"] == "footprint"]
+    lines = [f.geometry for f in layers["medians"] if f.properties["kind"] == "centerline"]
+    assert len(footprints) == 2 and len(lines) == 2
+    seen = shapely.union_all([f.geometry for f in layers["coverage"]])
+    truth = shapely.union_all([Polygon(m) for m in scene.medians]).intersection(seen)
+    pred = shapely.union_all(footprints)
+    assert pred.intersection(truth).area / pred.union(truth).area > 0.9
+    for line in lines:
+        x0, x1 = sorted(line.xy[0])[0], sorted(line.xy[0])[-1]
+        truth_line = LineString([(x0, 2.2), (x1, 2.2)])
+        assert line.hausdorff_distance(truth_line) < 0.3 and line.length > 30
+
+
+def test_ground_height_and_median_surface_height_are_used():
+    """The same scene on ground 7 m up gives the same map (ground from the pose, not z = 0)."""
+    camera = kitti_like_camera()
+    scene = Scene(poles=np.array([[14.0, -6.0, 0.12, 7.0], [25.0, 7.0, 0.1, 6.0]]))
+    layers = _run(camera, trajectory(20, ground_z_m=7.0), scene, ground_z_m=7.0)
+    np.testing.assert_allclose(
+        np.sort(_xy(layers["poles"]), axis=0), np.sort(scene.poles[:, :2], axis=0), atol=0.15
+    )
+    assert all(abs(f.geometry.z - 7.0) < 0.05 for f in layers["poles"])
+
+
+def test_camvid_config_maps_its_ids_onto_the_same_layers():
+    camera = kitti_like_camera()
+    scene = default_scene()
+    cfg = load_vectorize_config("camvid")
+    assert cfg.classes["pole"] == [2] and cfg.classes["sign"] == [6] and cfg.ignore_index == 11
+    builder = MapBuilder(camera, cfg)
+    remap = np.arange(256, dtype=np.uint8)
+    remap[POLE], remap[SIGN], remap[MEDIAN] = 2, 6, 0
+    for i, T in enumerate(trajectory(40)):
+        builder.add_frame(i, remap[render_mask(camera, T, scene)], T @ camera.T_vehicle_from_cam)
+    layers = builder.finish()
+    assert "medians" not in layers and len(layers["poles"]) >= 3 and len(layers["signs"]) >= 1
+
+
+def test_builder_rejects_bad_input():
+    camera = kitti_like_camera()
+    builder = MapBuilder(camera)
+    T = trajectory(1)[0] @ camera.T_vehicle_from_cam
+    with pytest.raises(HdmapError, match=r"masks/7.png: mask is 620x188.*1242x375"):
+        builder.add_frame(7, np.zeros((188, 620), np.uint8), T, source="masks/7.png")
+    builder.add_frame(3, np.zeros((375, 1242), np.uint8), T)
+    with pytest.raises(HdmapError, match="increasing order"):
+        builder.add_frame(3, np.zeros((375, 1242), np.uint8), T)
+    with pytest.raises(HdmapError, match="NaN or inf"):
+        builder.add_frame(4, np.zeros((375, 1242), np.uint8), np.full((4, 4), np.nan))
+    with pytest.raises(HdmapError, match="lane markings are not vectorized yet"):
+        VectorizeConfig.from_dict({"classes": {"lane_marking": [2]}})
+    with pytest.raises(HdmapError, match="min_obz"):
+        load_vectorize_config("road", ["pole.min_obz=3"])
+
+
+def test_state_is_bounded_over_a_long_drive():
+    """Active fusion state stays that of the view: tracks and tiles retire as the car moves on."""
+    camera = kitti_like_camera(width=414, height=125)
+    camera = type(camera)(
+        camera.K / np.array([[3], [3], [1]]), 414, 125, camera.dist, camera.T_vehicle_from_cam, 0.93
+    )
+    base = default_scene()
+    period = 100.0
+    scene = Scene(
+        np.concatenate([base.poles + [k * period, 0, 0, 0] for k in range(4)]),
+        np.concatenate([base.signs + [k * period, 0, 0, 0, 0] for k in range(4)]),
+        [m + [k * period, 0] for k in range(4) for m in base.medians],
+    )
+    builder = MapBuilder(camera)
+    active = []
+    for i, T in enumerate(trajectory(250, step_m=1.5)):
+        builder.add_frame(i, render_mask(camera, T, scene), T @ camera.T_vehicle_from_cam)
+        active.append((len(builder.poles.active), len(builder.signs.active), builder.ground.n_tiles))
+    active = np.array(active)
+    assert active[:, 0].max() <= 12 and active[:, 1].max() <= 6 and active[:, 2].max() <= 12
+    # the last 60 frames hold no more state than the first 60 (same scenery, 280 m further)
+    assert np.all(active[190:].max(axis=0) <= active[:60].max(axis=0) + 1)
+    layers = builder.finish()
+    assert len(layers["poles"]) >= 3 * len(base.poles)
