@@ -8,16 +8,16 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from hdmap_seg.data.datamodule import RoadsDataModule
+from hdmap_seg.data.datamodule import SegDataModule
 
 log = logging.getLogger(__name__)
 
 
-def build(cfg: DictConfig) -> tuple[RoadsDataModule, L.LightningModule, L.Trainer]:
+def build(cfg: DictConfig) -> tuple[SegDataModule, L.LightningModule, L.Trainer]:
     """Instantiate data, model, module and trainer; checks the data set before anything trains."""
     # _convert_="all": plain lists and dicts, so checkpoints hold no OmegaConf objects and load with
     # weights_only=True.
-    datamodule: RoadsDataModule = instantiate(cfg.data, _convert_="all")
+    datamodule: SegDataModule = instantiate(cfg.data, _convert_="all")
     datamodule.check()
     model_config = OmegaConf.to_container(cfg.model, resolve=True)
     # A partial, so that Hydra does not instantiate model_config (it has a _target_) on the way in.

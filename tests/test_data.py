@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hdmap_seg.data.classes import ROAD_CLASSES, ClassSet, load_classes
-from hdmap_seg.data.datamodule import RoadsDataModule
+from hdmap_seg.data.datamodule import SegDataModule
 from hdmap_seg.data.transforms import denormalize, pad_collate
 from hdmap_seg.errors import HdmapError
 
@@ -22,7 +22,7 @@ CROP = [
 
 
 def make_dm(root, **kw):
-    return RoadsDataModule(root, num_classes=6, train_transforms=CROP, batch_size=3, num_workers=0, **kw)
+    return SegDataModule(root, num_classes=6, train_transforms=CROP, batch_size=3, num_workers=0, **kw)
 
 
 def test_classes_yaml_round_trip(toy_dataset):
@@ -108,6 +108,6 @@ def test_empty_split(toy_dataset):
 
 
 def test_class_count_must_match_the_config(toy_dataset):
-    dm = RoadsDataModule(toy_dataset, num_classes=11)
+    dm = SegDataModule(toy_dataset, num_classes=11)
     with pytest.raises(HdmapError, match="has 6 classes but the config says data.num_classes=11"):
         dm.check()

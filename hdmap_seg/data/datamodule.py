@@ -1,26 +1,34 @@
-"""LightningDataModule over the road data-set format (hdmap_seg/data/roads.py)."""
+"""LightningDataModule over any supported data-set layout (hdmap_seg/data/layouts.py), optionally
+through a class map (hdmap_seg/data/class_map.py)."""
 
 from __future__ import annotations
 
 import functools
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader
 
+from hdmap_seg.data.class_map import ClassMap, load_class_map
 from hdmap_seg.data.classes import ClassSet
-from hdmap_seg.data.roads import SegmentationDataset, check_split, list_split, load_road_dataset_classes
+from hdmap_seg.data.layouts import Layout, RoadsLayout
+from hdmap_seg.data.roads import INVALID, Sample, SegmentationDataset, check_split
 from hdmap_seg.data.transforms import build_transform, pad_collate
 from hdmap_seg.errors import HdmapError
 
 
-class RoadsDataModule(L.LightningDataModule):
-    """Train and val splits of a data set in the project's format.
+class SegDataModule(L.LightningDataModule):
+    """Train and val splits of a data set, in the classes a model learns.
 
     Args:
-        root: the data set's folder (holds ``classes.yaml``, ``images/``, ``masks/``).
-        num_classes: what the model is built for; must equal the classes in ``classes.yaml``.
+        root: the data set's folder.
+        num_classes: what the model is built for; must equal the classes after the class map.
+        layout: the format (:mod:`hdmap_seg.data.layouts`); the project's own by default.
+        class_map: a class-map YAML file (``conf/class_map/*.yaml``) onto another taxonomy, or None
+            to learn the layout's native classes.
         train_transforms / val_transforms: albumentations steps (``_target_`` dicts) before normalisation.
     """
 
@@ -28,6 +36,8 @@ class RoadsDataModule(L.LightningDataModule):
         self,
         root: str | os.PathLike,
         num_classes: int,
+        layout: Layout | None = None,
+        class_map: str | os.PathLike | None = None,
         train_transforms: Sequence = (),
         val_transforms: Sequence = (),
         train_split: str = "train",
@@ -37,40 +47,71 @@ class RoadsDataModule(L.LightningDataModule):
         num_workers: int = 2,
     ) -> None:
         super().__init__()
-        self.root = root
+        self.root = Path(root)
         self.num_classes = num_classes
+        self.layout = layout if layout is not None else RoadsLayout()
+        self.class_map_path = class_map
         self.train_transforms = list(train_transforms)
         self.val_transforms = list(val_transforms)
         self.train_split, self.val_split = train_split, val_split
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.num_workers = num_workers
         self._classes: ClassSet | None = None
-        self._samples: dict[str, list] = {}
+        self._lut: np.ndarray | None = None
+        self._samples: dict[str, list[Sample]] = {}
+
+    def _resolve(self) -> None:
+        native = self.layout.native_classes(self.root)
+        lut = self.layout.label_lut(self.root)
+        classes, where = native, f"{self.root} ({type(self.layout).__name__})"
+        if self.class_map_path is not None:
+            class_map: ClassMap = load_class_map(self.class_map_path, source=native.names)
+            lut = np.where(lut == INVALID, INVALID, class_map.lut[lut.clip(0, 255)]).astype(np.int16)
+            classes, where = class_map.target, f"{where} through the class map {self.class_map_path}"
+        if classes.num_classes != self.num_classes:
+            raise HdmapError(
+                f"{where} has {classes.num_classes} classes but the config says "
+                f"data.num_classes={self.num_classes}"
+            )
+        self._classes, self._lut = classes, lut
 
     @property
     def classes(self) -> ClassSet:
+        """The classes a model learns (after the class map, if any)."""
         if self._classes is None:
-            self._classes = load_road_dataset_classes(self.root)
-            if self._classes.num_classes != self.num_classes:
-                raise HdmapError(
-                    f"{self.root}/classes.yaml has {self._classes.num_classes} classes but the config says "
-                    f"data.num_classes={self.num_classes}"
-                )
+            self._resolve()
         return self._classes
+
+    @property
+    def label_lut(self) -> np.ndarray:
+        """``(256,)`` int16: mask file value -> training id, ignore index, or ``INVALID``."""
+        if self._lut is None:
+            self._resolve()
+        return self._lut
+
+    def samples(self, split: str) -> list[Sample]:
+        """The checked (frame, mask) pairs of ``split``; the first call reads and checks every mask."""
+        if split not in self._samples:
+            samples = self.layout.list_split(self.root, split)
+            check_split(samples, self.label_lut, description=f"checking {split} masks")
+            self._samples[split] = samples
+        return self._samples[split]
 
     def check(self) -> None:
         """Read every split once and stop on the first bad file, before any training starts."""
         for split in (self.train_split, self.val_split):
-            if split not in self._samples:
-                samples = list_split(self.root, split)
-                check_split(samples, self.classes)
-                self._samples[split] = samples
+            self.samples(split)
 
     def setup(self, stage: str | None = None) -> None:
         self.check()
 
+    def dataset(self, split: str, steps: Sequence = ()) -> SegmentationDataset:
+        """One split with the augmentation ``steps``, masks in training ids."""
+        lut = np.where(self.label_lut == INVALID, self.classes.ignore_index, self.label_lut).astype(np.uint8)
+        return SegmentationDataset(self.samples(split), build_transform(steps), lut)
+
     def _loader(self, split: str, steps: Sequence, batch_size: int, shuffle: bool) -> DataLoader:
-        dataset = SegmentationDataset(self._samples[split], build_transform(steps))
+        dataset = self.dataset(split, steps)
         return DataLoader(
             dataset,
             batch_size=batch_size,

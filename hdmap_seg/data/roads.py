@@ -1,15 +1,21 @@
-"""The project's road data-set format and its checks.
+"""Samples of a segmentation data set: pairing frames with masks, reading them, and the checks.
 
-Layout (docs/conventions.md)::
+The project's own layout (docs/conventions.md) is :func:`list_split`::
 
     <root>/classes.yaml
     <root>/images/<split>/<stem>.png|.jpg
     <root>/masks/<split>/<stem>.png      single-channel class ids, 255 = ignore
+
+Other layouts (CamVid, Cityscapes, Mapillary Vistas) live in :mod:`hdmap_seg.data.layouts`; they all
+pair files with :func:`pair_samples` and read masks through a label lookup table (native file value ->
+training id), checked by :func:`check_split`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +23,15 @@ import cv2
 import numpy as np
 import PIL.Image
 import torch
+from rich.progress import track
 from torch.utils.data import Dataset
 
-from hdmap_seg.data.classes import ClassSet, load_classes
 from hdmap_seg.errors import HdmapError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+#: Value of a label lookup table for a file value that no class has: such a mask is an error.
+INVALID = -1
 
 
 @dataclass(frozen=True)
@@ -31,22 +40,34 @@ class Sample:
     mask_path: Path
 
 
-def list_split(root: str | os.PathLike, split: str) -> list[Sample]:
-    """Pair every frame of ``<root>/images/<split>`` with its mask; errors name what is missing."""
-    root = Path(root)
-    image_dir, mask_dir = root / "images" / split, root / "masks" / split
-    if not image_dir.is_dir():
-        raise HdmapError(f"{image_dir}: image folder of split {split!r} not found")
-    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+def pair_samples(
+    image_dir: Path, split: str, images: Iterable[Path], mask_of: Callable[[Path], Path]
+) -> list[Sample]:
+    """Pair every frame with the mask ``mask_of(frame)``; errors name an empty split or a missing mask."""
+    images = sorted(images)
     if not images:
         raise HdmapError(f"{image_dir}: split {split!r} is empty (no .png/.jpg frames)")
     samples = []
     for image_path in images:
-        mask_path = mask_dir / f"{image_path.stem}.png"
+        mask_path = mask_of(image_path)
         if not mask_path.is_file():
             raise HdmapError(f"{mask_path}: mask missing for frame {image_path}")
         samples.append(Sample(image_path, mask_path))
     return samples
+
+
+def image_files(folder: Path, split: str, pattern: str = "*") -> list[Path]:
+    """Frames (``IMAGE_SUFFIXES``) in ``folder`` matching ``pattern``; the folder must exist."""
+    if not folder.is_dir():
+        raise HdmapError(f"{folder}: image folder of split {split!r} not found")
+    return [p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def list_split(root: str | os.PathLike, split: str) -> list[Sample]:
+    """Pair every frame of ``<root>/images/<split>`` with ``<root>/masks/<split>/<stem>.png``."""
+    root = Path(root)
+    image_dir, mask_dir = root / "images" / split, root / "masks" / split
+    return pair_samples(image_dir, split, image_files(image_dir, split), lambda p: mask_dir / f"{p.stem}.png")
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -58,15 +79,19 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """``(H, W)`` uint8 class ids."""
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise HdmapError(f"{path}: cannot be read as a mask")
-    if mask.ndim != 2 or mask.dtype != np.uint8:
-        raise HdmapError(
-            f"{path}: a mask must be a single-channel 8-bit PNG of class ids, got shape {mask.shape}"
-        )
-    return mask
+    """``(H, W)`` uint8 label values of a grey or palette PNG.
+
+    PIL, not OpenCV: OpenCV expands palette PNGs (Mapillary Vistas) to colours, PIL keeps the indices.
+    """
+    try:
+        with PIL.Image.open(path) as img:
+            if img.mode not in ("L", "P"):
+                raise HdmapError(
+                    f"{path}: a mask must be a single-channel 8-bit PNG of class ids, got PIL mode {img.mode}"
+                )
+            return np.asarray(img)
+    except (OSError, PIL.UnidentifiedImageError):
+        raise HdmapError(f"{path}: cannot be read as a mask") from None
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -79,47 +104,75 @@ def image_size(path: Path) -> tuple[int, int]:
     return height, width
 
 
-def check_split(samples: list[Sample], classes: ClassSet) -> None:
-    """Stop on the first bad pair: unreadable files, size mismatch, or label values outside the classes."""
-    allowed = np.zeros(256, bool)
-    allowed[: classes.num_classes] = True
-    allowed[classes.ignore_index] = True
-    for s in samples:
-        mask = read_mask(s.mask_path)
-        hw = image_size(s.image_path)
-        if hw != mask.shape:
-            raise HdmapError(
-                f"{s.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {s.image_path.name} "
-                f"is {hw[1]}x{hw[0]}"
-            )
-        bad = np.unique(mask[~allowed[mask]])
-        if bad.size:
-            raise HdmapError(
-                f"{s.mask_path}: label values {bad.tolist()} are not classes 0..{classes.num_classes - 1} "
-                f"nor the ignore index {classes.ignore_index}"
-            )
+def describe_values(values: np.ndarray) -> str:
+    """``[0, 1, 2, 5, 255]`` -> ``"0..2, 5, 255"``."""
+    runs: list[str] = []
+    values = np.sort(values)
+    start = prev = None
+    for v in [*values.tolist(), None]:
+        if v is not None and prev is not None and v == prev + 1:
+            prev = v
+            continue
+        if start is not None:
+            runs.append(str(start) if start == prev else f"{start}..{prev}")
+        start = prev = v
+    return ", ".join(runs)
 
 
-def load_road_dataset_classes(root: str | os.PathLike) -> ClassSet:
-    return load_classes(Path(root) / "classes.yaml")
+def _check_sample(sample: Sample, lut: np.ndarray) -> str | None:
+    try:
+        mask = read_mask(sample.mask_path)
+        hw = image_size(sample.image_path)
+    except HdmapError as err:
+        return str(err)
+    if hw != mask.shape:
+        return (
+            f"{sample.mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+            f"{sample.image_path.name} is {hw[1]}x{hw[0]}"
+        )
+    bad = np.unique(mask[lut[mask] == INVALID])
+    if bad.size:
+        return (
+            f"{sample.mask_path}: label values {bad.tolist()} are outside the classes "
+            f"(valid values: {describe_values(np.flatnonzero(lut != INVALID))})"
+        )
+    return None
+
+
+def check_split(samples: list[Sample], lut: np.ndarray, description: str = "checking masks") -> None:
+    """Stop on the first bad pair: unreadable files, size mismatch, or label values that ``lut``
+    (``(256,)``, file value -> training id or :data:`INVALID`) does not accept.
+
+    Reads every mask once, in threads (decoding releases the GIL), with a progress bar.
+    """
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        results = pool.map(lambda s: _check_sample(s, lut), samples)
+        for error in track(results, description=description, total=len(samples), transient=True):
+            if error is not None:
+                raise HdmapError(error)
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 class SegmentationDataset(Dataset):
-    """Frames and masks through an albumentations pipeline.
+    """Frames and masks through an albumentations pipeline; mask values go through ``lut``
+    (``(256,)`` uint8, file value -> training id).
 
     Returns ``{"image": (3, H, W) float, "mask": (H, W) int64, "name": str}``.
     """
 
-    def __init__(self, samples: list[Sample], transform) -> None:
+    def __init__(self, samples: list[Sample], transform, lut: np.ndarray) -> None:
         self.samples = samples
         self.transform = transform
+        self.lut = lut
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
-        out = self.transform(image=read_image(s.image_path), mask=read_mask(s.mask_path))
+        out = self.transform(image=read_image(s.image_path), mask=self.lut[read_mask(s.mask_path)])
         return {
             "image": out["image"],
             "mask": torch.as_tensor(out["mask"], dtype=torch.long),
