@@ -197,13 +197,25 @@ def test_optimiser_can_find_the_head_and_the_position_convolutions() -> None:
     assert any("pos_block" in n for n in names if n.startswith("backbone."))
 
 
-@pytest.mark.parametrize("name", ["pvt_v2_b0", "convnext_atto", "resnet18", "swin_t"])
-def test_other_timm_backbones_from_the_registry(name: str) -> None:
+@pytest.mark.parametrize(
+    "backbone,backbone_kwargs",
+    [
+        (MODEL_ZOO[n]["backbone"], MODEL_ZOO[n].get("backbone_kwargs"))
+        for n in ("pvt_v2_b0", "convnext_atto", "swin_t")
+    ]
+    + [("resnet18", {"out_indices": [1, 2, 3, 4]}), ("efficientnet_b0", {"out_indices": [1, 2, 3, 4]})],
+)
+def test_other_timm_backbones(backbone: str, backbone_kwargs: dict | None) -> None:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=6, embed_dim=16).eval()
+    model = Segmenter(backbone, num_classes=6, embed_dim=16, backbone_kwargs=backbone_kwargs).eval()
     assert model.backbone.reductions == [4, 8, 16, 32]
     with torch.no_grad():
-        assert model(torch.randn(1, 3, 67, 93)).shape == (1, 6, 67, 93)
+        features = model.backbone(torch.randn(1, 3, 64, 96))
+        logits = model(torch.randn(1, 3, 67, 93))
+    assert [tuple(f.shape[1:]) for f in features] == [
+        (c, 64 // r, 96 // r) for c, r in zip(model.backbone.channels, [4, 8, 16, 32], strict=True)
+    ]
+    assert logits.shape == (1, 6, 67, 93)
 
 
 @pytest.mark.slow

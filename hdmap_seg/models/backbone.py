@@ -135,7 +135,8 @@ class Backbone(nn.Module):
         mask_window_padding(self.encoder)
         self.channels: list[int] = self.encoder.feature_info.channels()
         self.reductions: list[int] = self.encoder.feature_info.reduction()
-        self.channels_last = self.encoder.output_fmt == "NHWC"  # swin returns NHWC maps
+        # swin returns NHWC maps; some feature wrappers (EfficientNet's) have no output_fmt: NCHW
+        self.channels_last = getattr(self.encoder, "output_fmt", "NCHW") == "NHWC"
         self.norms = nn.ModuleList([LayerNorm2d(c) if extra_norm else nn.Identity() for c in self.channels])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
