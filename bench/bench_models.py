@@ -7,6 +7,7 @@ For each model, in a fresh process (so that its peak memory is its own):
 
     python bench/bench_models.py                                  # the six Twins, 3 timed repeats
     python bench/bench_models.py --models twins_svt_s twins_svt_tiny --repeats 5 --json out.json
+    python bench/bench_models.py --lsa        # cost of the masked window attention against timm's
 
 Prints a Markdown table for docs/benchmarks.md with ratios against twins_svt_s.
 """
@@ -98,6 +99,34 @@ def measure(name: str, warmup: int, repeats: int, device: str, threads: int | No
     return result
 
 
+def lsa_cost(repeats: int) -> str:
+    """Masked window attention against timm's at the four SVT-S stage sizes of a 512x1024 frame."""
+    import torch
+    from timm.models.twins import LocallyGroupedAttn
+
+    from hdmap_seg.models import MaskedLocallyGroupedAttn
+
+    rows = [
+        "| stage | tokens | timm LSA (ms) | masked LSA (ms) | masked / timm |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for stage, (dim, heads) in enumerate([(64, 2), (128, 4), (256, 8), (512, 16)]):
+        H, W = 512 // 4 // 2**stage, 1024 // 4 // 2**stage
+        timm_lsa = LocallyGroupedAttn(dim, heads, ws=7).eval()
+        masked = MaskedLocallyGroupedAttn(timm_lsa)
+        x = torch.randn(1, H * W, dim)
+        times = {}
+        with torch.inference_mode():
+            for _ in range(repeats):  # interleaved, so that other jobs on the machine hit both alike
+                for name, attn in (("timm", timm_lsa), ("masked", masked)):
+                    start = time.perf_counter()
+                    attn(x, (H, W))
+                    times.setdefault(name, []).append(time.perf_counter() - start)
+        t, m = (1000 * statistics.median(times[k]) for k in ("timm", "masked"))
+        rows.append(f"| {stage + 1} | {H}x{W} | {t:.1f} | {m:.1f} | {m / t:.2f} |")
+    return "\n".join(rows)
+
+
 def cpu_name() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -137,9 +166,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--lsa", action="store_true", help="only time the masked window attention against timm's"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one model, print JSON
     args = parser.parse_args()
 
+    if args.lsa:
+        print(lsa_cost(max(args.repeats, 20)))
+        return
     if args.one:
         print(json.dumps(measure(args.one, args.warmup, args.repeats, args.device, args.threads)))
         return

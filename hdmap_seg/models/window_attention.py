@@ -42,20 +42,22 @@ class MaskedLocallyGroupedAttn(nn.Module):
         nh, nw = Hp // ws, Wp // ws
         # one row of ws*ws tokens per window: (B, nh*nw, ws*ws, C)
         x = x.view(B, nh, ws, nw, ws, C).transpose(2, 3).reshape(B, nh * nw, ws * ws, C)
-        # q, k, v: (B, windows, heads, ws*ws, C // heads)
-        qkv = self.qkv(x).view(B, nh * nw, ws * ws, 3, self.num_heads, C // self.num_heads)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)
+        # q, k, v: (B*windows, heads, ws*ws, C // heads); 4-D so that CUDA's fused kernels accept them
+        qkv = self.qkv(x).view(B * nh * nw, ws * ws, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         key_mask = None
         if pad_b or pad_r:
             real = torch.zeros(Hp, Wp, dtype=torch.bool, device=x.device)
             real[:H, :W] = True
-            # (1, windows, 1, 1, ws*ws): True where the key is a real token. Every window starts inside
+            # (B*windows, 1, 1, ws*ws): True where the key is a real token. Every window starts inside
             # the map (padding < ws), so no query is left without a key.
             key_mask = real.view(nh, ws, nw, ws).transpose(1, 2).reshape(1, nh * nw, 1, 1, ws * ws)
+            key_mask = key_mask.expand(B, -1, -1, -1, -1).reshape(B * nh * nw, 1, 1, ws * ws)
         x = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask, dropout_p=self.attn_drop.p if self.training else 0.0
         )
-        x = x.transpose(2, 3).reshape(B, nh, nw, ws, ws, C).transpose(2, 3).reshape(B, Hp, Wp, C)
+        x = x.view(B, nh, nw, self.num_heads, ws, ws, C // self.num_heads)
+        x = x.permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
         x = x[:, :H, :W].reshape(B, N, C)
         return self.proj_drop(self.proj(x))
 
