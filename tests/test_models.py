@@ -265,6 +265,8 @@ def test_loaded_weights_are_the_ones_used(tmp_path: Path, layout: str, caplog) -
         for got, want in zip(model.backbone(x), expected, strict=True):
             torch.testing.assert_close(got, want)
         assert not torch.allclose(tiny_segmenter().backbone(x)[0], expected[0])  # not equal by chance
+    # timm's pretrained config held a copy of the state dict; the backbone drops it
+    assert not any("state_dict" in getattr(m, "pretrained_cfg", {}) for m in model.modules())
 
 
 def test_missing_and_unexpected_keys_are_logged(tmp_path: Path, caplog) -> None:

@@ -32,18 +32,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise HdmapError(f"{path}: weights file not found")
     try:
         state_dict = timm.models.load_state_dict(str(path), weights_only=True)
-    except (
-        Exception
-    ) as err:  # torch.load, safetensors and timm raise many types for a file that is no checkpoint
+    # torch.load, safetensors and timm raise many types for a file that is no checkpoint
+    except Exception as err:
         raise HdmapError(
             f"{path}: is no checkpoint; expected a state dict, plain or under 'model' or 'state_dict', in a "
             f".pth, .pt or .safetensors file ({type(err).__name__}: {err})"
         ) from None
     not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
-    if not state_dict or not_tensors:
+    if not_tensors:
         raise HdmapError(
             f"{path}: is no state dict (entries that are no tensors: {', '.join(not_tensors[:5])})"
         )
+    if not state_dict:
+        raise HdmapError(f"{path}: is no state dict (it is empty)")
     return state_dict
 
 
@@ -132,6 +133,10 @@ class Backbone(nn.Module):
             if weights:
                 raise HdmapError(f"{weights}: cannot be loaded into {name}: {err}") from None
             raise
+        if weights:
+            # timm keeps its pretrained config, here with a copy of the whole state dict: let it go
+            for module in self.encoder.modules():
+                getattr(module, "pretrained_cfg", {}).pop("state_dict", None)
         mask_window_padding(self.encoder)
         self.channels: list[int] = self.encoder.feature_info.channels()
         self.reductions: list[int] = self.encoder.feature_info.reduction()
