@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from pyproj import Geod
 
+from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.frames import (
     LocalFrame,
     T_world_from_imu,
@@ -115,3 +116,11 @@ def test_pose_round_trip():
         for k in ("alt", "roll", "pitch", "yaw"):
             assert back[k] == pytest.approx(pose[k], abs=1e-9)
         np.testing.assert_allclose(invert_transform(T) @ T, np.eye(4), atol=1e-12)
+
+
+def test_origin_accepts_numpy_scalars_and_rejects_nonsense():
+    f = LocalFrame(np.float32(49.0), np.float64(8.4), np.int64(110))
+    x, y, _ = f.to_world(49.0, 8.4)
+    assert abs(x) < 1e-3 and abs(y) < 1e-6 and isinstance(f.lat0, float)
+    with pytest.raises(HdmapError, match="finite WGS84"):
+        LocalFrame(float("nan"), 8.4)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from pyproj import CRS, Transformer
 
+from hdmap_seg.errors import HdmapError
+
 # A point this far north (deg) of the vehicle gives grid north's direction; 1e-5 deg is about 1 m.
 _NORTH_STEP_DEG = 1e-5
 
@@ -88,6 +90,14 @@ class LocalFrame:
     lat0: float
     lon0: float
     alt0: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("lat0", "lon0", "alt0"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if not (abs(self.lat0) < 85.0 and abs(self.lon0) <= 180.0 and np.isfinite(self.alt0)):
+            raise HdmapError(
+                f"world origin must be a finite WGS84 lat/lon/alt, got {self.lat0}, {self.lon0}, {self.alt0}"
+            )
 
     @functools.cached_property
     def crs(self) -> CRS:

@@ -42,7 +42,6 @@ class SignConfig:
     size_prior_m: float = 0.9  # typical plate size, for the first guess of a sign's distance
     sigma_px: float = 1.0  # centroid noise
     sigma_floor_m: float = 0.05
-    gate_px: float = 25.0  # association gate in the image (grows with the sign's size)
     min_obs: int = 2
     retire_after_frames: int = 10
     max_obs_kept: int = 64  # observations kept per sign for its facing and size (bounded state)

@@ -11,8 +11,8 @@ Association projects each track's estimate into the new frame and matches centro
 within ``gate_px`` (or 0.75 x the detection's diagonal when larger) whose depths agree.
 
 The facing is fitted from the plate's apparent aspect over the views: ``w/h = a |cos(theta - phi_i)|``
-with ``phi_i`` the bearing from the sign to camera ``i``; masks cannot tell a plate's face from its
-back, so the facing is the side the drive saw.
+with ``phi_i`` the bearing from the sign to camera ``i``. A class mask cannot tell a plate's face
+from its back, so the facing is that of the side the drive saw.
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layers import Feature
 from hdmap_seg.vectorize.tracks import Track, assign, iso_time, merge_close, split_stale
 
-_DEPTH_RATIO_GATE = 2.5  # a detection's size-based depth and a track's depth differ by at most this factor
+_DEPTH_RATIO_GATE = 2.5
+# A detection's angular size over the track's last one scaled by the change of distance: within this factor.
+_SIZE_GROWTH_GATE = 1.6
+_CHI2_2D_99 = 9.21  # squared Mahalanobis gate of association (99% of chi-square, 2 dof)  # a detection's size-based depth and a track's depth differ by at most this factor
 # A finished sign's distances over its pixel-size distances: within this factor (plates of 0.45 to
 # 1.8 m for the 0.9 m prior); association allows more, while the track still learns its distance.
 _SIZE_RATIO_FINAL = 2.0
@@ -34,16 +37,43 @@ _MIN_FACING_SPAN_RAD = np.radians(10.0)  # views closer in bearing cannot fit a 
 
 
 def sign_instances(sign_mask: np.ndarray, cfg: SignConfig) -> np.ndarray:
-    """Sign instances of one frame: ``(K, 4)`` float ``[u_px, v_px, width_px, height_px]`` (centroid, bbox)."""
+    """Sign instances of one frame: ``(K, 4)`` float ``[u_px, v_px, width_px, height_px]``.
+
+    ``(u, v)`` is the pixel centroid, ``width/height`` the bounding box. Parts of one plate that
+    a post or pole in front of it cuts apart (side by side, overlapping rows, a narrow gap) are
+    joined. Plates cut by the image border are left out (their centroid would be off).
+    """
     H, W = sign_mask.shape
+    parts = sorted(components(sign_mask, 1), key=lambda c: c[0])
+    merged: list[list] = []  # [x, y, sub]
+    for x, y, sub in parts:
+        if merged:
+            px, py, psub = merged[-1]
+            ph, pw = psub.shape
+            h = sub.shape[0]
+            overlap = min(py + ph, y + h) - max(py, y)
+            gap = x - (px + pw)
+            if 0 <= gap <= max(2, 0.6 * min(ph, h)) and overlap >= 0.5 * min(ph, h):
+                merged[-1] = list(_union(px, py, psub, x, y, sub))
+                continue
+        merged.append([x, y, sub])
     out = []
-    for x, y, sub in components(sign_mask, cfg.min_pixels):
+    for x, y, sub in merged:
         h, w = sub.shape
-        if x == 0 or y == 0 or x + w == W or y + h == H:  # cut by the border: the centroid would be off
+        if sub.sum() < cfg.min_pixels or x == 0 or y == 0 or x + w == W or y + h == H:
             continue
         rows, cols = np.nonzero(sub)
         out.append((x + cols.mean(), y + rows.mean(), w, h))
     return np.array(out, dtype=float).reshape(-1, 4)
+
+
+def _union(x1: int, y1: int, a: np.ndarray, x2: int, y2: int, b: np.ndarray) -> tuple[int, int, np.ndarray]:
+    x0, y0 = min(x1, x2), min(y1, y2)
+    x_end, y_end = max(x1 + a.shape[1], x2 + b.shape[1]), max(y1 + a.shape[0], y2 + b.shape[0])
+    out = np.zeros((y_end - y0, x_end - x0), bool)
+    out[y1 - y0 : y1 - y0 + a.shape[0], x1 - x0 : x1 - x0 + a.shape[1]] |= a
+    out[y2 - y0 : y2 - y0 + b.shape[0], x2 - x0 : x2 - x0 + b.shape[1]] |= b
+    return x0, y0, out
 
 
 class SignTracker:
@@ -76,17 +106,8 @@ class SignTracker:
         track_depth = np.full(len(self.active), np.nan)
         pairs: list[tuple[int, int]] = []
         if self.active:
-            est = np.array([t.estimate for t in self.active])
-            T_cam_from_world = np.linalg.inv(geom.T_world_from_cam)
-            p_cam = est @ T_cam_from_world[:3, :3].T + T_cam_from_world[:3, 3]
-            uv, in_front = cam.project(p_cam)
-            track_depth = np.linalg.norm(est - C, axis=1)
-            cost = np.linalg.norm(instances[:, None, :2] - uv[None], axis=2)
-            gate = np.maximum(self.cfg.gate_px, 0.75 * np.hypot(instances[:, 2], instances[:, 3]))[:, None]
-            ratio = track_depth[None] / prior_depth[:, None]
-            ok = in_front[None] & (ratio < _DEPTH_RATIO_GATE) & (ratio > 1 / _DEPTH_RATIO_GATE)
-            cost = np.where(ok, cost / gate, np.inf)
-            pairs = assign(np.where(np.isfinite(cost), cost, 1e9), 1.0)
+            cost, track_depth = self._association_cost(instances, prior_depth, geom)
+            pairs = assign(cost, _CHI2_2D_99)
         matched = {}
         for o, t in pairs:
             matched[o] = t
@@ -99,7 +120,8 @@ class SignTracker:
             outer = np.outer(d, d)
             info = (np.eye(3) - outer) / s_perp**2 + outer / s_depth**2
             x = C + d * prior_depth[o]
-            record = (C[0], C[1], *_angular_size(cam, instances[o]), C[2], *d, prior_depth[o])
+            w_rad, h_rad = _angular_size(cam, instances[o])
+            record = (C[0], C[1], w_rad, h_rad, C[2], *d, prior_depth[o])
             if t is None:
                 track = Track.start(info, x, frame, time, geom.ground_z_m, [record])
                 self.active.append(track)
@@ -107,6 +129,54 @@ class SignTracker:
                 track = self.active[t]
                 track.add(info, x, frame, time, geom.ground_z_m)
                 _keep_largest(track.kept, record, self.cfg.max_obs_kept)
+            track.last = (C.copy(), max(w_rad, h_rad))
+
+    def _association_cost(
+        self, instances: np.ndarray, prior_depth: np.ndarray, geom: FrameGeometry
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Squared Mahalanobis distances ``(detections, tracks)`` in the image, inf where gated out.
+
+        A track's predicted centroid carries its position's covariance through the projection's
+        Jacobian, plus centroid noise (``sigma_px``, and a quarter of the plate's size for partial
+        views). Gated out as well: tracks behind the camera, depths that disagree with the plate's
+        pixel size by more than ``_DEPTH_RATIO_GATE``, and apparent sizes that disagree by more than
+        ``_SIZE_GROWTH_GATE`` with the size at the last sighting scaled by the change in distance.
+        """
+        cam = geom.camera
+        est = np.array([t.estimate for t in self.active])
+        cov = np.array([t.covariance for t in self.active])
+        T_cam_from_world = np.linalg.inv(geom.T_world_from_cam)
+        R = T_cam_from_world[:3, :3]
+        p_cam = est @ R.T + T_cam_from_world[:3, 3]
+        uv, in_front = cam.project(p_cam)
+        z = np.where(in_front, p_cam[:, 2], 1.0)
+        f = cam.focal_px
+        J = np.zeros((len(est), 2, 3))
+        J[:, 0, 0] = J[:, 1, 1] = f / z
+        J[:, 0, 2] = -f * p_cam[:, 0] / z**2
+        J[:, 1, 2] = -f * p_cam[:, 1] / z**2
+        J = J @ R
+        S_track = J @ cov @ J.transpose(0, 2, 1)
+        size_px = np.hypot(instances[:, 2], instances[:, 3])
+        noise = self.cfg.sigma_px**2 + (0.25 * size_px) ** 2
+        S = S_track[None] + noise[:, None, None, None] * np.eye(2)
+        d = instances[:, None, :2] - uv[None]
+        cost = np.einsum("dti,dtij,dtj->dt", d, np.linalg.inv(S), d)
+        track_depth = np.linalg.norm(est - geom.center, axis=1)
+        depth_ratio = track_depth[None] / prior_depth[:, None]
+        last_c = np.array([t.last[0] for t in self.active])
+        last_size = np.array([t.last[1] for t in self.active])
+        expected = last_size * np.linalg.norm(est - last_c, axis=1) / track_depth
+        size = np.array([max(_angular_size(cam, inst)) for inst in instances])
+        growth = size[:, None] / expected[None]
+        ok = (
+            in_front[None]
+            & (depth_ratio < _DEPTH_RATIO_GATE)
+            & (depth_ratio > 1 / _DEPTH_RATIO_GATE)
+            & (growth < _SIZE_GROWTH_GATE)
+            & (growth > 1 / _SIZE_GROWTH_GATE)
+        )
+        return np.where(ok, cost, np.inf), track_depth
 
     def finish(self) -> list[Feature]:
         self.finished.extend(t for t in self.active if t.n_obs >= self.cfg.min_obs)

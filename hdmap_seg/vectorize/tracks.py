@@ -34,6 +34,8 @@ class Track:
     info_const: float = 0.0
     #: a few per-observation records, for the properties that need them (bounded by the caller)
     kept: list = field(default_factory=list)
+    #: what the caller needs of the latest observation to associate the next one
+    last: tuple = ()
 
     @classmethod
     def start(cls, info: np.ndarray, x: np.ndarray, frame: int, time, ground_z_m: float, kept=None) -> Track:

@@ -1,0 +1,302 @@
+"""Map metrics: predicted layers against ground-truth layers (GeoJSON folders).
+
+Points (poles, signs): one-to-one matching on horizontal distance (Hungarian, scipy), precision,
+recall and F1 at 0.5 / 1 / 2 m; mean and 90th-percentile horizontal error of the pairs matched at
+2 m (signs also their height and facing errors).
+
+Lines and polygons (median centre lines and footprints, lane markings): MapTR's Chamfer AP. Each
+line, or polygon's exterior ring, is resampled to ``FIXED_NUM`` points evenly along its length
+(MapTR's elements lie in a 60 x 30 m patch, so 100 points are at most 0.6 m apart; a map's medians
+run for hundreds of metres, so more points are taken where they would be over ``MAX_SPACING_M``
+apart, lest the sampling alone cost a metre of Chamfer distance); the Chamfer distance of two is the mean of both directed mean nearest-point distances. Predictions,
+by descending ``confidence``, are true positives when their nearest ground truth (smallest Chamfer
+distance) is within the threshold and not yet taken (MapTR's ``custom_tpfp_gen``); AP is the area
+under the precision envelope (mmdet's ``average_precision``, mode ``area``) at 0.5 / 1.0 / 1.5 m.
+Footprints also get their IoU (areas of the unions).
+
+Evaluation happens inside a region of interest: the prediction's ``coverage.geojson`` (the ground
+the drive saw within range) when present, so that ground truth the camera never saw is not counted
+missing; both sides are clipped to it. Distances are metres in a local frame at the truth's centre.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import shapely
+from scipy.optimize import linear_sum_assignment
+from shapely.geometry import LineString, Polygon
+from shapely.geometry.base import BaseGeometry
+
+from hdmap_seg.errors import HdmapError
+from hdmap_seg.export.geojson import read_geojson
+from hdmap_seg.geo.frames import LocalFrame
+
+POINT_THRESHOLDS_M = (0.5, 1.0, 2.0)
+CHAMFER_THRESHOLDS_M = (0.5, 1.0, 1.5)
+FIXED_NUM = 100
+MAX_SPACING_M = 0.25
+POINT_LAYERS = ("poles", "signs")
+
+
+# ------------------------------------------------------------------------------------ points
+
+
+def match_points(pred_xy: np.ndarray, gt_xy: np.ndarray, threshold_m: float) -> list[tuple[int, int, float]]:
+    """One-to-one pairs ``(pred, gt, distance)`` with distance <= threshold, maximising the pairs, then closeness."""
+    if len(pred_xy) == 0 or len(gt_xy) == 0:
+        return []
+    d = np.linalg.norm(pred_xy[:, None, :2] - gt_xy[None, :, :2], axis=2)
+    ok = d <= threshold_m
+    # Every allowed pair costs less than any forbidden one, so the most pairs are made first.
+    cost = np.where(ok, d / max(threshold_m, 1e-9), 1e6)
+    rows, cols = linear_sum_assignment(cost)
+    return [(int(r), int(c), float(d[r, c])) for r, c in zip(rows, cols, strict=True) if ok[r, c]]
+
+
+def point_metrics(pred: np.ndarray, gt: np.ndarray, pred_props=None, gt_props=None) -> dict:
+    """P/R/F1 per threshold and errors of the pairs at the largest threshold; points ``(N, 3)`` metres."""
+    out: dict = {"n_pred": int(len(pred)), "n_gt": int(len(gt))}
+    for thr in POINT_THRESHOLDS_M:
+        tp = len(match_points(pred, gt, thr))
+        p = tp / len(pred) if len(pred) else 0.0
+        r = tp / len(gt) if len(gt) else 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        out[f"@{thr:g}m"] = {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4), "tp": tp}
+    pairs = match_points(pred, gt, max(POINT_THRESHOLDS_M))
+    err = np.array([d for _, _, d in pairs])
+    out["mean_error_m"] = round(float(err.mean()), 4) if len(err) else None
+    out["p90_error_m"] = round(float(np.percentile(err, 90)), 4) if len(err) else None
+    if pairs and pred.shape[1] == 3 and gt.shape[1] == 3:
+        dz = np.array([abs(pred[i, 2] - gt[j, 2]) for i, j, _ in pairs])
+        out["mean_alt_error_m"] = round(float(dz.mean()), 4)
+    if pairs and pred_props and gt_props and all("facing_deg" in p for p in pred_props + gt_props):
+        dang = [
+            abs((pred_props[i]["facing_deg"] - gt_props[j]["facing_deg"] + 180) % 360 - 180)
+            for i, j, _ in pairs
+        ]
+        out["mean_facing_error_deg"] = round(float(np.mean(dang)), 2)
+    return out
+
+
+# ---------------------------------------------------------------------------- lines, polygons
+
+
+def resample(geom: BaseGeometry, n: int = FIXED_NUM) -> np.ndarray:
+    """Points evenly along a LineString or a Polygon's exterior ring: ``n``, or more where they would lie
+    over ``MAX_SPACING_M`` apart (see the module docstring)."""
+    line = geom.exterior if isinstance(geom, Polygon) else geom
+    n = max(n, int(np.ceil(line.length / MAX_SPACING_M)) + 1)
+    return shapely.get_coordinates(shapely.line_interpolate_point(line, np.linspace(0.0, line.length, n)))
+
+
+def chamfer(a: np.ndarray, b: np.ndarray) -> float:
+    """MapTR's Chamfer distance of two point sets: mean of both directed mean nearest distances."""
+    d = np.linalg.norm(a[:, None] - b[None], axis=2)
+    return float(0.5 * (d.min(axis=1).mean() + d.min(axis=0).mean()))
+
+
+def average_precision(recalls: np.ndarray, precisions: np.ndarray) -> float:
+    """Area under the precision envelope (mmdet ``average_precision``, mode ``area``)."""
+    mrec = np.concatenate([[0.0], recalls, [1.0]])
+    mpre = np.concatenate([[0.0], precisions, [0.0]])
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    idx = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
+
+
+def chamfer_ap(pred: list[BaseGeometry], scores: list[float], gt: list[BaseGeometry]) -> dict:
+    """Chamfer AP at each threshold, MapTR's matching (see the module docstring)."""
+    out: dict = {"n_pred": len(pred), "n_gt": len(gt)}
+    if not gt:
+        for thr in CHAMFER_THRESHOLDS_M:
+            out[f"AP@{thr:g}m"] = None
+        return out
+    gt_pts = [resample(g) for g in gt]
+    cd = np.array([[chamfer(resample(p), g) for g in gt_pts] for p in pred]).reshape(len(pred), len(gt))
+    order = np.argsort(-np.asarray(scores, float), kind="stable")
+    for thr in CHAMFER_THRESHOLDS_M:
+        tp = np.zeros(len(pred))
+        covered = np.zeros(len(gt), bool)
+        for rank, i in enumerate(order):
+            j = int(np.argmin(cd[i]))
+            if cd[i, j] <= thr and not covered[j]:
+                covered[j] = True
+                tp[rank] = 1
+        ctp = np.cumsum(tp)
+        recalls = ctp / len(gt)
+        precisions = ctp / np.maximum(np.arange(1, len(pred) + 1), 1)
+        out[f"AP@{thr:g}m"] = round(average_precision(recalls, precisions), 4) if len(pred) else 0.0
+    return out
+
+
+def polygon_iou(pred: list[BaseGeometry], gt: list[BaseGeometry]) -> float | None:
+    """IoU of the unions of two polygon sets (None when both are empty)."""
+    p, g = shapely.union_all(pred) if pred else Polygon(), shapely.union_all(gt) if gt else Polygon()
+    union = p.union(g).area
+    return round(float(p.intersection(g).area / union), 4) if union > 0 else None
+
+
+# ----------------------------------------------------------------------------------- folders
+
+
+def _load(folder: Path, name: str, frame: LocalFrame) -> list[tuple[BaseGeometry, dict]]:
+    path = folder / f"{name}.geojson"
+    if not path.is_file():
+        return []
+
+    def to_world(lonlat: np.ndarray) -> np.ndarray:
+        padded = np.c_[lonlat, np.zeros(len(lonlat))] if lonlat.shape[1] == 2 else lonlat
+        return frame.world_from_wgs84_points(padded)[:, : lonlat.shape[1]]
+
+    return [(shapely.transform(g, to_world, include_z=g.has_z), props) for g, props in read_geojson(path)]
+
+
+def _frame_of(gt_dir: Path) -> LocalFrame:
+    for name in (*POINT_LAYERS, "medians", "lane_markings"):
+        path = gt_dir / f"{name}.geojson"
+        if path.is_file():
+            feats = read_geojson(path)
+            if feats:
+                c = shapely.get_coordinates(shapely.union_all([g for g, _ in feats]).centroid)[0]
+                return LocalFrame(float(c[1]), float(c[0]), 0.0)
+    raise HdmapError(
+        f"{gt_dir}: no ground-truth layer (poles/signs/medians/lane_markings.geojson) with features"
+    )
+
+
+def _split_medians(feats) -> tuple[list, list]:
+    polys = [(g, p) for g, p in feats if g.geom_type in ("Polygon", "MultiPolygon")]
+    lines = [(g, p) for g, p in feats if g.geom_type in ("LineString", "MultiLineString")]
+    return polys, lines
+
+
+def _clip(items, roi: BaseGeometry | None, points: bool = False):
+    if roi is None:
+        return items
+    if points:
+        return [(g, p) for g, p in items if roi.covers(shapely.Point(g.x, g.y))]
+    out = []
+    for g, p in items:
+        c = g.intersection(roi)
+        for part in shapely.get_parts(c):
+            if part.geom_type in ("Polygon", "LineString") and (part.area > 0.01 or part.length > 0.5):
+                out.append((part, p))
+    return out
+
+
+def evaluate_maps(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, use_roi: bool = True) -> dict:
+    """Every layer that the ground truth has; returns the metrics as a JSON-ready dict."""
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    for d in (pred_dir, gt_dir):
+        if not d.is_dir():
+            raise HdmapError(f"{d}: layer folder not found")
+    frame = _frame_of(gt_dir)
+    roi = None
+    if use_roi and (pred_dir / "coverage.geojson").is_file():
+        cover = [g for g, _ in _load(pred_dir, "coverage", frame)]
+        roi = shapely.union_all(cover) if cover else None
+    result: dict = {
+        "pred": str(pred_dir),
+        "gt": str(gt_dir),
+        "roi": "coverage" if roi is not None else "none",
+    }
+    for name in POINT_LAYERS:
+        gt = _clip(_load(gt_dir, name, frame), roi, points=True)
+        if not (gt_dir / f"{name}.geojson").is_file():
+            continue
+        pred = _clip(_load(pred_dir, name, frame), roi, points=True)
+        result[name] = point_metrics(_coords(pred), _coords(gt), [p for _, p in pred], [p for _, p in gt])
+    if (gt_dir / "medians.geojson").is_file():
+        gt_polys, gt_lines = (_clip(x, roi) for x in _split_medians(_load(gt_dir, "medians", frame)))
+        pr_polys, pr_lines = (_clip(x, roi) for x in _split_medians(_load(pred_dir, "medians", frame)))
+        result["medians"] = {
+            "footprints": {
+                **chamfer_ap([g for g, _ in pr_polys], _scores(pr_polys), [g for g, _ in gt_polys]),
+                "iou": polygon_iou([g for g, _ in pr_polys], [g for g, _ in gt_polys]),
+            },
+            "centerlines": chamfer_ap([g for g, _ in pr_lines], _scores(pr_lines), [g for g, _ in gt_lines]),
+        }
+    if (gt_dir / "lane_markings.geojson").is_file() and (pred_dir / "lane_markings.geojson").is_file():
+        gt = _clip(_load(gt_dir, "lane_markings", frame), roi)
+        pred = _clip(_load(pred_dir, "lane_markings", frame), roi)
+        result["lane_markings"] = chamfer_ap([g for g, _ in pred], _scores(pred), [g for g, _ in gt])
+    result["_frame"] = frame.to_dict()
+    return result
+
+
+def _coords(items) -> np.ndarray:
+    return np.array([g.coords[0] if g.has_z else (*g.coords[0], 0.0) for g, _ in items], float).reshape(-1, 3)
+
+
+def _scores(items) -> list[float]:
+    return [float(p.get("confidence", 1.0) if p.get("confidence") is not None else 1.0) for _, p in items]
+
+
+def load_for_plot(pred_dir: Path, gt_dir: Path, frame: LocalFrame) -> dict[str, tuple[list, list]]:
+    """``{layer: (pred geometries, gt geometries)}`` in the metric frame, for the map plot."""
+    return {
+        name: ([g for g, _ in _load(pred_dir, name, frame)], [g for g, _ in _load(gt_dir, name, frame)])
+        for name in (*POINT_LAYERS, "medians", "lane_markings", "coverage")
+    }
+
+
+def plot_map(pred_dir: Path, gt_dir: Path, frame: LocalFrame, path: Path) -> None:
+    """PNG of prediction over truth: truth in grey/black, prediction in colour, coverage shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hdmap_seg.io import atomic_path
+
+    layers = load_for_plot(pred_dir, gt_dir, frame)
+    xy = np.concatenate(
+        [shapely.get_coordinates(g) for pr, gt in layers.values() for g in pr + gt] or [np.zeros((1, 2))]
+    )
+    span = np.ptp(xy, axis=0) + 20
+    fig, ax = plt.subplots(figsize=(min(24, max(6, span[0] / 15)), min(24, max(5, span[1] / 15))))
+    for g in layers["coverage"][0]:
+        for poly in shapely.get_parts(g):
+            ax.fill(*poly.exterior.xy, color="#e8eef8", zorder=0)
+    for pred_gt, style in ((1, {"color": "0.45", "lw": 2.5}), (0, {"color": "tab:green", "lw": 1.2})):
+        for name in ("medians", "lane_markings"):
+            for g in layers[name][pred_gt]:
+                for part in shapely.get_parts(g):
+                    line = part.exterior if isinstance(part, Polygon) else part
+                    if isinstance(line, (LineString, shapely.LinearRing)):
+                        ax.plot(*line.xy, zorder=2 - pred_gt, **style)
+    for name, marker, colour in (("poles", "o", "tab:blue"), ("signs", "^", "tab:red")):
+        pred, gt = layers[name]
+        if gt:
+            ax.scatter(
+                *np.array([g.coords[0][:2] for g in gt]).T,
+                s=70,
+                facecolors="none",
+                edgecolors="k",
+                marker=marker,
+                zorder=3,
+                label=f"{name} truth",
+            )
+        if pred:
+            ax.scatter(
+                *np.array([g.coords[0][:2] for g in pred]).T,
+                s=18,
+                c=colour,
+                marker=marker,
+                zorder=4,
+                label=f"{name} predicted",
+            )
+    ax.plot([], [], color="0.45", lw=2.5, label="medians truth")
+    ax.plot([], [], color="tab:green", lw=1.2, label="medians predicted")
+    ax.set_aspect("equal")
+    ax.set_xlabel("east (m)")
+    ax.set_ylabel("north (m)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    ax.set_title(f"{pred_dir} over {gt_dir}", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
