@@ -62,7 +62,7 @@ def test_pole_bases_and_sign_centres_land_on_their_pixels(log_dir):
     poles = _layer(log_dir, "poles")
     signs = _layer(log_dir, "signs")
     assert len(poles) >= 4 and len(signs) >= 2
-    base = np.array([[*f["geometry"]["coordinates"], CFG.alt0] for f in poles])
+    base = np.array([f["geometry"]["coordinates"] for f in poles])
     base_world = log.origin.world_from_wgs84_points(base)
     assert np.allclose(base_world[:, 2], log.ground_z_m(0), atol=1e-6)
     # The base itself sits on the pole's boundary with the ground: probe 0.3 m up the pole.
@@ -105,7 +105,7 @@ def test_ground_truth_is_valid_rfc7946(log_dir):
     for f in signs:
         p = f["properties"]
         assert len(f["geometry"]["coordinates"]) == 3
-        assert 2.0 <= p["height_m"] <= 5.0 and 0.5 <= p["size_m"] <= 1.5 and 0 <= p["bearing_deg"] < 360
+        assert 2.0 <= p["height_m"] <= 5.0 and 0.5 <= p["width_m"] <= 1.5 and 0 <= p["facing_deg"] < 360
     styles = {f["properties"]["style"] for f in _layer(log_dir, "lane_markings")}
     assert "solid" in styles
 
@@ -124,7 +124,7 @@ def test_signs_face_the_traffic(log_dir):
         i = int(np.argmin(np.linalg.norm(poses[:, :2, 3] - c[:2], axis=1)))
         fwd, left = poses[i, :2, 0], poses[i, :2, 1]
         side = np.sign((c[:2] - poses[i, :2, 3]) @ left)
-        b = np.radians(f["properties"]["bearing_deg"])
+        b = np.radians(f["properties"]["facing_deg"])
         facing = np.array([np.sin(b), np.cos(b)])  # bearing: clockwise from north
         expect = -fwd if side < 0 else fwd
         assert facing @ expect > np.cos(np.radians(30)), f["properties"]

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from shapely.geometry import Polygon
-from shapely.geometry.polygon import orient
+from shapely.geometry import LineString, Point, Polygon
 
 from hdmap_seg.data.classes import ROAD_CLASSES, save_classes
 from hdmap_seg.data.synthetic.camera import CameraRig, rig_by_name
@@ -30,9 +29,11 @@ from hdmap_seg.data.synthetic.drive import Drive, Wobble, make_drive, oxts_packe
 from hdmap_seg.data.synthetic.render import POLE, SIGN, Renderer
 from hdmap_seg.data.synthetic.world import World, make_world
 from hdmap_seg.errors import HdmapError
+from hdmap_seg.export.geojson import write_geojson
 from hdmap_seg.geo.frames import LocalFrame, invert_transform
 from hdmap_seg.geo.kitti import write_oxts, write_timestamps
 from hdmap_seg.io import atomic_path, write_bytes_atomic, write_text_atomic
+from hdmap_seg.vectorize.layers import Feature
 
 _SPLIT_CODE = {"train": 1, "val": 2, "log": 3}
 _MANIFEST = "synthetic.json"
@@ -261,19 +262,12 @@ def write_ground_truth(
 
     Poles and signs seen (:func:`seen_objects`) in at least ``min_frames`` frames; medians and
     lane markings over the stretch of road the camera saw, from 5 m ahead of its first position
-    to ``range_m`` ahead of its last.
+    to ``range_m`` ahead of its last. Written with the export stage's GeoJSON writer, so the
+    truth and the predictions share their format (properties: docs/synthetic.md).
     """
     gt_dir = Path(gt_dir)
     s_cam0 = float(drive.s_m[0]) + float(invert_transform(rig.T_cam_from_imu)[0, 3])
     s_lo, s_hi = s_cam0 + 5.0, float(drive.s_m[-1]) + range_m
-
-    def lonlat(xy: np.ndarray, z=None) -> list:
-        pts = np.column_stack([xy, z]) if z is not None else np.asarray(xy)
-        out = origin.wgs84_from_world_points(pts)
-        out[:, :2] = np.round(out[:, :2], 7)
-        if out.shape[1] == 3:
-            out[:, 2] = np.round(out[:, 2], 3)
-        return out.tolist()
 
     poles = []
     for p in world.poles:
@@ -281,31 +275,30 @@ def write_ground_truth(
         if n >= min_frames:
             props = {
                 "id": p.id,
+                "type": "pole",
                 "kind": p.kind,
                 "height_m": round(p.height_m, 3),
                 "diameter_m": round(2 * p.radius_m, 3),
                 "n_frames_seen": n,
             }
-            poles.append(
-                _feature({"type": "Point", "coordinates": lonlat(np.array([[p.x_m, p.y_m]]))[0]}, props)
-            )
+            poles.append(Feature(Point(p.x_m, p.y_m, 0.0), props))
     signs = []
     for sg in world.signs:
         n = seen_counts["signs"].get(sg.id, 0)
         if n >= min_frames:
             props = {
                 "id": sg.id,
+                "type": "sign",
                 "shape": sg.shape,
                 "height_m": round(sg.height_m, 3),
-                "bearing_deg": round(sg.bearing_deg, 2),
-                "size_m": round(sg.size_m, 3),
-                "plate_height_m": round(sg.plate_height_m, 3),
+                "facing_deg": round(sg.bearing_deg, 2),
+                "width_m": round(sg.size_m, 3),
+                "height_plate_m": round(sg.plate_height_m, 3),
                 "mount": "pole" if sg.pole_id >= 0 else "post",
                 "pole_id": sg.pole_id,
                 "n_frames_seen": n,
             }
-            geom = {"type": "Point", "coordinates": lonlat(np.array([[sg.x_m, sg.y_m]]), [sg.height_m])[0]}
-            signs.append(_feature(geom, props))
+            signs.append(Feature(Point(sg.x_m, sg.y_m, sg.height_m), props))
 
     sec = world.section
     medians = []
@@ -315,24 +308,15 @@ def write_ground_truth(
         s = _samples(a, b)
         left = np.column_stack(world.road.point_at(s, np.full_like(s, sec.half_median_m)))
         right = np.column_stack(world.road.point_at(s, np.full_like(s, -sec.half_median_m)))
-        ring = np.vstack([left, right[::-1]])
-        poly = orient(Polygon(lonlat(ring)), sign=1.0)
         props = {
             "median_id": k,
             "width_m": round(sec.median_width_m, 3),
             "s_start_m": round(a, 2),
             "s_end_m": round(b, 2),
         }
-        medians.append(
-            _feature(
-                {"type": "Polygon", "coordinates": [list(map(list, poly.exterior.coords))]},
-                {"kind": "footprint", **props},
-            )
-        )
+        medians.append(Feature(Polygon(np.vstack([left, right[::-1]])), {"kind": "footprint", **props}))
         centre = np.column_stack(world.road.point_at(s, np.zeros_like(s)))
-        medians.append(
-            _feature({"type": "LineString", "coordinates": lonlat(centre)}, {"kind": "centerline", **props})
-        )
+        medians.append(Feature(LineString(centre), {"kind": "centerline", **props}))
 
     markings = []
     for side, sign in (("ego", -1.0), ("opposite", 1.0)):
@@ -350,7 +334,7 @@ def write_ground_truth(
                     "offset_m": round(sign * c, 3),
                     "width_m": round(sec.marking_width_m, 3),
                 }
-                markings.append(_feature({"type": "LineString", "coordinates": lonlat(xy)}, props))
+                markings.append(Feature(LineString(xy), props))
 
     for name, feats in (
         ("poles", poles),
@@ -358,17 +342,11 @@ def write_ground_truth(
         ("medians", medians),
         ("lane_markings", markings),
     ):
-        write_text_atomic(
-            gt_dir / f"{name}.geojson", json.dumps({"type": "FeatureCollection", "features": feats})
-        )
+        write_geojson(gt_dir / f"{name}.geojson", feats, origin)
 
 
 def _samples(a: float, b: float, step_m: float = 1.0) -> np.ndarray:
     return np.linspace(a, b, max(int(np.ceil((b - a) / step_m)) + 1, 2))
-
-
-def _feature(geometry: dict, properties: dict) -> dict:
-    return {"type": "Feature", "geometry": geometry, "properties": properties}
 
 
 # ------------------------------------------------------------------------------ contact sheet
