@@ -66,7 +66,8 @@ class SegDataModule(L.LightningDataModule):
         classes, where = native, f"{self.root} ({type(self.layout).__name__})"
         if self.class_map_path is not None:
             class_map: ClassMap = load_class_map(self.class_map_path, source=native.names)
-            lut = np.where(lut == INVALID, INVALID, class_map.lut[lut.clip(0, 255)]).astype(np.int16)
+            mapped = class_map.lut.astype(np.int16)[lut.clip(0, 255)]
+            lut = np.where(lut == INVALID, np.int16(INVALID), mapped)
             classes, where = class_map.target, f"{where} through the class map {self.class_map_path}"
         if classes.num_classes != self.num_classes:
             raise HdmapError(
@@ -92,8 +93,9 @@ class SegDataModule(L.LightningDataModule):
     def samples(self, split: str) -> list[Sample]:
         """The checked (frame, mask) pairs of ``split``; the first call reads and checks every mask."""
         if split not in self._samples:
+            lut = self.label_lut  # first: a missing classes file or config is the more basic error
             samples = self.layout.list_split(self.root, split)
-            check_split(samples, self.label_lut, description=f"checking {split} masks")
+            check_split(samples, lut, description=f"checking {split} masks")
             self._samples[split] = samples
         return self._samples[split]
 
