@@ -50,6 +50,16 @@ PUBLISHED_PARAMS_M = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # With other jobs on the two cores, two OpenMP threads spin-wait for each other and a tiny
+    # model's step gets 10x slower; one thread is as fast on tiny models and immune to that.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_segmenter(backbone: str = "twins_svt_small", **kwargs) -> Segmenter:
     torch.manual_seed(0)
     return Segmenter(backbone, num_classes=6, embed_dim=16, backbone_kwargs=TINY[backbone], **kwargs).eval()
