@@ -186,6 +186,9 @@ def main() -> None:
     unknown = sorted(set(args.models) - set(list_models()))
     if unknown:
         parser.error(f"unknown models {unknown}; registered: {list_models()}")
+    # Spinning OpenMP threads stall each other when other jobs share the cores; passive waiting
+    # keeps the figures meaningful there (set OMP_WAIT_POLICY yourself to override).
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     results = []
     started = time.time()
     load_before = os.getloadavg()[0]
@@ -196,7 +199,7 @@ def main() -> None:
             child = [sys.executable, __file__, "--one", name, "--repeats", str(args.repeats)]
             child += ["--warmup", str(args.warmup), "--device", args.device]
             child += ["--threads", str(args.threads)] if args.threads else []
-            out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(child, check=True, capture_output=True, text=True, env=env).stdout
             results.append(json.loads(out.strip().splitlines()[-1]))
             progress.advance(task)
     import torch
@@ -204,7 +207,7 @@ def main() -> None:
     # other jobs on the machine slow every figure: the 1-minute load average says how busy it was
     print(
         f"\n{cpu_name()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch "
-        f"threads, torch {torch.__version__}, {args.device}, repeats {args.repeats}, warm-up {args.warmup}, "
+        f"threads, OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}, torch {torch.__version__}, {args.device}, repeats {args.repeats}, warm-up {args.warmup}, "
         f"total {time.time() - started:.0f} s, load average {load_before:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after\n"
     )
