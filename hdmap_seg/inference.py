@@ -4,9 +4,12 @@ is written once, by the process that predicted it."""
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -14,40 +17,56 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from hdmap_seg.data.classes import ClassSet
 from hdmap_seg.data.roads import read_image
 from hdmap_seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from hdmap_seg.io import atomic_path
+from hdmap_seg.errors import HdmapError
+from hdmap_seg.export import write_layers
+from hdmap_seg.geo.drivelog import DriveLog, open_drive_log
+from hdmap_seg.io import atomic_path, write_text_atomic
+from hdmap_seg.module import load_segmenter
+from hdmap_seg.vectorize.builder import vectorize_log
+from hdmap_seg.vectorize.config import VectorizeConfig
+
+
+@dataclass(frozen=True)
+class FrameJob:
+    """One frame to segment and where its outputs go."""
+
+    image_path: Path
+    mask_path: Path
+    overlay_path: Path | None = None
 
 
 class FrameDataset(Dataset):
-    """Frames of a drive log, normalised as in training and optionally rescaled.
+    """Frames normalised as in training and optionally rescaled by ``scale``.
 
-    Returns ``{"image": (3, h, w) float, "name": str, "size": (H, W)}`` where ``(H, W)`` is the frame's
-    own size, to which the mask is resized back.
+    Returns ``{"image": (3, h, w) float, "index": int, "size": (H, W)}``; ``(H, W)`` is the frame's own
+    size, to which its mask is resized back, and ``index`` points into ``jobs``.
     """
 
-    def __init__(self, image_paths: Sequence[Path], scale: float = 1.0) -> None:
-        self.image_paths = list(image_paths)
+    def __init__(self, jobs: Sequence[FrameJob], scale: float = 1.0) -> None:
+        self.jobs = list(jobs)
         self.scale = scale
         self.mean = np.array(IMAGENET_MEAN, np.float32) * 255
         self.std = np.array(IMAGENET_STD, np.float32) * 255
 
     def __len__(self) -> int:
-        return len(self.image_paths)
+        return len(self.jobs)
 
     def __getitem__(self, index: int) -> dict:
-        path = self.image_paths[index]
-        rgb = read_image(path)
+        rgb = read_image(self.jobs[index].image_path)
         size = rgb.shape[:2]
         if self.scale != 1.0:
             rgb = cv2.resize(rgb, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_LINEAR)
         image = torch.from_numpy(((rgb - self.mean) / self.std).transpose(2, 0, 1).copy())
-        return {"image": image, "name": path.stem, "size": torch.tensor(size)}
+        return {"image": image, "index": index, "size": torch.tensor(size)}
 
 
 def sliding_window_logits(
@@ -110,7 +129,7 @@ class InferenceModule(L.LightningModule):
             if prob.shape[-2:] != (h, w):
                 prob = F.interpolate(prob[None], size=(h, w), mode="bilinear", align_corners=False)[0]
             masks.append(prob.argmax(0).to(torch.uint8).cpu().numpy())
-        return {"name": batch["name"], "mask": masks}
+        return {"index": batch["index"].tolist(), "mask": masks}
 
 
 def colour_overlay(rgb: np.ndarray, mask: np.ndarray, classes: ClassSet, alpha: float = 0.5) -> np.ndarray:
@@ -123,37 +142,37 @@ def colour_overlay(rgb: np.ndarray, mask: np.ndarray, classes: ClassSet, alpha: 
 
 
 class MaskWriter(BasePredictionWriter):
-    """Writes ``<out>/<name>.png`` (class ids) per frame, atomically, and optionally a colour overlay
-    ``<overlay_dir>/<name>.jpg``. Nothing is kept in memory between batches."""
+    """Writes each frame's mask PNG (class ids) and optional colour overlay JPEG, atomically, as soon
+    as its batch is done. At the end every process records which frames it wrote in
+    ``<manifest_dir>/rank<N>.json``, so a cluster run can be audited."""
 
-    def __init__(
-        self,
-        mask_dir: str | os.PathLike,
-        overlay_dir: str | os.PathLike | None = None,
-        classes: ClassSet | None = None,
-        image_paths: dict[str, Path] | None = None,
-    ) -> None:
+    def __init__(self, jobs: Sequence[FrameJob], classes: ClassSet, manifest_dir: Path) -> None:
         super().__init__(write_interval="batch")
-        self.mask_dir = Path(mask_dir)
-        self.overlay_dir = Path(overlay_dir) if overlay_dir else None
+        self.jobs = list(jobs)
         self.classes = classes
-        self.image_paths = image_paths or {}
-        self.written = 0
+        self.manifest_dir = Path(manifest_dir)
+        self.written: list[str] = []
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
     ):
-        for name, mask in zip(prediction["name"], prediction["mask"], strict=True):
-            with atomic_path(self.mask_dir / f"{name}.png") as tmp:
+        for index, mask in zip(prediction["index"], prediction["mask"], strict=True):
+            job = self.jobs[index]
+            with atomic_path(job.mask_path) as tmp:
                 cv2.imwrite(str(tmp), mask)
-            if self.overlay_dir is not None:
-                rgb = read_image(self.image_paths[name])
-                overlay = colour_overlay(rgb, mask, self.classes)
-                with atomic_path(self.overlay_dir / f"{name}.jpg") as tmp:
+            if job.overlay_path is not None:
+                overlay = colour_overlay(read_image(job.image_path), mask, self.classes)
+                with atomic_path(job.overlay_path) as tmp:
                     cv2.imwrite(
                         str(tmp), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
                     )
-            self.written += 1
+            self.written.append(str(job.mask_path))
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        manifest = {"rank": trainer.global_rank, "world_size": trainer.world_size, "frames": self.written}
+        write_text_atomic(
+            self.manifest_dir / f"rank{trainer.global_rank}.json", json.dumps(manifest, indent=1) + "\n"
+        )
 
 
 class FramesPerSecondBar(TQDMProgressBar):
@@ -165,6 +184,119 @@ class FramesPerSecondBar(TQDMProgressBar):
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
-        self._frames += len(batch["name"])
+        self._frames += len(batch["index"])
         fps = self._frames / max(time.perf_counter() - self._start, 1e-9)
         self.predict_progress_bar.set_postfix({"frames/s": f"{fps:.1f}"})
+
+
+def expand_logs(logs: str | Sequence[str]) -> list[Path]:
+    """Drive-log folders from paths and globs, in sorted order, each once."""
+    patterns = [logs] if isinstance(logs, str | os.PathLike) else list(logs)
+    found: dict[Path, None] = {}
+    for pattern in patterns:
+        matches = (
+            sorted(Path(p) for p in glob.glob(str(pattern)))
+            if glob.has_magic(str(pattern))
+            else [Path(pattern)]
+        )
+        if not matches:
+            raise HdmapError(f"{pattern}: no drive log matches")
+        for m in matches:
+            found.setdefault(m.resolve(), None)
+    return list(found)
+
+
+def plan_jobs(log: DriveLog, out_dir: Path, overlays: bool) -> tuple[list[FrameJob], int]:
+    """The frames of ``log`` whose mask is not written yet (a rerun resumes), and how many are done."""
+    jobs, done = [], 0
+    for frame in log.frames:
+        mask_path = out_dir / "masks" / f"{frame.stem}.png"
+        if mask_path.is_file():
+            done += 1
+            continue
+        overlay = out_dir / "overlays" / f"{frame.stem}.jpg" if overlays else None
+        jobs.append(FrameJob(frame.image_path, mask_path, overlay))
+    return jobs, done
+
+
+def run_inference(cfg: DictConfig) -> dict:
+    """Segment every frame of every log with ``trainer.predict``, then vectorize each log's masks.
+
+    Outputs per log under ``cfg.out_dir/<log name>/``: ``masks/``, ``overlays/`` (optional), ``map/``
+    (GeoJSON layers + GeoPackage) and ``summary.json``. Returns the run summary (on global rank 0;
+    other ranks return an empty dict once their frames are written).
+    """
+    out_root = Path(cfg.out_dir)
+    model, classes = load_segmenter(cfg.ckpt_path)
+    vectorize_config = VectorizeConfig.from_dict(
+        OmegaConf.to_container(cfg.vectorize, resolve=True), source="vectorize"
+    )
+    logs = [open_drive_log(p, camera=cfg.camera) for p in expand_logs(cfg.logs)]
+    names = [log.root.name for log in logs]
+    if len(set(names)) != len(names):
+        raise HdmapError(f"drive logs must have distinct folder names, got {names}")
+
+    jobs, done = [], {}
+    for log in logs:
+        log_jobs, done[log.root.name] = plan_jobs(log, out_root / log.root.name, cfg.overlays)
+        jobs += log_jobs
+
+    module = InferenceModule(model, flip=cfg.flip, window=cfg.window, stride=cfg.stride)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[MaskWriter(jobs, classes, out_root / "ranks"), FramesPerSecondBar()],
+    )
+    start = time.perf_counter()
+    if jobs:
+        loader = DataLoader(
+            FrameDataset(jobs, scale=cfg.scale),
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+            collate_fn=_stack,
+        )
+        trainer.predict(module, loader, return_predictions=False)
+    predict_s = time.perf_counter() - start
+    trainer.strategy.barrier()  # every rank's masks are on disk before anyone vectorizes
+    if not trainer.is_global_zero:
+        return {}
+
+    summary = {
+        "checkpoint": str(cfg.ckpt_path),
+        "frames_predicted": len(jobs),
+        "predict_s": round(predict_s, 2),
+        "frames_per_s": round(len(jobs) / predict_s, 2) if jobs and predict_s > 0 else None,
+        "world_size": trainer.world_size,
+        "logs": {},
+    }
+    for log in logs:
+        log_out = out_root / log.root.name
+        start = time.perf_counter()
+        layers = vectorize_log(log, log_out / "masks", vectorize_config, progress=True)
+        paths = write_layers(layers, log_out / "map", log.origin)
+        log_summary = {
+            "log": str(log.root),
+            "frames": len(log),
+            "frames_resumed": done[log.root.name],
+            "vectorize_s": round(time.perf_counter() - start, 2),
+            "features": {name: len(features) for name, features in layers.items()},
+            "outputs": [str(p) for p in paths],
+            "run": {k: summary[k] for k in ("frames_predicted", "predict_s", "frames_per_s", "world_size")},
+        }
+        write_text_atomic(log_out / "summary.json", json.dumps(log_summary, indent=2) + "\n")
+        summary["logs"][log.root.name] = log_summary
+    write_text_atomic(out_root / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _stack(batch: list[dict]) -> dict:
+    """Frames of one batch share a size when they come from one camera; stack them."""
+    sizes = {tuple(b["image"].shape) for b in batch}
+    if len(sizes) > 1:
+        raise HdmapError(f"frames of different sizes {sorted(sizes)} in one batch: use batch_size=1")
+    return {
+        "image": torch.stack([b["image"] for b in batch]),
+        "index": torch.tensor([b["index"] for b in batch]),
+        "size": torch.stack([b["size"] for b in batch]),
+    }

@@ -1,0 +1,163 @@
+"""Batch inference: outputs per log, resuming, sliding window, and DDP sharding on two CPU processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from conftest import REPO_ROOT, TINY_TWINS
+from hdmap_seg.data.classes import ROAD_CLASSES
+from hdmap_seg.data.synthetic.writers import SynthConfig, write_drive_log
+from hdmap_seg.inference import sliding_window_logits
+
+FRAMES = 8
+
+
+@pytest.fixture(scope="module")
+def drive_log(tmp_path_factory) -> Path:
+    cfg = SynthConfig(seed=3, camera="kitti", scale=0.25, train=0, val=0, logs=1, frames_per_log=FRAMES)
+    return write_drive_log(cfg, 0, tmp_path_factory.mktemp("logs"), workers=1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint in the layout training writes (hyper-parameters + ``model.``-prefixed state)."""
+    torch.manual_seed(0)
+    model_config = {"_target_": "hdmap_seg.models.Segmenter", "num_classes": 6, **TINY_TWINS}
+    model = instantiate(model_config)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save(
+        {
+            "hyper_parameters": {"model_config": model_config, "classes": ROAD_CLASSES.to_dict()},
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        },
+        path,
+    )
+    return path
+
+
+def run_infer(*overrides: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools/infer.py"), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
+    return proc
+
+
+def common(checkpoint: Path, log: Path, out: Path) -> list[str]:
+    return [
+        f"ckpt_path={checkpoint}",
+        f"logs={log}",
+        f"out_dir={out}",
+        f"hydra.run.dir={out}/hydra",
+        "trainer.accelerator=cpu",
+        "batch_size=2",
+        "num_workers=0",
+        "vectorize=road",
+    ]
+
+
+def read_masks(folder: Path) -> dict[str, np.ndarray]:
+    return {p.stem: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(folder.glob("*.png"))}
+
+
+@pytest.mark.slow
+def test_infer_writes_masks_overlays_layers_and_resumes(checkpoint, drive_log, tmp_path):
+    out = tmp_path / "out"
+    proc = run_infer(*common(checkpoint, drive_log, out), "overlays=true", "trainer.devices=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log_out = out / drive_log.name
+    masks = read_masks(log_out / "masks")
+    frames = sorted(p.stem for p in (drive_log / "image_02/data").glob("*.png"))
+    assert sorted(masks) == frames
+    h, w = cv2.imread(str(drive_log / "image_02/data" / f"{frames[0]}.png")).shape[:2]
+    assert all(m.shape == (h, w) and m.max() < 6 for m in masks.values())
+    assert sorted(p.stem for p in (log_out / "overlays").glob("*.jpg")) == frames
+    summary = json.loads((log_out / "summary.json").read_text())
+    assert summary["frames"] == FRAMES and summary["run"]["frames_predicted"] == FRAMES
+    for layer in ("poles", "signs", "medians"):
+        geojson = json.loads((log_out / "map" / f"{layer}.geojson").read_text())
+        assert geojson["type"] == "FeatureCollection"
+        assert summary["features"][layer] == len(geojson["features"])
+    layers_before = {p.name: p.read_bytes() for p in (log_out / "map").glob("*.geojson")}
+
+    # A crash half-way: some masks and the layers are missing. The rerun predicts only those frames.
+    for stem in frames[::3]:
+        (log_out / "masks" / f"{stem}.png").unlink()
+    for p in (log_out / "map").iterdir():
+        p.unlink()
+    proc = run_infer(*common(checkpoint, drive_log, out), "trainer.devices=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((log_out / "summary.json").read_text())
+    assert summary["run"]["frames_predicted"] == len(frames[::3])
+    assert summary["frames_resumed"] == FRAMES - len(frames[::3])
+    again = read_masks(log_out / "masks")
+    assert all(np.array_equal(again[k], masks[k]) for k in frames)
+    assert {p.name: p.read_bytes() for p in (log_out / "map").glob("*.geojson")} == layers_before
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_writes_every_frame_once_and_the_same_layers(
+    checkpoint, drive_log, tmp_path
+):
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    proc = run_infer(*common(checkpoint, drive_log, single), "trainer.devices=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_infer(*common(checkpoint, drive_log, ddp), "trainer.strategy=ddp", "trainer.devices=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads(p.read_text()) for p in sorted((ddp / "ranks").glob("rank*.json"))]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    written = [f for r in ranks for f in r["frames"]]
+    assert len(written) == FRAMES and len(set(written)) == FRAMES, "every frame exactly once"
+    assert all(r["frames"] for r in ranks), "both processes did work"
+    a, b = read_masks(single / drive_log.name / "masks"), read_masks(ddp / drive_log.name / "masks")
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    for layer in ("poles", "signs", "medians"):
+        one = (single / drive_log.name / "map" / f"{layer}.geojson").read_bytes()
+        assert one == (ddp / drive_log.name / "map" / f"{layer}.geojson").read_bytes(), layer
+
+
+def test_bad_checkpoint_exits_2_naming_the_file(drive_log, tmp_path):
+    bogus = tmp_path / "nope.ckpt"
+    bogus.write_text("not a checkpoint")
+    proc = run_infer(*common(bogus, drive_log, tmp_path / "out"))
+    assert proc.returncode == 2
+    assert "nope.ckpt: not a loadable checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sliding_window_equals_whole_image_for_a_pointwise_model():
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 5, kernel_size=1)
+    images = torch.randn(2, 3, 37, 61)
+    with torch.no_grad():
+        whole = model(images)
+        windows = sliding_window_logits(model, images, window=(16, 24), stride=(10, 14))
+    assert windows.shape == whole.shape
+    assert torch.allclose(windows, whole, atol=1e-6)
+
+
+def test_sliding_window_averages_overlaps():
+    """A model that outputs a constant per call: each pixel gets the mean over the windows covering it."""
+    calls = []
+
+    def model(x):
+        calls.append(x.shape)
+        return torch.full((x.shape[0], 1, *x.shape[-2:]), float(len(calls)))
+
+    out = sliding_window_logits(model, torch.zeros(1, 3, 10, 10), window=(6, 6), stride=(4, 4))
+    # rows start 0 and 4; cols start 0 and 4: windows 1..4; pixel (5,5) is covered by all four.
+    assert all(s[-2:] == (6, 6) for s in calls) and len(calls) == 4
+    assert out[0, 0, 5, 5].item() == pytest.approx(2.5)
+    assert out[0, 0, 0, 0].item() == 1.0 and out[0, 0, 9, 9].item() == 4.0
