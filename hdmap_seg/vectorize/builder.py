@@ -80,7 +80,9 @@ class MapBuilder:
         bits = cv2.LUT(mask.astype(np.uint8, copy=False), self._lut)
         sign_px = (bits & 2) > 0 if self.signs is not None else None
         if self.poles is not None:
-            inst = pole_instances((bits & 1) > 0, cfg.pole, blocked=sign_px)
+            inst = pole_instances(
+                (bits & 1) > 0, cfg.pole, blocked=sign_px, min_base_row=geom.top_ground_row_px()
+            )
             xy, info = pole_observations(inst, geom, cfg.pole)
             self.poles.add(frame_index, timestamp, xy, info, geom.ground_z_m)
         if self.signs is not None:
@@ -116,7 +118,11 @@ class MapBuilder:
 
 
 def _mask_polygons(binary: np.ndarray) -> list[Polygon]:
-    """Pixel-space polygons (with holes) of a binary mask, along the pixels' outer edges."""
+    """Pixel-space polygons (with holes) of a binary mask, through its boundary pixels' centres.
+
+    Half a pixel inside the region's edge; the ground vote grid's rasterisation marks every cell an
+    edge touches, which gives it back (docs/map.md, "Medians").
+    """
     contours, hierarchy = cv2.findContours(binary.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return []
@@ -130,8 +136,7 @@ def _mask_polygons(binary: np.ndarray) -> list[Polygon]:
             if len(contours[child]) >= 3:
                 holes.append(contours[child].reshape(-1, 2))
             child = hierarchy[child][0]
-        poly = Polygon(c.reshape(-1, 2).astype(float), [h.astype(float) for h in holes])
-        out.append(poly.buffer(0.5, join_style="mitre"))  # contours run through pixel centres: out to edges
+        out.append(Polygon(c.reshape(-1, 2).astype(float), [h.astype(float) for h in holes]))
     return out
 
 

@@ -69,9 +69,25 @@ class FrameGeometry:
             ]
         )
         image = Polygon(self.camera.normalized_from_pixels(border_px))
+        return image.intersection(_half_plane(self._range_coef, image.bounds))
+
+    @cached_property
+    def _range_coef(self) -> np.ndarray:
         R = self.T_world_from_cam[:3, :3]
-        coef = self.height_above_ground_m * (self._heading_xy @ R[:2]) + self.max_range_m * R[2]
-        return image.intersection(_half_plane(coef, image.bounds))
+        return self.height_above_ground_m * (self._heading_xy @ R[:2]) + self.max_range_m * R[2]
+
+    def top_ground_row_px(self) -> int:
+        """The highest image row (smallest ``v``) that shows ground within range; rows above cannot.
+
+        Found along the image of the "``max_range_m`` ahead" line, sampled across the image width.
+        """
+        a, b, c = self._range_coef
+        w, _ = self.camera.size
+        x = self.camera.normalized_from_pixels(np.stack([np.linspace(0, w - 1, 9), np.zeros(9)], 1))[:, 0]
+        if abs(b) < 1e-12:
+            return 0
+        line = np.stack([x, -(a * x + c) / b], 1)
+        return max(0, int(np.floor(self.camera.pixels_from_normalized(line)[:, 1].min())) - 2)
 
     def _disc(self) -> Polygon:
         return shapely.Point(self.center[:2]).buffer(self.max_range_m, quad_segs=_DISC_SEGMENTS)
@@ -81,8 +97,9 @@ class FrameGeometry:
         if region_norm.is_empty:
             return region_norm
         H = ground_homography(self.T_world_from_cam, plane_z_m)
+        # The region lies below the horizon, so the homography keeps it simple: no make_valid needed.
         on_ground = shapely.transform(region_norm, lambda xy: apply_homography(H, xy))
-        return shapely.make_valid(on_ground).intersection(self._disc())
+        return on_ground.intersection(self._disc())
 
     def visible_ground(self) -> BaseGeometry:
         """The ground this frame sees within range (its footprint)."""
@@ -99,7 +116,10 @@ class FrameGeometry:
             )
             for p in polygons_px
         ]
-        region = shapely.make_valid(shapely.union_all(norm)).intersection(self.clip_region_norm)
+        region = norm[0] if len(norm) == 1 else shapely.union_all(norm)
+        region = (region if region.is_valid else shapely.make_valid(region)).intersection(
+            self.clip_region_norm
+        )
         return self.ground_polygons(region, plane_z_m)
 
 

@@ -112,12 +112,12 @@ class GroundVotes:
         for key in list(self.tiles):
             self._polygonize(key, self.tiles.pop(key))
         cfg = self.cfg
-        # Contours run through cell centres, and fillPoly marks the cells an edge touches: the two
-        # half-cell errors cancel, so pieces are grown only for the closing.
-        coverage = _merge([p.buffer(0.5, quad_segs=2) for p in self.coverage_pieces], 0.5, 0.25)
-        merged = _merge(
-            [p.polygon.buffer(cfg.close_m) for p in self.median_pieces], cfg.close_m, cfg.simplify_m
-        )
+        # fillPoly marks every cell an edge touches, so contours through the marked cells' centres
+        # run half a cell outside the footprint's edge: the closing shrinks that half cell back.
+        half = 0.5 * cfg.cell_m
+        coverage = _merge([p.buffer(0.5, quad_segs=2) for p in self.coverage_pieces], 0.5 + half, 0.25)
+        grown = [p.polygon.buffer(cfg.close_m) for p in self.median_pieces]
+        merged = _merge(grown, cfg.close_m + half, cfg.simplify_m)
         polys = [p for p in _polygons(merged) if p.area >= cfg.min_area_m2]
         features = []
         if polys:

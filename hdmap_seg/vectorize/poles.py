@@ -29,17 +29,19 @@ _CHI2_2D_99 = 9.21
 _BELOW_CHECK_PX = 3
 
 
-def pole_instances(pole_mask: np.ndarray, cfg: PoleConfig, blocked: np.ndarray | None = None) -> np.ndarray:
+def pole_instances(
+    pole_mask: np.ndarray, cfg: PoleConfig, blocked: np.ndarray | None = None, min_base_row: int = 0
+) -> np.ndarray:
     """Pole instances of one frame: ``(K, 3)`` float ``[u_px, v_base_px, width_px]``.
 
     ``pole_mask`` is a ``(H, W)`` uint8/bool mask of pole pixels. ``v_base_px`` is the lower edge of
     the lowest pole pixel (pixel centres on integers). Instances whose base touches the bottom of
     the image, or rests on a ``blocked`` pixel (a sign in front of the pole), are not grounded and
-    left out.
+    left out, as are components ending above ``min_base_row`` (their base would be out of range).
     """
     height = pole_mask.shape[0]
     out = []
-    for x, y, sub in components(pole_mask, cfg.min_pixels):
+    for x, y, sub in components(pole_mask, cfg.min_pixels, min_base_row):
         h = sub.shape[0]
         if h < cfg.min_height_px:
             continue
