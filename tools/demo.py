@@ -84,7 +84,6 @@ def main() -> None:
             f"data.root={args.data}",
             f"hydra.run.dir={train_dir}",
             f"trainer.max_time={args.train_time}",
-            "callbacks.progress_bar._target_=lightning.pytorch.callbacks.TQDMProgressBar",
             *([f"ckpt_path={last}"] if last.is_file() else []),
         ]
     )
