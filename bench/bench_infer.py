@@ -1,0 +1,145 @@
+"""End-to-end batch inference against the bare model, and memory over 100 vs 1,000 frames.
+
+    python bench/bench_infer.py [--model twins_svt_tiny] [--scale 0.5] [--frames 100] [--memory-frames 100 1000]
+
+1. Throughput: ``tools/infer.py`` on a synthetic KITTI drive (frames/s of its predict phase: decoding,
+   DataLoader workers, model, mask PNG writing) against the bare ``model(x)`` forward on the same frames,
+   already decoded and batched, in this process. Goal: infer >= 0.9 x bare.
+2. Memory: peak RSS of ``tools/infer.py`` (model, predict and vectorization) over a 100- and a 1,000-frame log.
+
+The checkpoint is the model config with random weights, saved in the training layout: speed does not depend on
+the weights. Prints a Markdown table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hdmap_seg.data.classes import ROAD_CLASSES  # noqa: E402
+from hdmap_seg.data.synthetic.writers import SynthConfig, write_drive_log  # noqa: E402
+from hdmap_seg.inference import FrameDataset, FrameJob  # noqa: E402
+
+
+def make_checkpoint(model_name: str, path: Path) -> torch.nn.Module:
+    cfg = OmegaConf.load(ROOT / "conf/model" / f"{model_name}.yaml")
+    cfg.num_classes = ROAD_CLASSES.num_classes
+    model_config = OmegaConf.to_container(cfg, resolve=True)
+    model = instantiate(model_config).eval()
+    torch.save(
+        {
+            "hyper_parameters": {"model_config": model_config, "classes": ROAD_CLASSES.to_dict()},
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        },
+        path,
+    )
+    return model
+
+
+def run_infer(ckpt: Path, log: Path, out: Path, batch_size: int, workers: int) -> tuple[dict, float]:
+    """Run tools/infer.py; returns its run summary and the child's peak RSS in MiB."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools/infer.py"),
+        f"ckpt_path={ckpt}",
+        f"logs={log}",
+        f"out_dir={out}",
+        f"hydra.run.dir={out}/hydra",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        f"batch_size={batch_size}",
+        f"num_workers={workers}",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"infer failed: {proc.stderr.read().decode()[-2000:]}")
+    return json.loads((out / "summary.json").read_text()), usage.ru_maxrss / 1024
+
+
+def bare_forward_fps(model: torch.nn.Module, log: Path, batch_size: int, repeats: int = 2) -> float:
+    frames = sorted((log / "image_02/data").glob("*.png"))
+    dataset = FrameDataset([FrameJob(p, p) for p in frames])
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    batches = images.split(batch_size)
+    with torch.inference_mode():
+        model(batches[0])  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for b in batches:
+                model(b)
+            best = min(best, time.perf_counter() - start)
+    return len(images) / best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="twins_svt_tiny")
+    p.add_argument(
+        "--scale", type=float, default=0.5, help="camera scale of the throughput log (1 = 1242x375)"
+    )
+    p.add_argument("--frames", type=int, default=100)
+    p.add_argument("--memory-frames", type=int, nargs="+", default=[100, 1000])
+    p.add_argument("--memory-scale", type=float, default=0.25)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_infer_"))
+    ckpt = work / "model.ckpt"
+    model = make_checkpoint(args.model, ckpt)
+
+    log = write_drive_log(
+        SynthConfig(seed=21, scale=args.scale, train=0, val=0, frames_per_log=args.frames), 0, work / "fps"
+    )
+    summary, _ = run_infer(ckpt, log, work / "out_fps", args.batch_size, args.workers)
+    infer_fps = summary["frames_per_s"]
+    bare_fps = bare_forward_fps(model, log, args.batch_size)
+
+    memory = {}
+    for n in args.memory_frames:
+        mlog = write_drive_log(
+            SynthConfig(seed=22, scale=args.memory_scale, train=0, val=0, frames_per_log=n),
+            0,
+            work / f"mem{n}",
+        )
+        _, rss = run_infer(ckpt, mlog, work / f"out_mem{n}", args.batch_size, args.workers)
+        memory[n] = rss
+
+    size = summary["logs"][log.name]
+    print(
+        f"\n## Batch inference ({date.today()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads)\n"
+    )
+    print(
+        f"Command: `python bench/bench_infer.py --model {args.model} --scale {args.scale} --frames {args.frames} "
+        f"--memory-frames {' '.join(map(str, args.memory_frames))}`\n"
+    )
+    print("| model | frames | infer frames/s (predict phase) | bare forward frames/s | ratio |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    print(
+        f"| {args.model} | {size['frames']} | {infer_fps:.2f} | {bare_fps:.2f} | {infer_fps / bare_fps:.2f} |\n"
+    )
+    print(f"| frames (scale {args.memory_scale}) | peak RSS of tools/infer.py (MiB) |")
+    print("| ---: | ---: |")
+    for n, rss in memory.items():
+        print(f"| {n} | {rss:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
