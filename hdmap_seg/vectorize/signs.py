@@ -40,7 +40,7 @@ def sign_instances(sign_mask: np.ndarray, cfg: SignConfig) -> np.ndarray:
     """Sign instances of one frame: ``(K, 4)`` float ``[u_px, v_px, width_px, height_px]``.
 
     ``(u, v)`` is the pixel centroid, ``width/height`` the bounding box. Parts of one plate that
-    a post or pole in front of it cuts apart (side by side, overlapping rows, a narrow gap) are
+    a post or pole in front of it cuts apart (side by side, rows that mostly coincide, a narrow gap) are
     joined. Plates cut by the image border are left out (their centroid would be off).
     """
     H, W = sign_mask.shape
@@ -53,7 +53,7 @@ def sign_instances(sign_mask: np.ndarray, cfg: SignConfig) -> np.ndarray:
             h = sub.shape[0]
             overlap = min(py + ph, y + h) - max(py, y)
             gap = x - (px + pw)
-            if 0 <= gap <= max(2, 0.6 * min(ph, h)) and overlap >= 0.5 * min(ph, h):
+            if 0 <= gap <= max(2, 0.6 * min(ph, h)) and overlap >= 0.7 * max(ph, h):
                 merged[-1] = list(_union(px, py, psub, x, y, sub))
                 continue
         merged.append([x, y, sub])
