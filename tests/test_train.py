@@ -151,3 +151,25 @@ def test_load_segmenter_rejects_what_is_no_training_checkpoint(tmp_path):
         load_segmenter(tmp_path / "plain.ckpt")
     with pytest.raises(HdmapError, match="missing.ckpt: checkpoint not found"):
         load_segmenter(tmp_path / "missing.ckpt")
+
+
+@pytest.mark.slow
+def test_ddp_training_on_two_cpu_processes(toy_dataset, tmp_path):
+    proc = run_train_cli(
+        *tiny_overrides(toy_dataset, tmp_path),
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.sync_batchnorm=false",  # SyncBatchNorm needs GPUs
+        "trainer.max_steps=2",
+        "callbacks.progress_bar=null",
+        "validate_best=false",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log, "a second process joined the run"
+    ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 2
+    # The sampler shards the 6 frames: 3 per process, one batch of 2 per epoch, so two steps take
+    # two epochs (one process alone would take both steps in its first epoch of 3 batches).
+    assert ckpt["epoch"] == 1
