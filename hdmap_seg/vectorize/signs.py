@@ -7,8 +7,9 @@ prior along the ray, ``d d^T / s_depth^2`` at the depth its pixel size suggests 
 ``size_prior_m`` (``s_depth`` = half that depth), so one ray already has a finite estimate and
 two rays from a short baseline are not singular; with any parallax the rays dominate.
 
-Association projects each track's estimate into the new frame and matches centroids (Hungarian)
-within ``gate_px`` (or 0.75 x the detection's diagonal when larger) whose depths agree.
+Association projects each track's estimate, with its covariance, into the new frame and matches
+centroids (Hungarian) by Mahalanobis distance, where distance and apparent size agree
+(:meth:`SignTracker._association_cost`).
 
 The facing is fitted from the plate's apparent aspect over the views: ``w/h = a |cos(theta - phi_i)|``
 with ``phi_i`` the bearing from the sign to camera ``i``. A class mask cannot tell a plate's face
@@ -26,10 +27,11 @@ from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layers import Feature
 from hdmap_seg.vectorize.tracks import Track, assign, iso_time, merge_close, split_stale
 
+# A detection's size-based depth and a track's depth differ by at most this factor.
 _DEPTH_RATIO_GATE = 2.5
 # A detection's angular size over the track's last one scaled by the change of distance: within this factor.
 _SIZE_GROWTH_GATE = 1.6
-_CHI2_2D_99 = 9.21  # squared Mahalanobis gate of association (99% of chi-square, 2 dof)  # a detection's size-based depth and a track's depth differ by at most this factor
+_CHI2_2D_99 = 9.21  # squared Mahalanobis gate of association (99% of chi-square, 2 dof)
 # A finished sign's distances over its pixel-size distances: within this factor (plates of 0.45 to
 # 1.8 m for the 0.9 m prior); association allows more, while the track still learns its distance.
 _SIZE_RATIO_FINAL = 2.0
@@ -108,9 +110,7 @@ class SignTracker:
         if self.active:
             cost, track_depth = self._association_cost(instances, prior_depth, geom)
             pairs = assign(cost, _CHI2_2D_99)
-        matched = {}
-        for o, t in pairs:
-            matched[o] = t
+        matched = dict(pairs)
         for o in range(len(instances)):
             t = matched.get(o)
             depth = track_depth[t] if t is not None and self.active[t].n_obs >= 2 else prior_depth[o]
