@@ -7,14 +7,17 @@ the run table says. Training stops at ``trainer.max_time``; validation is switch
 (it would eat the budget) and runs once on the final weights, over the whole val split.
 
     python bench/bench_camvid.py --root ../shared/data/camvid --minutes 30                 # the issue's protocol
-    nice -n 10 python bench/bench_camvid.py --root ../shared/data/camvid --minutes 5 --suite ablation
+    nice -n 10 python bench/bench_camvid.py --root ../shared/data/camvid --steps 200 --suite ablation
     python bench/bench_camvid.py --root ../shared/data/camvid --minutes 1 --runs twins_svt_tiny --no-docs
 
 Suites: ``benchmark`` (our Twins-SVT-S and the tiny Twins with the light head, smp's SegFormer on
 tu-twins_svt_small, torchvision's DeepLabV3-ResNet50) and ``ablation`` (the thin-class recipe on
 twins_svt_tiny: plain CE, class-weighted CE, OHEM, and the recipe's crops + weights).
 
-Each run writes ``<out>/<minutes>min/<run>/result.json`` and ``learning_curve.png`` (training loss
+``--steps N`` trains for N optimiser steps instead, with the recipe's poly decay over them: the fair
+budget for an ablation on a machine shared with other jobs, where minutes buy an unsteady amount of work.
+
+Each run writes ``<out>/<budget>/<run>/result.json`` and ``learning_curve.png`` (training loss
 against wall-clock minutes); a rerun skips runs whose result exists (``--force`` redoes them). The
 suite's table goes to stdout and, unless ``--no-docs``, into its section of docs/benchmarks.md.
 """
@@ -99,19 +102,34 @@ class LossClock(L.Callback):
         self.rows.append((time.perf_counter() - self._start, trainer.global_step, loss))
 
 
-def compose_run(name: str, root: str, minutes: float, out_dir: Path, warmup_steps: int):
-    """The run's config: experiment=camvid, the budget protocol, then the run's own differences."""
-    spec = RUNS[name]
+def budget_overrides(minutes: float | None, steps: int | None) -> list[str]:
+    """A wall-clock budget (constant learning rate after warm-up: the end is unknown in steps), or a
+    step budget (poly decay to zero over the steps)."""
+    if steps is not None:
+        return [f"trainer.max_steps={steps}", "trainer.max_time=null"]
     seconds = round(minutes * 60)
-    overrides = [
-        "experiment=camvid",
-        f"data.root={root}",
+    return [
         "trainer.max_steps=-1",
         f"trainer.max_time=00:{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}",
+    ]
+
+
+def budget_name(args: argparse.Namespace) -> str:
+    return f"{args.steps}steps" if args.steps is not None else f"{args.minutes:g}min"
+
+
+def compose_run(name: str, args: argparse.Namespace, out_dir: Path):
+    """The run's config: experiment=camvid, the budget protocol, then the run's own differences."""
+    spec = RUNS[name]
+    overrides = [
+        "experiment=camvid",
+        f"data.root={args.root}",
+        *budget_overrides(args.minutes, args.steps),
         # validation once, after training: during training it would eat the budget
         "trainer.check_val_every_n_epoch=100000",
         "trainer.log_every_n_steps=1",
-        f"module.warmup_steps={warmup_steps}",
+        "data.val_batch_size=4",
+        f"module.warmup_steps={args.warmup_steps}",
         "callbacks.model_checkpoint=null",
         "callbacks.learning_curve=null",
         *spec.get("overrides", []),
@@ -130,7 +148,7 @@ def compose_run(name: str, root: str, minutes: float, out_dir: Path, warmup_step
 
 
 def run_one(name: str, args: argparse.Namespace, out_dir: Path) -> dict:
-    cfg, overrides = compose_run(name, args.root, args.minutes, out_dir, args.warmup_steps)
+    cfg, overrides = compose_run(name, args, out_dir)
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module, trainer = build(cfg)
     clock = LossClock()
@@ -149,7 +167,7 @@ def run_one(name: str, args: argparse.Namespace, out_dir: Path) -> dict:
         "run": name,
         "what": RUNS[name]["what"],
         "params_m": sum(p.numel() for p in module.model.parameters()) / 1e6,
-        "budget_min": args.minutes,
+        "budget": budget_name(args),
         "train_s": train_s,
         "val_s": val_s,
         "steps": steps,
@@ -245,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="CamVid in the SegNet layout (e.g. ../shared/data/camvid)")
     p.add_argument("--minutes", type=float, default=30.0, help="training budget per run (default: 30)")
+    p.add_argument("--steps", type=int, help="a budget in optimiser steps instead of minutes")
     p.add_argument("--suite", choices=sorted(SUITES), default="benchmark")
     p.add_argument("--runs", nargs="+", choices=sorted(RUNS), help="these runs instead of the suite's")
     p.add_argument("--warmup-steps", type=int, default=10, help="linear warm-up (the budget is short)")
@@ -258,7 +277,9 @@ def main(argv: list[str] | None = None) -> None:
         raise HdmapError(f"{args.root}: CamVid folder not found")
 
     names = args.runs or SUITES[args.suite]
-    budget_dir = Path(args.out) / f"{args.minutes:g}min"
+    budget = budget_name(args)
+    per_run = f"{args.steps} steps of batch 8" if args.steps is not None else f"{args.minutes:g} min"
+    budget_dir = Path(args.out) / budget
     results = []
     for name in names:
         out_dir = budget_dir / name
@@ -267,13 +288,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: result exists, skipped ({cached})", flush=True)
             results.append(json.loads(cached.read_text()))
             continue
-        print(f"{name}: training for {args.minutes:g} min ...", flush=True)
+        print(f"{name}: training for {per_run} ...", flush=True)
         results.append(run_one(name, args, out_dir))
         print(f"{name}: {summary(results[-1])}", flush=True)
 
     suite = args.suite if not args.runs else "runs"
     combined = budget_dir / f"{suite}_curves.png"
-    plot_curves(results, combined, title=f"CamVid, {args.minutes:g} min per run")
+    plot_curves(results, combined, title=f"CamVid, {per_run} per run")
     command = shlex.join(["python", "bench/bench_camvid.py", *(argv if argv is not None else sys.argv[1:])])
     when = datetime.now().strftime("%Y-%m-%d %H:%M")
     md = table(results)
@@ -287,12 +308,12 @@ def main(argv: list[str] | None = None) -> None:
     # The pictures go beside the numbers: copied next to docs/benchmarks.md (the run folders are logs).
     assets = Path(args.docs).parent / "bench_camvid"
     assets.mkdir(parents=True, exist_ok=True)
-    prefix = f"{args.minutes:g}min_"
+    prefix = f"{budget}_"
     shutil.copyfile(combined, assets / f"{prefix}{suite}.png")
     for r in results:
         shutil.copyfile(budget_dir / r["run"] / "learning_curve.png", assets / f"{prefix}{r['run']}.png")
     text = (
-        f"### {heading.get(suite, 'CamVid runs')} ({args.minutes:g} min per run)\n\n"
+        f"### {heading.get(suite, 'CamVid runs')} ({per_run} per run)\n\n"
         f"{when}, {results[0]['device']}; `{command}`. Train on CamVid train (367 frames), evaluate the "
         f"final weights on all {results[0]['val_frames']} val frames (IoU in %). {args.note}\n\n"
         f"{md}\n\nLearning curves (training loss against minutes): all runs in "
