@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_synthetic_drive_from_ground_truth_masks(tmp_path):
     cmd = [sys.executable, str(REPO / "tools" / "make_synthetic.py"), "--out", str(tmp_path / "roads")]
-    cmd += ["--train", "0", "--val", "0", "--logs", "1", "--frames-per-log", "40", "--scale", "0.5", "--workers", "1"]
+    cmd += ["--train", "0", "--val", "0", "--logs", "1", "--workers", "1"]
+    cmd += ["--frames-per-log", "40", "--scale", "0.5"]
     subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
     (log,) = (tmp_path / "roads" / "logs").iterdir()
     vectorize_main([str(log), "--quiet", "--no-gpkg"])
