@@ -201,3 +201,36 @@ def test_state_is_bounded_over_a_long_drive():
     assert np.all(active[190:].max(axis=0) <= active[:60].max(axis=0) + 1)
     layers = builder.finish()
     assert len(layers["poles"]) >= 3 * len(base.poles)
+
+
+def test_centerline_of_a_curved_strip_follows_its_arc():
+    from hdmap_seg.vectorize.medians import centerline
+
+    radius, half_width = 40.0, 0.8
+    a = np.linspace(0.0, 1.2, 200)
+    outer = np.c_[(radius + half_width) * np.cos(a), (radius + half_width) * np.sin(a)]
+    inner = np.c_[(radius - half_width) * np.cos(a), (radius - half_width) * np.sin(a)][::-1]
+    strip = Polygon(np.vstack([outer, inner]))
+    line = centerline(strip, simplify_m=0.05)
+    pts = np.asarray(line.coords)
+    assert np.abs(np.hypot(pts[:, 0], pts[:, 1]) - radius).max() < 0.1
+    assert line.length == pytest.approx(radius * 1.2, rel=0.02)  # end to end, spurs cut
+
+
+def test_median_votes_reject_a_footprint_few_frames_saw():
+    from shapely.geometry import box
+
+    from hdmap_seg.vectorize.config import MedianConfig
+    from hdmap_seg.vectorize.medians import GroundVotes
+
+    votes = GroundVotes(MedianConfig())
+    seen = box(-30.02, -29.96, 30.01, 30.03)
+    truth = box(-20.03, -1.07, 20.04, 0.98)  # edges off the 0.1 m grid, as projected footprints are
+    for i in range(10):
+        wrong = box(10, 10, 14, 14) if i < 3 else None  # a false footprint in 3 of 10 frames
+        votes.add(i, seen, shapely.union_all([truth] + ([wrong] if wrong else [])))
+    medians, coverage = votes.finish()
+    (footprint,) = [f.geometry for f in medians if f.properties["kind"] == "footprint"]
+    # within a cell (0.1 m) of every edge: 120 m of boundary x 0.1 m
+    assert footprint.symmetric_difference(truth).area < 0.1 * truth.length
+    assert coverage[0].geometry.symmetric_difference(seen).area < 0.2 * seen.length  # coverage: within 0.2 m

@@ -261,13 +261,18 @@ def plot_map(pred_dir: Path, gt_dir: Path, frame: LocalFrame, path: Path) -> Non
     for g in layers["coverage"][0]:
         for poly in shapely.get_parts(g):
             ax.fill(*poly.exterior.xy, color="#e8eef8", zorder=0)
-    for pred_gt, style in ((1, {"color": "0.45", "lw": 2.5}), (0, {"color": "tab:green", "lw": 1.2})):
-        for name in ("medians", "lane_markings"):
-            for g in layers[name][pred_gt]:
-                for part in shapely.get_parts(g):
-                    line = part.exterior if isinstance(part, Polygon) else part
-                    if isinstance(line, (LineString, shapely.LinearRing)):
-                        ax.plot(*line.xy, zorder=2 - pred_gt, **style)
+    styles = {  # (layer, 1 = truth / 0 = prediction) -> line style
+        ("medians", 1): {"color": "0.45", "lw": 2.5},
+        ("medians", 0): {"color": "tab:green", "lw": 1.2},
+        ("lane_markings", 1): {"color": "0.75", "lw": 1.0, "ls": "--"},
+        ("lane_markings", 0): {"color": "tab:purple", "lw": 0.8, "ls": "--"},
+    }
+    for (name, is_truth), style in styles.items():
+        for g in layers[name][is_truth]:
+            for part in shapely.get_parts(g):
+                line = part.exterior if isinstance(part, Polygon) else part
+                if isinstance(line, (LineString, shapely.LinearRing)):
+                    ax.plot(*line.xy, zorder=2 - is_truth, **style)
     for name, marker, colour in (("poles", "o", "tab:blue"), ("signs", "^", "tab:red")):
         pred, gt = layers[name]
         if gt:
@@ -289,8 +294,9 @@ def plot_map(pred_dir: Path, gt_dir: Path, frame: LocalFrame, path: Path) -> Non
                 zorder=4,
                 label=f"{name} predicted",
             )
-    ax.plot([], [], color="0.45", lw=2.5, label="medians truth")
-    ax.plot([], [], color="tab:green", lw=1.2, label="medians predicted")
+    for (name, is_truth), style in styles.items():
+        if layers[name][is_truth]:
+            ax.plot([], [], label=f"{name} {'truth' if is_truth else 'predicted'}", **style)
     ax.set_aspect("equal")
     ax.set_xlabel("east (m)")
     ax.set_ylabel("north (m)")
