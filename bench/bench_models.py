@@ -140,7 +140,7 @@ def table(results: list[dict]) -> str:
     """Markdown table, with ratios against twins_svt_s where it was measured."""
     ref = next((r for r in results if r["model"] == "twins_svt_s"), None)
     rows = [
-        "| model | params (M) | fwd 512x1024 b1 (ms) | img/s | train step 512x512 b2 (s) | peak RSS (MiB) "
+        "| model | params with head (M) | fwd 512x1024 b1 (ms) | img/s | train step 512x512 b2 (s) | peak RSS (MiB) "
         "| fwd / SVT-S | train / SVT-S |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
