@@ -234,3 +234,21 @@ def test_median_votes_reject_a_footprint_few_frames_saw():
     # within a cell (0.1 m) of every edge: 120 m of boundary x 0.1 m
     assert footprint.symmetric_difference(truth).area < 0.1 * truth.length
     assert coverage[0].geometry.symmetric_difference(seen).area < 0.2 * seen.length  # coverage: within 0.2 m
+
+
+def test_ragged_masks_with_pinched_contours_are_repaired():
+    """Predicted masks are ragged: a contour may touch itself at one pixel (an invalid ring)."""
+    camera = kitti_like_camera()
+    builder = MapBuilder(camera)
+    mask = np.zeros((375, 1242), np.uint8)
+    mask[250:290, 500:540] = MEDIAN
+    mask[290:330, 540:580] = MEDIAN  # touches the first square at one corner pixel: one pinched contour
+    mask[300:320, 540:560] = 0  # ... with a hole against the pinch
+    mask[300:340, 700:760] = MEDIAN  # a second part, so that the parts are unioned
+    rng = np.random.default_rng(3)
+    for i, T in enumerate(trajectory(3)):
+        ragged = mask.copy()
+        ragged[(rng.random(mask.shape) < 0.3) & (mask == MEDIAN)] = 0  # holes, many touching
+        builder.add_frame(i, ragged, T @ camera.T_vehicle_from_cam)
+    layers = builder.finish()
+    assert layers["medians"] and all(f.geometry.is_valid for f in layers["medians"])

@@ -90,7 +90,8 @@ class MapBuilder:
         median = None
         if self._has_median:
             median = geom.image_polygons_to_ground(
-                _mask_polygons((bits & 4) > 0), geom.ground_z_m + cfg.median.surface_height_m
+                _mask_polygons((bits & 4) > 0, cfg.median.min_pixels),
+                geom.ground_z_m + cfg.median.surface_height_m,
             )
         self.ground.add(frame_index, geom.visible_ground(), median)
 
@@ -117,11 +118,12 @@ class MapBuilder:
         return layers
 
 
-def _mask_polygons(binary: np.ndarray) -> list[Polygon]:
+def _mask_polygons(binary: np.ndarray, min_pixels: int) -> list[Polygon]:
     """Pixel-space polygons (with holes) of a binary mask, through its boundary pixels' centres.
 
     Half a pixel inside the region's edge; the ground vote grid's rasterisation marks every cell an
-    edge touches, which gives it back (docs/map.md, "Medians").
+    edge touches, which gives it back (docs/map.md, "Medians"). Parts and holes smaller than
+    ``min_pixels`` are speckle: dropped before they cost a polygon operation each.
     """
     contours, hierarchy = cv2.findContours(binary.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
@@ -129,14 +131,15 @@ def _mask_polygons(binary: np.ndarray) -> list[Polygon]:
     hierarchy = hierarchy[0]
     out = []
     for i, c in enumerate(contours):
-        if hierarchy[i][3] != -1 or len(c) < 3:
+        if hierarchy[i][3] != -1 or len(c) < 3 or cv2.contourArea(c) < min_pixels:
             continue
         holes, child = [], hierarchy[i][2]
         while child != -1:
-            if len(contours[child]) >= 3:
-                holes.append(contours[child].reshape(-1, 2))
+            h = contours[child]
+            if len(h) >= 3 and cv2.contourArea(h) >= min_pixels:
+                holes.append(h.reshape(-1, 2).astype(float))
             child = hierarchy[child][0]
-        out.append(Polygon(c.reshape(-1, 2).astype(float), [h.astype(float) for h in holes]))
+        out.append(Polygon(c.reshape(-1, 2).astype(float), holes))
     return out
 
 

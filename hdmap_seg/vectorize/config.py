@@ -52,6 +52,7 @@ class SignConfig:
 
 @dataclass
 class MedianConfig:
+    min_pixels: int = 20  # median parts and holes smaller than this in the image are speckle
     cell_m: float = 0.1  # vote grid resolution on the ground
     tile_cells: int = 256  # vote tiles are tile_cells x tile_cells; far-behind tiles are polygonised
     surface_height_m: float = 0.0  # height of the median's top above the road surface

@@ -97,8 +97,9 @@ class FrameGeometry:
         if region_norm.is_empty:
             return region_norm
         H = ground_homography(self.T_world_from_cam, plane_z_m)
-        # The region lies below the horizon, so the homography keeps it simple: no make_valid needed.
         on_ground = shapely.transform(region_norm, lambda xy: apply_homography(H, xy))
+        if not on_ground.is_valid:  # far vertices crowd together; rounding can pinch a ring
+            on_ground = shapely.union_all(_polygonal(shapely.make_valid(on_ground)))
         return on_ground.intersection(self._disc())
 
     def visible_ground(self) -> BaseGeometry:
@@ -116,10 +117,11 @@ class FrameGeometry:
             )
             for p in polygons_px
         ]
+        # Contours of ragged masks touch themselves (rings pinched at a pixel): repair before the union.
+        norm = [p if p.is_valid else shapely.make_valid(p) for p in norm]
         region = norm[0] if len(norm) == 1 else shapely.union_all(norm)
-        region = (region if region.is_valid else shapely.make_valid(region)).intersection(
-            self.clip_region_norm
-        )
+        region = shapely.intersection(region, self.clip_region_norm)
+        region = shapely.union_all(_polygonal(region))  # no stray lines or points from the repair
         return self.ground_polygons(region, plane_z_m)
 
 
@@ -138,3 +140,8 @@ def _half_plane(coef: np.ndarray, bounds: tuple[float, float, float, float]) -> 
             s = f[i] / (f[i] - f[j])
             out.append((box[i][0] + s * (box[j][0] - box[i][0]), box[i][1] + s * (box[j][1] - box[i][1])))
     return Polygon(out) if len(out) >= 3 else Polygon()
+
+
+def _polygonal(geom: BaseGeometry) -> list[Polygon]:
+    """The polygons of any geometry (a repaired ring can leave lines and points beside them)."""
+    return [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon")]
