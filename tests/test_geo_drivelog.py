@@ -150,3 +150,57 @@ def test_generic_log_errors(tmp_path):
         open_drive_log(root)
     with pytest.raises(HdmapError, match="not a drive log"):
         open_drive_log(tmp_path)
+
+
+def test_real_kitti_calibration_end_to_end(tmp_path, shared_dir):
+    """A log on the real 2011_09_26 calibration and first OXTS packet; masks drawn with the devkit's own
+    3x4 projection (P_rect_02 @ R_rect_00 @ Tr_velo_to_cam @ Tr_imu_to_velo); poles come back in place."""
+    from hdmap_seg.geo.frames import LocalFrame, T_world_from_imu, make_transform, rotation_from_rpy
+    from hdmap_seg.geo.kitti import KittiCalib, OxtsPacket, read_oxts, write_oxts, write_timestamps
+    from hdmap_seg.vectorize import vectorize_log
+
+    day = shared_dir / "data" / "kitti_raw_sample" / "2011_09_26"
+    calib = KittiCalib.read(day)
+    first = read_oxts(day / "2011_09_26_drive_0001_sync" / "oxts" / "data" / "0000000000.txt")
+    origin = LocalFrame(first.lat, first.lon, first.alt - 0.93)  # world z = 0 on the road
+    T0 = T_world_from_imu(origin, first.lat, first.lon, first.alt, first.roll, first.pitch, first.yaw)
+    heading = T0[:2, 0] / np.linalg.norm(T0[:2, 0])
+    left = np.array([-heading[1], heading[0]])
+    poles = [T0[:2, 3] + a * heading + b * left for a, b in ((14.0, -5.0), (22.0, 6.0), (27.0, -5.5))]
+    log = tmp_path / "2011_09_26_drive_0001_sync"
+    for sub in ("image_02/data", "oxts/data", "label_02/data"):
+        (log / sub).mkdir(parents=True)
+    calib.write(log)
+    P = calib.projection(2)
+    n = 8
+    for i in range(n):
+        xy = T0[:2, 3] + 1.2 * i * heading
+        T = make_transform(
+            T0[:3, :3] @ rotation_from_rpy(0.01 * np.sin(i), 0.008 * np.cos(i), 0.0), [*xy, 0.93]
+        )
+        T_imu_from_world = invert_transform(T)
+        fine = np.zeros((375 * 4, 1242 * 4), np.uint8)  # drawn 4x finer; a pixel is pole if mostly covered
+        for p in poles:
+            # a cylinder of radius 0.12 m, 6 m tall: its silhouette is the hull of its end circles' images
+            a = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+            ring = np.c_[p[0] + 0.12 * np.cos(a), p[1] + 0.12 * np.sin(a)]
+            ends = np.vstack([np.c_[ring, np.zeros(24)], np.c_[ring, np.full(24, 6.0)]])
+            uvw = np.c_[transform_points(T_imu_from_world, ends), np.ones(48)] @ P.T
+            corners = (uvw[:, :2] / uvw[:, 2:] + 0.5) * 4 - 0.5  # pixel centres on integers at both scales
+            hull = cv2.convexHull(np.round(corners * 16).astype(np.int32))
+            cv2.fillPoly(fine, [hull], 255, shift=4)
+        mask = np.where(cv2.resize(fine, (1242, 375), interpolation=cv2.INTER_AREA) > 127, 4, 0).astype(
+            np.uint8
+        )
+        cv2.imwrite(str(log / "label_02" / "data" / f"{i:010d}.png"), mask)
+        cv2.imwrite(str(log / "image_02" / "data" / f"{i:010d}.png"), mask)
+        pose = oxts_pose_from_T(origin, T)
+        write_oxts(log / "oxts" / "data" / f"{i:010d}.txt", OxtsPacket(**pose))
+    times = np.datetime64("2011-09-26T13:02:25", "ns") + np.arange(n) * np.timedelta64(100_000_000, "ns")
+    write_timestamps(log / "image_02" / "timestamps.txt", times)
+    drive = open_drive_log(log, origin=origin)
+    layers = vectorize_log(drive, progress=False)
+    found = np.array([f.geometry.coords[0][:2] for f in layers["poles"]])
+    assert len(found) == 3
+    d = np.linalg.norm(found[:, None] - np.array(poles)[None], axis=2)
+    assert d.min(axis=1).max() < 0.15  # 8 frames; 1 px of base row is 0.4 m at 22 m

@@ -48,7 +48,7 @@ def test_pole_placed_by_hand_seen_from_three_poses(dist):
     ]
     layers = _run(camera, np.array(poses), Scene(poles=pole))
     (f,) = layers["poles"]
-    assert np.hypot(f.geometry.x - 18.0, f.geometry.y + 6.5) < 0.1
+    assert np.hypot(f.geometry.x - 18.0, f.geometry.y + 6.5) < 0.05
     assert f.properties["n_obs"] == 3 and (f.properties["first_frame"], f.properties["last_frame"]) == (0, 2)
     # the ground under the car: 0.93 m below the OXTS unit (first frame), in world z
     assert f.geometry.z == pytest.approx(np.mean([0.0, 0.02, -0.02]), abs=0.03)
@@ -111,12 +111,12 @@ def test_scene_poles_signs_medians_land_on_the_truth():
     poles = _xy(layers["poles"])
     d = np.linalg.norm(poles[:, None] - scene.poles[None, :, :2], axis=2)
     assert len(poles) == len(scene.poles)
-    assert d.min(axis=1).max() < 0.2 and len(set(d.argmin(axis=1))) == len(scene.poles)
+    assert d.min(axis=1).max() < 0.1 and len(set(d.argmin(axis=1))) == len(scene.poles)
 
     signs = layers["signs"]
     assert len(signs) == len(scene.signs)
     for f, truth in zip(sorted(signs, key=lambda f: f.geometry.x), scene.signs, strict=True):
-        assert np.linalg.norm(np.array(f.geometry.coords[0]) - truth[:3]) < 0.2
+        assert np.linalg.norm(np.array(f.geometry.coords[0]) - truth[:3]) < 0.1
         assert f.properties["height_m"] == pytest.approx(truth[2], abs=0.1)
         assert abs((f.properties["facing_deg"] - 270.0 + 180) % 360 - 180) < 10  # truth faces west
         assert f.properties["width_m"] == pytest.approx(truth[3], rel=0.2)

@@ -1,7 +1,7 @@
 """A hand-made scene for the vectorization tests, drawn with OpenCV from known 3D geometry.
 
-Independent of the synthetic world (hdmap_seg.data.synthetic): poles are vertical cylinders drawn
-as quads, signs flat discs, medians ground polygons; every shape is densified in 3D, clipped at
+Independent of the synthetic world (hdmap_seg.data.synthetic): poles are vertical cylinders (the hull
+of their end circles), signs flat discs, medians ground polygons; every shape is densified in 3D, clipped at
 the camera's near plane and projected with cv2.projectPoints (distortion included), far to near.
 The tests in this file check the drawing itself against the projection of known points.
 """
@@ -22,6 +22,7 @@ IMU_HEIGHT_M = 0.93
 # OpenCV camera axes in the vehicle frame (x forward, y left, z up): z_cam -> x, x_cam -> -y, y_cam -> -z.
 R_VEHICLE_FROM_CAM = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 POLE, SIGN, MEDIAN, ROAD = 4, 5, 3, 1
+_FINE = 3  # render_mask draws this many times finer and keeps each pixel's centre sample
 
 
 def kitti_like_camera(dist=(), width: int = 1242, height: int = 375) -> CameraModel:
@@ -115,13 +116,38 @@ def _fill_world_polygon(
     cv2.fillPoly(mask, [np.round(uv * 16).astype(np.int32)], value, lineType=cv2.LINE_8, shift=4)
 
 
+def _fill_world_hull(
+    mask, camera: CameraModel, T_cam_from_world: np.ndarray, pts_world: np.ndarray, value: int
+):
+    """Fill the convex hull of points' images (left out when any point is behind the camera)."""
+    p_cam = pts_world @ T_cam_from_world[:3, :3].T + T_cam_from_world[:3, 3]
+    if np.any(p_cam[:, 2] < 0.2):
+        return
+    uv, _ = cv2.projectPoints(
+        p_cam, np.zeros(3), np.zeros(3), camera.K, camera.dist if camera.dist.size else None
+    )
+    hull = cv2.convexHull(np.round(np.clip(uv.reshape(-1, 2), -1e4, 1e4) * 16).astype(np.int32))
+    cv2.fillPoly(mask, [hull], value, lineType=cv2.LINE_8, shift=4)
+
+
 def render_mask(
     camera: CameraModel, T_world_from_vehicle: np.ndarray, scene: Scene, ground_z_m: float = 0.0
 ) -> np.ndarray:
-    """The label mask of ``scene`` seen by ``camera`` on a vehicle at ``T_world_from_vehicle``."""
+    """The label mask of ``scene`` seen by ``camera`` on a vehicle at ``T_world_from_vehicle``.
+
+    Each pixel takes the class at its centre, as a renderer (or a per-pixel classifier) does: drawn
+    three times finer, then the middle sample of every 3x3 block (fillPoly alone also marks pixels
+    an edge merely touches).
+    """
     T_world_from_cam = T_world_from_vehicle @ camera.T_vehicle_from_cam
     T_cam_from_world = invert_transform(T_world_from_cam)
     C = T_world_from_cam[:3, 3]
+    K = camera.K * [[_FINE], [_FINE], [1]]
+    K[:2, 2] = (camera.K[:2, 2] + 0.5) * _FINE - 0.5  # pixel centres on integers at both scales
+    fine_cam = CameraModel(
+        K, camera.width * _FINE, camera.height * _FINE, camera.dist, camera.T_vehicle_from_cam
+    )
+    camera, coarse = fine_cam, camera
     mask = np.zeros((camera.height, camera.width), np.uint8)
     x = C[0]
     road = np.array([[x - 5, -6.0], [x + 80, -6.0], [x + 80, 6.0], [x - 5, 6.0]])
@@ -130,19 +156,12 @@ def render_mask(
             mask, camera, T_cam_from_world, np.c_[poly, np.full(len(poly), ground_z_m)], value
         )
     objects = []
+    ring = np.linspace(0, 2 * np.pi, 24, endpoint=False)
     for x, y, r, h in scene.poles:
-        view = np.array([x, y]) - C[:2]
-        side = np.array([-view[1], view[0]]) / np.linalg.norm(view) * r
-        quad = np.array(
-            [
-                [x - side[0], y - side[1], 0],
-                [x + side[0], y + side[1], 0],
-                [x + side[0], y + side[1], h],
-                [x - side[0], y - side[1], h],
-            ]
-        )
-        quad[:, 2] += ground_z_m
-        objects.append((np.linalg.norm(view), quad, POLE))
+        # a cylinder: its silhouette is the convex hull of its two end circles' images
+        circle = np.c_[x + r * np.cos(ring), y + r * np.sin(ring)]
+        ends = np.vstack([np.c_[circle, np.zeros(24)], np.c_[circle, np.full(24, h)]]) + [0, 0, ground_z_m]
+        objects.append((np.hypot(x - C[0], y - C[1]), ends, POLE))
     for x, y, z, size, facing in scene.signs:
         a = np.linspace(0, 2 * np.pi, 24, endpoint=False)
         tangent = np.array([-np.sin(facing), np.cos(facing), 0.0])
@@ -150,9 +169,12 @@ def render_mask(
             np.cos(a)[:, None] * tangent + np.sin(a)[:, None] * [0, 0, 1]
         )
         objects.append((np.linalg.norm(np.array([x, y]) - C[:2]) - 0.01, disc, SIGN))
-    for _, poly, value in sorted(objects, key=lambda o: -o[0]):
-        _fill_world_polygon(mask, camera, T_cam_from_world, poly, value)
-    return mask
+    for _, pts, value in sorted(objects, key=lambda o: -o[0]):
+        if value == POLE:
+            _fill_world_hull(mask, camera, T_cam_from_world, pts, value)
+        else:
+            _fill_world_polygon(mask, camera, T_cam_from_world, pts, value)
+    return mask[_FINE // 2 :: _FINE, _FINE // 2 :: _FINE][: coarse.height, : coarse.width].copy()
 
 
 # ------------------------------------------------------------------------- tests of the drawing

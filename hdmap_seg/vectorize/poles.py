@@ -3,7 +3,7 @@
 Per frame, connected components of the pole classes are split into instances: columns with few
 pixels (a gap, a thin arm) and jumps of the bottom row between neighbouring columns (two poles at
 different distances touching in the image) separate them. The base is the lowest row of an
-instance at its mean column; its ray meets the ground in the pole's front edge, moved back by the
+instance at its axis's column there; its ray meets the ground in the pole's front edge, moved back by the
 pole's radius (from its width in pixels) to the axis.
 
 An observation's uncertainty is anisotropic: along the viewing direction a pixel of the base row
@@ -27,6 +27,9 @@ from hdmap_seg.vectorize.tracks import Track, assign, iso_time, merge_close, spl
 _CHI2_2D_99 = 9.21
 # Rows below a pole's base that must not be sign pixels (else the pole continues behind the sign).
 _BELOW_CHECK_PX = 3
+# The base's column is measured over the lowest rows of an instance: this fraction of its height, at least this many.
+_BASE_ROWS_FRACTION = 0.1
+_BASE_ROWS_MIN = 3
 
 
 def pole_instances(
@@ -65,7 +68,19 @@ def pole_instances(
                 ]
                 if below.any():
                     continue
-            u = x + float(np.average(cols, weights=counts[cols]))
+            # The axis at the base, from the lowest rows only: a rolled camera leans poles in the image,
+            # and the mean column of the whole pole would sit half its height's lean away.
+            seg_height = v_bottom - int(top[cols].min()) + 1
+            low = sub[
+                max(0, v_bottom + 1 - max(_BASE_ROWS_MIN, int(_BASE_ROWS_FRACTION * seg_height))) : v_bottom
+                + 1
+            ]
+            low_counts = low[:, cols].sum(0)
+            u = (
+                x + float(np.average(cols, weights=low_counts))
+                if low_counts.any()
+                else x + float(cols.mean())
+            )
             out.append((u, y + v_bottom + 0.5, float(len(cols))))
     return np.array(out, dtype=float).reshape(-1, 3)
 
