@@ -199,7 +199,7 @@ def test_same_seed_same_bytes_any_workers(tmp_path):
     assert a == b and len(a) > 30
     other = dataclasses.replace(cfg, seed=5, logs=0)
     write_dataset(other, tmp_path / "c", workers=1)
-    assert _digest(tmp_path / "c")["images/train/000000.png"] != a["images/train/000000.png"]
+    assert _digest(tmp_path / "c")["images/train/000000.jpg"] != a["images/train/000000.jpg"]
 
 
 def test_dataset_layout_and_content(tmp_path):
@@ -209,10 +209,10 @@ def test_dataset_layout_and_content(tmp_path):
     rig = cfg.rig()
     seen = np.zeros(256, int)
     for split, n in (("train", 6), ("val", 3)):
-        stems = sorted(p.stem for p in (root / "images" / split).glob("*.png"))
+        stems = sorted(p.stem for p in (root / "images" / split).glob("*.jpg"))
         assert stems == sorted(p.stem for p in (root / "masks" / split).glob("*.png")) and len(stems) == n
         for stem in stems:
-            img = cv2.imread(str(root / "images" / split / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+            img = cv2.imread(str(root / "images" / split / f"{stem}.jpg"), cv2.IMREAD_UNCHANGED)
             mask = cv2.imread(str(root / "masks" / split / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
             assert img.shape == (rig.height, rig.width, 3) and mask.shape == (rig.height, rig.width)
             assert mask.dtype == np.uint8
@@ -241,7 +241,7 @@ def test_cli_makes_data_and_rejects_bad_options(tmp_path, capsys):
             "1",
         ]
     )
-    assert len(list((tmp_path / "r" / "images" / "train").glob("*.png"))) == 2
+    assert len(list((tmp_path / "r" / "images" / "train").glob("*.jpg"))) == 2
     for bad in (["--scale", "0"], ["--train", "-1"], ["--logs", "1", "--frames-per-log", "1"]):
         with pytest.raises(SystemExit) as exc:
             make_synthetic.main(["--out", str(tmp_path / "x"), *bad])

@@ -42,11 +42,13 @@ _TEX = 512  # side of the tiling noise textures
 @dataclass
 class Frame:
     """One rendered frame: ``rgb`` (H, W, 3) uint8, ``label`` (H, W) uint8 class ids,
-    ``depth_m`` (H, W) float32 z-depth in the camera (inf for sky)."""
+    ``depth_m`` (H, W) float32 z-depth in the camera (inf for sky), and ``jpeg``: the JPEG file
+    whose artefacts ``rgb`` carries (None when rendered without camera faults)."""
 
     rgb: np.ndarray
     label: np.ndarray
     depth_m: np.ndarray
+    jpeg: bytes | None = None
 
 
 def _value_noise(rng: np.random.Generator, size: int, octaves: int = 5) -> np.ndarray:
@@ -80,11 +82,6 @@ class Renderer:
         v = (np.arange(H, dtype=np.float32) - self.cy) / self.fy
         self.ray_u = u  # x/z of each column's ray
         self.ray_v = v  # y/z of each row's ray
-        rays = np.empty((H, W, 3), np.float32)
-        rays[..., 0] = u[None, :]
-        rays[..., 1] = v[:, None]
-        rays[..., 2] = 1.0
-        self.rays_cam = rays.reshape(-1, 3)
         self.sky_shape = (max(W // 4, 2), max(H // 4, 2))
         us = (np.linspace(0, W - 1, self.sky_shape[0], dtype=np.float32) - self.cx) / self.fx
         vs = (np.linspace(0, H - 1, self.sky_shape[1], dtype=np.float32) - self.cy) / self.fy
@@ -130,80 +127,112 @@ class Renderer:
         self.ambient = 0.55 + 0.3 * (1.0 - style.sun_strength)
         self.direct = 0.55 * style.sun_strength
 
-        self.color = self._sky(world, self.R_wc).reshape(H * W, 3)
-        self.label = np.zeros(H * W, np.uint8)
-        self.zbuf = np.full(H * W, np.inf, np.float32)
-
-        rays_w = self.rays_cam @ self.R_wc.T.astype(np.float32)
-        is_ground = self._ground(world, rays_w)
-        self.color = self.color.reshape(H, W, 3)
-        self.label = self.label.reshape(H, W)
-        self.zbuf = self.zbuf.reshape(H, W)
-        self._ground_visible = is_ground.reshape(H, W).copy()  # objects clear it where they win
-        self._sky_mask = ~self._ground_visible
+        self.color = self._sky(world, self.R_wc)
+        self.label = np.zeros((H, W), np.uint8)
+        self.zbuf = np.full((H, W), np.inf, np.float32)
+        is_ground = self._ground(world)
+        self._covered = np.zeros((H, W), bool)  # pixels an object won
 
         self._objects(world, t_s)
+        ground_visible = is_ground & ~self._covered
 
         # Shadows fall on the pixels whose visible surface is still the ground.
         light = np.ones((H, W), np.float32)
         if style.sun_strength > 0.3 and style.sun_elevation_rad > 0.15:
-            light[self._shadows(world, t_s) & self._ground_visible] = 1.0 - 0.55 * style.sun_strength
+            light[self._shadows(world, t_s) & ground_visible] = 1.0 - 0.55 * style.sun_strength
 
         # Haze towards the horizon colour with distance (not on the sky, whose depth is inf).
         depth = self.zbuf
         fog = np.exp(depth * np.float32(-1.0 / style.haze_m))
-        fog[self._sky_mask] = 1.0
+        fog[~(is_ground | self._covered)] = 1.0
         horizon = np.asarray(style.sky_horizon, np.float32)
         img = self.color * (fog * light)[..., None]
         img += (1.0 - fog)[..., None] * horizon
         gain = 255.0 * style.exposure * rng.uniform(0.9, 1.1) * rng.uniform(0.95, 1.05, 3)
         rgb = cv2.convertScaleAbs(cv2.multiply(img, (*gain.tolist(), 0.0)))
+        jpeg = None
         if degrade:
-            rgb = self._degrade(rgb, rng)
-        return Frame(rgb, self.label.copy(), depth.copy())
+            rgb, jpeg = self._degrade(rgb, rng)
+        return Frame(rgb, self.label.copy(), depth.copy(), jpeg)
 
     # ------------------------------------------------------------------------------- ground
 
-    def _ground(self, world: World, rays_w: np.ndarray) -> np.ndarray:
-        """Shade the ground pixels; returns the flat mask of pixels that see the ground."""
+    def _ground(self, world: World) -> np.ndarray:
+        """Shade the pixels that see the ground; returns their ``(H, W)`` mask.
+
+        Only the rows below the horizon are computed. The cross-section is a sorted list of
+        ``|d|`` boundaries: one ``searchsorted`` gives every pixel its zone (median, kerb, lane,
+        marking, sidewalk, verge); median gaps, dashes and paving joints then fix small subsets.
+        """
+        H, W = self.rig.height, self.rig.width
         style, sec = world.style, world.section
-        dz = rays_w[:, 2]
-        hit = dz < -self.o[2] / _MAX_GROUND_M  # the ray meets z = 0 within _MAX_GROUND_M of depth
-        idx = np.flatnonzero(hit)
-        t_hit = np.float32(-self.o[2]) / dz[idx]  # z-depth: the rays have z = 1 in the camera
-        gx = np.float32(self.o[0]) + t_hit * rays_w[idx, 0]
-        gy = np.float32(self.o[1]) + t_hit * rays_w[idx, 1]
+        R = self.R_wc.astype(np.float32)
+        u, v = self.ray_u, self.ray_v
+
+        def world_dir(k: int, rows: slice) -> np.ndarray:  # component k of the world rays, (h, W)
+            return R[k, 0] * u[None, :] + (R[k, 1] * v[rows, None] + R[k, 2])
+
+        # The ray meets z = 0 within _MAX_GROUND_M of depth where its world z is below thr; the
+        # rays' z is linear in u, so a row's extreme is at its first or last column.
+        thr = np.float32(-self.o[2] / _MAX_GROUND_M)
+        ends = np.minimum(R[2, 0] * u[0], R[2, 0] * u[-1]) + R[2, 1] * v + R[2, 2]
+        rows_hit = np.flatnonzero(ends < thr)
+        hit = np.zeros((H, W), bool)
+        if rows_hit.size == 0:
+            return hit
+        r0 = int(rows_hit.min())
+        rows = slice(r0, H)
+        rz = world_dir(2, rows)
+        hit_b = rz < thr
+        t_hit = np.float32(-self.o[2]) / np.where(hit_b, rz, thr)  # z-depth: the rays have z = 1 in cam
+        gx = np.float32(self.o[0]) + t_hit * world_dir(0, rows)
+        gy = np.float32(self.o[1]) + t_hit * world_dir(1, rows)
 
         s_cam, _ = world.road.road_coords(np.array([self.o[0]]), np.array([self.o[1]]))
         pieces = world.road.pieces_near(float(s_cam[0]), 80.0, _MAX_GROUND_M + 80.0)
-        s, d = world.road.road_coords(gx, gy, pieces)
+        s, d = world.road.road_coords(gx.ravel(), gy.ravel(), pieces)
         ad = np.abs(d)
-        hm, edge = sec.half_median_m, sec.road_edge_m
-        gap = world.in_median_gap(s)
 
-        label = np.zeros(idx.size, np.uint8)
-        inner = ad < hm
-        on_median = inner & ~gap
-        on_road = (~inner & (ad < edge)) | (inner & gap)
-        label[on_road] = ROAD
-        label[on_median] = MEDIAN
-        period = sec.dash_length_m + sec.dash_gap_m
-        half_w = 0.5 * sec.marking_width_m
-        near_line = on_road & (ad < edge)  # candidates, to keep the per-line tests small
-        cand = np.flatnonzero(near_line)
-        ad_c, s_c = ad[cand], s[cand]
-        for k, (c, style_name) in enumerate(sec.marking_lines()):
-            m = np.abs(ad_c - c) < half_w
-            if style_name == "dashed":
-                m &= np.mod(s_c, period) < sec.dash_length_m
-            if k == 0:  # the line along the median stops at its gaps
-                m &= ~gap[cand]
-            label[cand[m]] = LANE_MARKING
+        # Zones: (upper |d| bound, label, material, kind). Materials index the palette below.
+        VERGE, ASPHALT, PAINT, MEDIAN_M, SIDEWALK, KERB, JOINT = range(7)
+        hm, edge, kb, hw = sec.half_median_m, sec.road_edge_m, sec.kerb_band_m, 0.5 * sec.marking_width_m
+        zones = [(hm - kb, MEDIAN, MEDIAN_M, "median"), (hm, MEDIAN, KERB, "median")]
+        for k, (c, line_style) in enumerate(sec.marking_lines()):
+            zones.append((c - hw, ROAD, ASPHALT, "road"))
+            zones.append((c + hw, LANE_MARKING, PAINT, "inner" if k == 0 else line_style))
+        zones += [
+            (edge, ROAD, ASPHALT, "road"),
+            (edge + kb, BACKGROUND, KERB, "kerb"),
+            (edge + sec.sidewalk_width_m, BACKGROUND, SIDEWALK, "sidewalk"),
+            (np.inf, BACKGROUND, VERGE, "verge"),
+        ]
+        upper = np.array([z[0] for z in zones], np.float32)
+        z_label = np.array([z[1] for z in zones], np.uint8)
+        z_mat = np.array([z[2] for z in zones], np.uint8)
+        kinds = [z[3] for z in zones]
+        zone = np.minimum(np.searchsorted(upper, ad, side="right"), len(zones) - 1).astype(np.uint8)
+        label = z_label[zone]
+        mat = z_mat[zone]
 
-        # Materials: a colour per cross-section zone, modulated by world-fixed noise.
-        mask = _TEX - 1
-        tex = self.ground_tex[(gx * 6).astype(np.int32) & mask, (gy * 6).astype(np.int32) & mask]
-        big = self.ground_tex[(gx * 0.4).astype(np.int32) & mask, (gy * 0.4).astype(np.int32) & mask]
+        def subset(names: tuple[str, ...]) -> np.ndarray:
+            ids = [i for i, k in enumerate(kinds) if k in names]
+            return np.flatnonzero(np.isin(zone, ids)) if ids else np.zeros(0, np.int64)
+
+        idx = subset(("median", "inner"))  # no median, and no line along it, in its gaps
+        gap = idx[world.in_median_gap(s[idx])]
+        label[gap], mat[gap] = ROAD, ASPHALT
+        idx = subset(("dashed",))
+        off = idx[np.mod(s[idx], sec.dash_length_m + sec.dash_gap_m) >= sec.dash_length_m]
+        label[off], mat[off] = ROAD, ASPHALT
+        idx = subset(("sidewalk",))
+        joint = (np.mod(s[idx], 1.0) < 0.04) | (np.mod(ad[idx] - edge, 1.0) < 0.04)
+        mat[idx[joint]] = JOINT
+
+        # Materials: a colour per zone, modulated by world-fixed noise.
+        m = _TEX - 1
+        gxr, gyr = gx.ravel(), gy.ravel()
+        tex = self.ground_tex[(gxr * 6).astype(np.int32) & m, (gyr * 6).astype(np.int32) & m]
+        big = self.ground_tex[(gxr * 0.4).astype(np.int32) & m, (gyr * 0.4).astype(np.int32) & m]
         palette = np.array(
             [
                 style.verge,
@@ -216,20 +245,14 @@ class Renderer:
             ],
             np.float32,
         )
-        zone = label.copy()  # 0 verge, 1 road, 2 marking, 3 median, then 4 sidewalk, 5 kerb, 6 paving joint
-        out = ~inner & (ad >= edge)
-        sidewalk = out & (ad < edge + sec.sidewalk_width_m)
-        zone[sidewalk] = 4
-        sw = np.flatnonzero(sidewalk)
-        joint = (np.mod(s[sw], 1.0) < 0.04) | (np.mod(ad[sw] - edge, 1.0) < 0.04)
-        zone[sw[joint]] = 6
-        zone[(out & (ad < edge + sec.kerb_band_m)) | (on_median & (hm - ad < sec.kerb_band_m))] = 5
         rough = np.array([1.0, 1.0, 0.3, 1.6 if style.median_grass else 1.0, 1.0, 0.6, 1.0], np.float32)
-        light = self.ambient + self.direct * np.sin(style.sun_elevation_rad)
-        shade = (1.0 + style.texture_amp * tex * rough[zone] + 0.08 * big) * np.float32(light)
-        self.color[idx] = palette[zone] * shade[:, None]
-        self.label[idx] = label
-        self.zbuf[idx] = t_hit
+        light = np.float32(self.ambient + self.direct * np.sin(style.sun_elevation_rad))
+        shade = (1.0 + np.float32(style.texture_amp) * tex * rough[mat] + 0.08 * big) * light
+        col = (palette[mat] * shade[:, None]).reshape(H - r0, W, 3)
+        self.color[rows] = np.where(hit_b[..., None], col, self.color[rows])
+        self.label[rows] = np.where(hit_b, label.reshape(H - r0, W), BACKGROUND)
+        self.zbuf[rows] = np.where(hit_b, t_hit, np.inf)
+        hit[rows] = hit_b
         return hit
 
     def _sky(self, world: World, R_wc: np.ndarray) -> np.ndarray:
@@ -338,21 +361,27 @@ class Renderer:
         np.minimum(np.maximum(z, P[:, 2].min(), out=z), P[:, 2].max(), out=z)
         return y0, y1, x0, x1, mask.view(bool), z.astype(np.float32)
 
-    def _write(self, r, color, label: int, bias_m: float = 0.0) -> np.ndarray | None:
-        """Depth-test a rasterized polygon and write ``color`` ((3,) or (h, w, 3)) and ``label``."""
+    def _write(self, r, color, label: int, bias_m: float = 0.0) -> None:
+        """Depth-test a rasterized polygon and write its colour and ``label`` where it wins.
+
+        ``color``: (3,), (h, w, 3) over the polygon's pixel box, or a function of the winning
+        pixels' mask returning their (n, 3) colours (shaders that only pay for visible pixels).
+        """
         y0, y1, x0, x1, mask, z = r
-        z = z + bias_m
+        if bias_m:
+            z = z + np.float32(bias_m)
         zb = self.zbuf[y0:y1, x0:x1]
         sel = mask & (z < zb)
         if not sel.any():
-            return None
-        zb[sel] = z[sel]
+            return
+        np.copyto(zb, z, where=sel)
         c = self.color[y0:y1, x0:x1]
-        c[sel] = color[sel] if np.ndim(color) == 3 else color
-        self.label[y0:y1, x0:x1][sel] = label
-        self._ground_visible[y0:y1, x0:x1][sel] = False
-        self._sky_mask[y0:y1, x0:x1][sel] = False
-        return sel
+        if callable(color):
+            c[sel] = color(sel)
+        else:
+            np.copyto(c, np.asarray(color, np.float32), where=sel[..., None])
+        np.copyto(self.label[y0:y1, x0:x1], label, where=sel)
+        np.copyto(self._covered[y0:y1, x0:x1], True, where=sel)
 
     def _lit(self, color, normal_w: np.ndarray) -> np.ndarray:
         lam = max(0.0, float(normal_w @ self.sun))
@@ -396,33 +425,37 @@ class Renderer:
             if r is not None:
                 self._write(r, self._lit(b.color, np.array([0.0, 0.0, 1.0])), label)
 
-    def _windows(self, r, P_world: np.ndarray, col: np.ndarray) -> np.ndarray:
-        """Per-pixel facade colour with a grid of windows.
+    def _windows(self, r, P_world: np.ndarray, col: np.ndarray):
+        """A shader for :meth:`_write`: facade colour with a grid of windows, on the visible pixels.
 
         Face coordinates are linear in the camera point ``X = z * ray``: along the facade
         ``a = z * (alpha . ray) + beta``, height ``h = z * (gamma . ray) + delta``.
         """
-        y0, y1, x0, x1, _, z = r
+        y0, _, x0, _, _, z = r
         axis = np.array([*(P_world[1, :2] - P_world[0, :2]), 0.0])
         length = float(np.linalg.norm(axis))
         axis /= length
-        alpha = self.R_wc.T @ axis
-        beta = float(axis @ (self.o - P_world[0]))
-        gamma = self.R_wc[2]
-        delta = float(self.o[2])
+        alpha = (self.R_wc.T @ axis).astype(np.float32)
+        beta = np.float32(axis @ (self.o - P_world[0]))
+        gamma = self.R_wc[2].astype(np.float32)
+        delta = np.float32(self.o[2])
+        window = np.asarray((0.18, 0.22, 0.28), np.float32) * (self.ambient + 0.3)
 
-        def lin(vec: np.ndarray) -> np.ndarray:
-            v = vec.astype(np.float32)
-            return v[0] * self.ray_u[None, x0:x1] + v[1] * self.ray_v[y0:y1, None] + v[2]
+        def shade(sel: np.ndarray) -> np.ndarray:
+            rr, cc = np.nonzero(sel)
+            zz, uu, vv = z[rr, cc], self.ray_u[x0 + cc], self.ray_v[y0 + rr]
+            a = zz * (alpha[0] * uu + alpha[1] * vv + alpha[2]) + beta
+            h = zz * (gamma[0] * uu + gamma[1] * vv + gamma[2]) + delta
+            am, hm = np.mod(a, 3.5), np.mod(h, 3.2)
+            win = (
+                (am > 0.9) & (am < 2.6) & (hm > 1.0) & (hm < 2.4) & (h > 1.2) & (a > 0.5) & (a < length - 0.5)
+            )
+            out = np.empty((rr.size, 3), np.float32)
+            out[:] = col
+            out[win] = window
+            return out
 
-        a = z * lin(alpha) + beta
-        h = z * lin(gamma) + delta
-        am, hm = np.mod(a, 3.5), np.mod(h, 3.2)
-        win = (am > 0.9) & (am < 2.6) & (hm > 1.0) & (hm < 2.4) & (h > 1.2) & (a > 0.5) & (a < length - 0.5)
-        out = np.empty(z.shape + (3,), np.float32)
-        out[:] = col
-        out[win] = np.asarray((0.18, 0.22, 0.28), np.float32) * (self.ambient + 0.3)
-        return out
+        return shade
 
     def _cylinder(self, x: float, y: float, z0: float, z1: float, radius: float, color, label: int) -> None:
         """A vertical cylinder as a quad facing the camera, shaded across its width."""
@@ -556,7 +589,8 @@ class Renderer:
 
     # ------------------------------------------------------------------------- camera faults
 
-    def _degrade(self, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _degrade(self, rgb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, bytes]:
+        """Blur, sometimes motion blur, sensor noise, JPEG compression: the image and its JPEG file."""
         H, W = rgb.shape[:2]
         sigma = rng.uniform(0.3, 1.1)
         img = cv2.GaussianBlur(rgb, (0, 0), sigmaX=sigma)
@@ -567,8 +601,11 @@ class Renderer:
         noise = self.sensor_noise[oy : oy + H, ox : ox + W] * rng.uniform(1.5, 5.0)
         img = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
         quality = int(rng.integers(45, 95))
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        return cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else img
+        # OpenCV encodes BGR; swap so that the file's colours are right, and back after decoding.
+        ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise RuntimeError("OpenCV could not encode a JPEG")
+        return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].copy(), buf.tobytes()
 
 
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -83,15 +83,15 @@ def _renderer(camera: str, scale: float) -> Renderer:
     return Renderer(rig_by_name(camera, scale))
 
 
-def _png(img: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+def png_bytes(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise HdmapError("could not encode a PNG")
     return buf.tobytes()
 
 
-def _rgb_png(rgb: np.ndarray) -> bytes:
-    return _png(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+def rgb_png_bytes(rgb: np.ndarray) -> bytes:
+    return png_bytes(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
 
 
 # ------------------------------------------------------------------------------ training data
@@ -100,7 +100,7 @@ def _rgb_png(rgb: np.ndarray) -> bytes:
 def _dataset_frame(cfg: SynthConfig, split: str, index: int, root: str) -> str:
     """Render and write frame ``index`` of ``split`` unless it exists; returns its stem."""
     stem = f"{index:06d}"
-    img_path = Path(root) / "images" / split / f"{stem}.png"
+    img_path = Path(root) / "images" / split / f"{stem}.jpg"
     mask_path = Path(root) / "masks" / split / f"{stem}.png"
     if img_path.is_file() and mask_path.is_file():
         return stem
@@ -112,8 +112,8 @@ def _dataset_frame(cfg: SynthConfig, split: str, index: int, root: str) -> str:
     t = rng.uniform(0.0, 40.0)
     T, _ = pose_on_road(world, [s], [d], [t], Wobble.random(rng), rig.imu_height_m)
     frame = _renderer(cfg.camera, cfg.scale).render(world, T[0], t, rng)
-    write_bytes_atomic(mask_path, _png(frame.label))
-    write_bytes_atomic(img_path, _rgb_png(frame.rgb))  # the image last: its presence means "done"
+    write_bytes_atomic(mask_path, png_bytes(frame.label))
+    write_bytes_atomic(img_path, frame.jpeg)  # the image last: its presence means "done"
     return stem
 
 
@@ -128,7 +128,7 @@ def write_dataset(cfg: SynthConfig, root: str | os.PathLike, workers: int = 1, p
         stems = [f"{i:06d}" for i in np.linspace(0, cfg.train - 1, min(8, cfg.train)).astype(int)]
         write_contact_sheet(
             root / "contact_sheet.png",
-            [root / "images" / "train" / f"{s}.png" for s in stems],
+            [root / "images" / "train" / f"{s}.jpg" for s in stems],
             [root / "masks" / "train" / f"{s}.png" for s in stems],
         )
     return root
@@ -169,8 +169,8 @@ def _log_frame(cfg: SynthConfig, log_index: int, log_dir: str, i: int) -> dict[s
         rng = frame_rng(cfg.seed, "log", log_index, sub=i + 1)
         frame = _renderer(cfg.camera, cfg.scale).render(world, drive.T_world_from_imu[i], drive.t_s[i], rng)
         label = frame.label
-        write_bytes_atomic(mask_path, _png(label))
-        write_bytes_atomic(img_path, _rgb_png(frame.rgb))
+        write_bytes_atomic(mask_path, png_bytes(label))
+        write_bytes_atomic(img_path, rgb_png_bytes(frame.rgb))
     return seen_objects(world, rig, drive.T_world_from_imu[i], label, cfg.gt_range_m)
 
 
