@@ -45,15 +45,26 @@ def _project(log, i: int, p_world: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 
 
 def _hits(log, points_world: np.ndarray, cls: int, max_depth_m: float, min_depth_m: float = 3.0):
-    """For every (point, frame) with the point in view and in range: is its 3x3 pixel window ``cls``?"""
+    """For every (point, frame) with the point in view and in range: is its 3x3 pixel window ``cls``?
+
+    ``points_world`` (N, 3), or (N, k, 3): point 0 decides what is in view, any of the k may hit.
+    """
+    probes = points_world.reshape(len(points_world), -1, 3)
     hits = []
     for i in range(len(log)):
         mask = cv2.imread(str(log.mask_path(log.default_masks_dir, i)), cv2.IMREAD_UNCHANGED)
         log.camera.check_mask(mask, "label")
-        uv, depth, inside = _project(log, i, points_world)
-        for k in np.flatnonzero(inside & (depth > min_depth_m) & (depth < max_depth_m)):
-            u, v = uv[k]
-            hits.append(bool(np.any(mask[v - 1 : v + 2, u - 1 : u + 2] == cls)))
+        uv, depth, inside = _project(log, i, probes.reshape(-1, 3))
+        uv, depth, inside = (
+            uv.reshape(*probes.shape[:2], 2),
+            depth.reshape(probes.shape[:2]),
+            inside.reshape(probes.shape[:2]),
+        )
+        for k in np.flatnonzero(inside[:, 0] & (depth[:, 0] > min_depth_m) & (depth[:, 0] < max_depth_m)):
+            hit = False
+            for (u, v), ok in zip(uv[k], inside[k], strict=True):
+                hit |= bool(ok and np.any(mask[v - 1 : v + 2, u - 1 : u + 2] == cls))
+            hits.append(hit)
     return np.array(hits)
 
 
@@ -69,7 +80,13 @@ def test_pole_bases_and_sign_centres_land_on_their_pixels(log_dir):
     pole_hits = _hits(log, base_world + [0.0, 0.0, 0.3], POLE, 30.0)
     assert pole_hits.size >= 20 and pole_hits.mean() >= 0.9
     centres = log.origin.world_from_wgs84_points(np.array([f["geometry"]["coordinates"] for f in signs]))
-    sign_hits = _hits(log, centres, SIGN, 30.0)
+    # Seen from behind, a sign's post hides its centre column: probe a quarter width to both sides.
+    facing = np.radians([f["properties"]["facing_deg"] for f in signs])  # clockwise from north
+    across = np.column_stack(
+        [np.cos(facing), -np.sin(facing), np.zeros(len(signs))]
+    )  # the plate's horizontal
+    quarter = 0.25 * np.array([f["properties"]["width_m"] for f in signs])[:, None] * across
+    sign_hits = _hits(log, np.stack([centres, centres - quarter, centres + quarter], 1), SIGN, 30.0)
     assert sign_hits.size >= 10 and sign_hits.mean() >= 0.9
     # Heights above ground in the properties agree with the 3D points.
     heights = np.array([f["properties"]["height_m"] for f in signs])

@@ -178,28 +178,49 @@ def seen_objects(
     world: World, rig: CameraRig, T_world_from_imu: np.ndarray, label: np.ndarray, range_m: float
 ) -> dict[str, list[int]]:
     """Ids of the poles and signs this frame shows: within ``range_m`` (ground distance from the
-    camera), projected into the image, and with their own class at that pixel (not hidden).
+    camera), in the image, and with their own class at the probe pixels (not hidden).
 
-    A pole is probed 1 m above its base, a sign at its centre.
+    A pole is probed on its axis 1 m above its base (where the base is found from). A sign is
+    probed at 9 points spread over its plate (a 3x3 grid at +-1/4 of its width and height) and
+    counts when 3 of them are sign: seen from behind, its post hides the plate's centre column.
     """
     T_cam_from_world = invert_transform(T_world_from_imu @ invert_transform(rig.T_cam_from_imu))
     cam_xy = invert_transform(T_cam_from_world)[:2, 3]
-    out: dict[str, list[int]] = {"poles": [], "signs": []}
-    for key, objs, cls in (("poles", world.poles, POLE), ("signs", world.signs, SIGN)):
-        if not objs:
-            continue
-        P = np.array([[o.x_m, o.y_m, 1.0 if key == "poles" else o.height_m] for o in objs])
-        near = np.hypot(P[:, 0] - cam_xy[0], P[:, 1] - cam_xy[1]) <= range_m
-        Pc = P @ T_cam_from_world[:3, :3].T + T_cam_from_world[:3, 3]
-        front = Pc[:, 2] > 0.5
+    grid = np.array([(a, b) for a in (-0.25, 0.0, 0.25) for b in (-0.25, 0.0, 0.25)])
+    probes = {
+        "poles": (POLE, 1, np.array([[p.x_m, p.y_m, 1.0] for p in world.poles]).reshape(-1, 3)),
+        "signs": (
+            SIGN,
+            3,
+            np.array(
+                [
+                    [
+                        s.x_m - a * s.size_m * np.sin(s.facing_rad),
+                        s.y_m + a * s.size_m * np.cos(s.facing_rad),
+                        s.height_m + b * s.plate_height_m,
+                    ]
+                    for s in world.signs
+                    for a, b in grid
+                ]
+            ).reshape(-1, len(grid), 3),
+        ),
+    }
+    out: dict[str, list[int]] = {}
+    objects = {"poles": world.poles, "signs": world.signs}
+    for key, (cls, need, P) in probes.items():
+        P = P.reshape(len(objects[key]), -1, 3)
+        flat = P.reshape(-1, 3)
+        Pc = flat @ T_cam_from_world[:3, :3].T + T_cam_from_world[:3, 3]
         uv = Pc @ rig.K.T
         with np.errstate(divide="ignore", invalid="ignore"):
-            u = np.round(uv[:, 0] / uv[:, 2]).astype(np.int64, copy=False)
-            v = np.round(uv[:, 1] / uv[:, 2]).astype(np.int64, copy=False)
-        inside = near & front & (u >= 0) & (u < label.shape[1]) & (v >= 0) & (v < label.shape[0])
-        for k in np.flatnonzero(inside):
-            if label[v[k], u[k]] == cls:
-                out[key].append(objs[k].id)
+            u = np.round(uv[:, 0] / uv[:, 2])
+            v = np.round(uv[:, 1] / uv[:, 2])
+        ok = (Pc[:, 2] > 0.5) & (u >= 0) & (u < label.shape[1]) & (v >= 0) & (v < label.shape[0])
+        hit = np.zeros(len(flat), bool)
+        hit[ok] = label[v[ok].astype(np.int64), u[ok].astype(np.int64)] == cls
+        near = np.hypot(P[:, 0, 0] - cam_xy[0], P[:, 0, 1] - cam_xy[1]) <= range_m
+        seen = near & (hit.reshape(len(P), -1).sum(axis=1) >= need)
+        out[key] = [objects[key][k].id for k in np.flatnonzero(seen)]
     return out
 
 
