@@ -2,6 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# OpenMP threads that spin while waiting make PyTorch ~10x slower when several processes share the
+# cores (DataLoader workers, DDP tests, two CPUs): wait passively instead.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: demo test lint bench clean
 
