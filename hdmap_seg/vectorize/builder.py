@@ -14,6 +14,8 @@ the camera sees plus the finished map (see :mod:`~hdmap_seg.vectorize.tracks`,
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -30,6 +32,8 @@ from hdmap_seg.vectorize.layers import MapLayers
 from hdmap_seg.vectorize.medians import GroundVotes
 from hdmap_seg.vectorize.poles import PoleFuser, pole_instances, pole_observations
 from hdmap_seg.vectorize.signs import SignTracker, sign_instances
+
+_PREFETCH = 16  # masks decoded ahead of the vectorizer
 
 
 class MapBuilder:
@@ -173,7 +177,20 @@ def vectorize_log(
             f"{first}: mask of frame {log[0].stem} not found (masks are PNGs named like the frames)"
         )
     builder = MapBuilder(log.camera, config)
-    for i in tqdm(range(len(log)), desc="vectorize", unit="frame", disable=not progress):
-        path = log.mask_path(masks_dir, i)
-        builder.add_frame(i, read_mask(path), log.T_world_from_cam(i), log[i].timestamp, source=str(path))
+    paths = [log.mask_path(masks_dir, i) for i in range(len(log))]
+    with tqdm(total=len(log), desc="vectorize", unit="frame", disable=not progress) as bar:
+        for i, mask in enumerate(_prefetch(paths)):
+            builder.add_frame(i, mask, log.T_world_from_cam(i), log[i].timestamp, source=str(paths[i]))
+            bar.update()
     return builder.finish()
+
+
+def _prefetch(paths: list[Path], chunk: int = _PREFETCH) -> Iterator[np.ndarray]:
+    """Masks in order, decoded a chunk ahead in a thread (PNG decoding releases the GIL); memory: two chunks."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(lambda c: [read_mask(p) for p in c], paths[:chunk])
+        for start in range(0, len(paths), chunk):
+            masks = pending.result()
+            nxt = paths[start + chunk : start + 2 * chunk]
+            pending = pool.submit(lambda c: [read_mask(p) for p in c], nxt)
+            yield from masks

@@ -35,6 +35,7 @@ _CHI2_2D_99 = 9.21  # squared Mahalanobis gate of association (99% of chi-square
 # A finished sign's distances over its pixel-size distances: within this factor (plates of 0.45 to
 # 1.8 m for the 0.9 m prior); association allows more, while the track still learns its distance.
 _SIZE_RATIO_FINAL = 2.0
+_REFINE_ITERATIONS = 4
 _MIN_FACING_SPAN_RAD = np.radians(10.0)  # views closer in bearing cannot fit a facing: use their mean
 
 
@@ -86,12 +87,14 @@ class SignTracker:
         self.max_range_m = max_range_m
         self.active: list[Track] = []
         self.finished: list[Track] = []
+        self._focal_px = 1.0
 
     @property
     def n_tracks(self) -> int:
         return len(self.active) + len(self.finished)
 
     def add(self, frame: int, time, instances: np.ndarray, geom: FrameGeometry) -> None:
+        self._focal_px = geom.camera.focal_px
         self.active, stale = split_stale(self.active, frame, self.cfg.retire_after_frames)
         self.finished.extend(t for t in stale if t.n_obs >= self.cfg.min_obs)
         if len(instances) == 0:
@@ -184,21 +187,22 @@ class SignTracker:
         tracks = merge_close(self.finished, self.cfg.merge_radius_m)
         tracks.sort(key=lambda t: (t.first_frame, t.last_frame))
         features = []
-        tracks = [
-            t
-            for t in tracks
-            if t.chi2_per_obs <= self.cfg.max_rms_sigma**2
-            and _well_triangulated(t.estimate, np.array(t.kept), self.cfg.min_parallax_deg)
-        ]
-        for i, t in enumerate(tracks):
-            p = t.estimate
-            facing_rad, width_m, height_m = _facing_and_size(p, np.array(t.kept))
-            sigma = float(np.sqrt(np.linalg.eigvalsh(t.covariance).max()))
+        for t in tracks:
+            kept = np.array(t.kept)
+            p, cov, inliers, chi2 = _refine(t.estimate, kept, self._focal_px, self.cfg)
+            if (
+                inliers.sum() < self.cfg.min_obs
+                or chi2 > self.cfg.max_rms_sigma**2
+                or not _well_triangulated(p, kept[inliers], self.cfg.min_parallax_deg)
+            ):
+                continue
+            facing_rad, width_m, height_m = _facing_and_size(p, kept[inliers])
+            sigma = float(np.sqrt(np.linalg.eigvalsh(cov).max()))
             features.append(
                 Feature(
                     Point(*p),
                     {
-                        "id": i,
+                        "id": len(features),
                         "type": "sign",
                         "height_m": round(float(p[2] - t.ground_z_m), 3),
                         "facing_deg": round(float(np.degrees(np.pi / 2 - facing_rad) % 360.0), 1),
@@ -215,6 +219,35 @@ class SignTracker:
                 )
             )
         return features
+
+
+def _refine(
+    p0: np.ndarray, kept: np.ndarray, focal_px: float, cfg: SignConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Re-triangulate a sign from its kept (nearest) views, dropping views off its point.
+
+    The streaming sums weigh every view, far ones and those of a plate whose halves were not yet
+    joined included; the nearest views place it best. Iterates: least squares (rays and the weak
+    size prior, as in :class:`SignTracker`), then views farther than ``max_rms_sigma`` sigmas from
+    the point are left out. Returns ``(point, covariance, inlier views, mean squared residual in sigmas)``.
+    """
+    C, d, prior = kept[:, [0, 1, 4]], kept[:, 5:8], kept[:, 8]
+    outer = d[:, :, None] * d[:, None, :]
+    inliers = np.ones(len(kept), bool)
+    p = p0
+    for _ in range(_REFINE_ITERATIONS):
+        s_perp = np.hypot(np.linalg.norm(p - C, axis=1) * cfg.sigma_px / focal_px, cfg.sigma_floor_m)
+        info = (np.eye(3) - outer) / s_perp[:, None, None] ** 2 + outer / (0.5 * prior[:, None, None]) ** 2
+        x = C + d * prior[:, None]
+        A = info[inliers].sum(0)
+        p = np.linalg.solve(A, np.einsum("nij,nj->i", info[inliers], x[inliers]))
+        v = p - C
+        r = np.linalg.norm(v - (v * d).sum(1)[:, None] * d, axis=1) / s_perp
+        keep = r <= cfg.max_rms_sigma
+        if keep.sum() < 2 or np.array_equal(keep, inliers):
+            break
+        inliers = keep
+    return p, np.linalg.inv(A), inliers, float(np.mean(r[inliers] ** 2))
 
 
 def _angular_size(cam, inst: np.ndarray) -> tuple[float, float]:
