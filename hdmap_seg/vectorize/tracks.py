@@ -30,8 +30,6 @@ class Track:
     last_time: np.datetime64 | None
     n_obs: int = 1
     ground_z_sum: float = 0.0
-    #: ``sum(x_i^T Sigma_i^-1 x_i)``, so that the weighted squared residual is ``info_const - info_vec . estimate``
-    info_const: float = 0.0
     #: a few per-observation records, for the properties that need them (bounded by the caller)
     kept: list = field(default_factory=list)
     #: what the caller needs of the latest observation to associate the next one
@@ -40,18 +38,7 @@ class Track:
     @classmethod
     def start(cls, info: np.ndarray, x: np.ndarray, frame: int, time, ground_z_m: float, kept=None) -> Track:
         """A track of one observation ``x`` with information matrix ``info``."""
-        return cls(
-            info.copy(),
-            info @ x,
-            frame,
-            frame,
-            time,
-            time,
-            1,
-            ground_z_m,
-            float(x @ info @ x),
-            list(kept or []),
-        )
+        return cls(info.copy(), info @ x, frame, frame, time, time, 1, ground_z_m, list(kept or []))
 
     @property
     def estimate(self) -> np.ndarray:
@@ -60,11 +47,6 @@ class Track:
     @property
     def covariance(self) -> np.ndarray:
         return np.linalg.inv(self.info)
-
-    @property
-    def chi2_per_obs(self) -> float:
-        """Mean squared residual of the observations about the estimate, in units of their sigmas."""
-        return max(0.0, float(self.info_const - self.info_vec @ self.estimate)) / self.n_obs
 
     @property
     def ground_z_m(self) -> float:
@@ -84,7 +66,6 @@ class Track:
         """Add an observation ``x`` with information matrix ``info`` (inverse covariance)."""
         self.info = self.info + info
         self.info_vec = self.info_vec + info @ x
-        self.info_const += float(x @ info @ x)
         self.n_obs += 1
         self.last_frame = frame
         self.last_time = time
@@ -94,7 +75,6 @@ class Track:
         """Merge another track of the same object (a second pass over the same place)."""
         self.info = self.info + other.info
         self.info_vec = self.info_vec + other.info_vec
-        self.info_const += other.info_const
         self.n_obs += other.n_obs
         self.ground_z_sum += other.ground_z_sum
         if other.first_frame < self.first_frame:
