@@ -46,7 +46,9 @@ class SignConfig:
     retire_after_frames: int = 10
     max_obs_kept: int = 16  # nearest views kept per sign for its facing and size (bounded state)
     min_parallax_deg: float = 2.0  # a sign's rays must span at least this angle to be triangulated
-    max_rms_sigma: float = 3.0  # views farther from a sign's point (in sigmas) are outliers; the rest within (RMS)
+    max_rms_sigma: float = (
+        3.0  # views farther from a sign's point (in sigmas) are outliers; the rest within (RMS)
+    )
     merge_radius_m: float = 0.5
 
 

@@ -21,7 +21,7 @@ from hdmap_seg.vectorize.components import components
 from hdmap_seg.vectorize.config import PoleConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layers import Feature
-from hdmap_seg.vectorize.tracks import Track, assign, iso_time, merge_close, split_stale
+from hdmap_seg.vectorize.tracks import Track, TrackSet, assign, sighting_properties
 
 # 99% of a chi-square with 2 degrees of freedom: the squared Mahalanobis gate of association.
 _CHI2_2D_99 = 9.21
@@ -114,16 +114,15 @@ def pole_observations(
     return xy, info
 
 
-class PoleFuser:
+class PoleFuser(TrackSet):
     """Fuses pole observations frame by frame into tracks; :meth:`finish` gives Point features."""
 
     def __init__(self, cfg: PoleConfig) -> None:
+        super().__init__(cfg.min_obs, cfg.retire_after_frames, cfg.merge_radius_m)
         self.cfg = cfg
-        self.active: list[Track] = []
-        self.finished: list[Track] = []
 
     def add(self, frame: int, time, xy: np.ndarray, info: np.ndarray, ground_z_m: float) -> None:
-        self._retire(frame)
+        self.retire(frame)
         tracks = self.active
         pairs: list[tuple[int, int]] = []
         if tracks and len(xy):
@@ -144,37 +143,10 @@ class PoleFuser:
                     Track(info[o].copy(), info[o] @ xy[o], frame, frame, time, time, 1, ground_z_m)
                 )
 
-    def _retire(self, frame: int) -> None:
-        self.active, stale = split_stale(self.active, frame, self.cfg.retire_after_frames)
-        self.finished.extend(t for t in stale if t.n_obs >= self.cfg.min_obs)
-
-    @property
-    def n_tracks(self) -> int:
-        return len(self.active) + len(self.finished)
-
     def finish(self) -> list[Feature]:
-        self.finished.extend(t for t in self.active if t.n_obs >= self.cfg.min_obs)
-        self.active = []
-        tracks = merge_close(self.finished, self.cfg.merge_radius_m)
-        tracks.sort(key=lambda t: (t.first_frame, t.last_frame))
         features = []
-        for i, t in enumerate(tracks):
+        for i, t in enumerate(self.close()):
             x, y = t.estimate
-            sigma = float(np.sqrt(np.linalg.eigvalsh(t.covariance).max()))
-            features.append(
-                Feature(
-                    Point(x, y, t.ground_z_m),
-                    {
-                        "id": i,
-                        "type": "pole",
-                        "n_obs": t.n_obs,
-                        "first_frame": t.first_frame,
-                        "last_frame": t.last_frame,
-                        "first_seen": iso_time(t.first_time),
-                        "last_seen": iso_time(t.last_time),
-                        "confidence": round(t.confidence, 3),
-                        "sigma_m": round(sigma, 3),
-                    },
-                )
-            )
+            props = {"id": i, "type": "pole", **sighting_properties(t, t.covariance)}
+            features.append(Feature(Point(x, y, t.ground_z_m), props))
         return features

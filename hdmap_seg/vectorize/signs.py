@@ -25,7 +25,7 @@ from hdmap_seg.vectorize.components import components
 from hdmap_seg.vectorize.config import SignConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layers import Feature
-from hdmap_seg.vectorize.tracks import Track, assign, iso_time, merge_close, split_stale
+from hdmap_seg.vectorize.tracks import Track, TrackSet, assign, sighting_properties
 
 # A detection's size-based depth and a track's depth differ by at most this factor.
 _DEPTH_RATIO_GATE = 2.5
@@ -79,24 +79,18 @@ def _union(x1: int, y1: int, a: np.ndarray, x2: int, y2: int, b: np.ndarray) -> 
     return x0, y0, out
 
 
-class SignTracker:
+class SignTracker(TrackSet):
     """Associates sign rays over frames and triangulates them; :meth:`finish` gives Point features."""
 
     def __init__(self, cfg: SignConfig, max_range_m: float) -> None:
+        super().__init__(cfg.min_obs, cfg.retire_after_frames, cfg.merge_radius_m)
         self.cfg = cfg
         self.max_range_m = max_range_m
-        self.active: list[Track] = []
-        self.finished: list[Track] = []
         self._focal_px = 1.0
-
-    @property
-    def n_tracks(self) -> int:
-        return len(self.active) + len(self.finished)
 
     def add(self, frame: int, time, instances: np.ndarray, geom: FrameGeometry) -> None:
         self._focal_px = geom.camera.focal_px
-        self.active, stale = split_stale(self.active, frame, self.cfg.retire_after_frames)
-        self.finished.extend(t for t in stale if t.n_obs >= self.cfg.min_obs)
+        self.retire(frame)
         if len(instances) == 0:
             return
         cam = geom.camera
@@ -182,12 +176,8 @@ class SignTracker:
         return np.where(ok, cost, np.inf), track_depth
 
     def finish(self) -> list[Feature]:
-        self.finished.extend(t for t in self.active if t.n_obs >= self.cfg.min_obs)
-        self.active = []
-        tracks = merge_close(self.finished, self.cfg.merge_radius_m)
-        tracks.sort(key=lambda t: (t.first_frame, t.last_frame))
         features = []
-        for t in tracks:
+        for t in self.close():
             kept = np.array(t.kept)
             p, cov, inliers, chi2 = _refine(t.estimate, kept, self._focal_px, self.cfg)
             if (
@@ -197,27 +187,16 @@ class SignTracker:
             ):
                 continue
             facing_rad, width_m, height_m = _facing_and_size(p, kept[inliers])
-            sigma = float(np.sqrt(np.linalg.eigvalsh(cov).max()))
-            features.append(
-                Feature(
-                    Point(*p),
-                    {
-                        "id": len(features),
-                        "type": "sign",
-                        "height_m": round(float(p[2] - t.ground_z_m), 3),
-                        "facing_deg": round(float(np.degrees(np.pi / 2 - facing_rad) % 360.0), 1),
-                        "width_m": round(width_m, 2),
-                        "height_plate_m": round(height_m, 2),
-                        "n_obs": t.n_obs,
-                        "first_frame": t.first_frame,
-                        "last_frame": t.last_frame,
-                        "first_seen": iso_time(t.first_time),
-                        "last_seen": iso_time(t.last_time),
-                        "confidence": round(t.confidence, 3),
-                        "sigma_m": round(sigma, 3),
-                    },
-                )
-            )
+            props = {
+                "id": len(features),
+                "type": "sign",
+                "height_m": round(float(p[2] - t.ground_z_m), 3),
+                "facing_deg": round(float(np.degrees(np.pi / 2 - facing_rad) % 360.0), 1),
+                "width_m": round(width_m, 2),
+                "height_plate_m": round(height_m, 2),
+                **sighting_properties(t, cov),
+            }
+            features.append(Feature(Point(*p), props))
         return features
 
 

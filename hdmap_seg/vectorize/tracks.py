@@ -94,11 +94,36 @@ def assign(cost: np.ndarray, gate: float | np.ndarray) -> list[tuple[int, int]]:
     return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if ok[r, c]]
 
 
-def split_stale(active: list[Track], frame: int, retire_after_frames: int) -> tuple[list[Track], list[Track]]:
-    """``(still_active, stale)``: stale tracks were last seen more than ``retire_after_frames`` ago."""
-    keep = [t for t in active if frame - t.last_frame <= retire_after_frames]
-    stale = [t for t in active if frame - t.last_frame > retire_after_frames]
-    return keep, stale
+class TrackSet:
+    """Active tracks (what the camera may still see) and finished ones (the map so far).
+
+    :meth:`retire` moves tracks unseen for ``retire_after_frames`` out of the active set, keeping
+    those with ``min_obs`` observations; :meth:`close` finishes the rest and merges repeat passes.
+    """
+
+    def __init__(self, min_obs: int, retire_after_frames: int, merge_radius_m: float) -> None:
+        self.min_obs = min_obs
+        self.retire_after_frames = retire_after_frames
+        self.merge_radius_m = merge_radius_m
+        self.active: list[Track] = []
+        self.finished: list[Track] = []
+
+    @property
+    def n_tracks(self) -> int:
+        return len(self.active) + len(self.finished)
+
+    def retire(self, frame: int) -> None:
+        stale = [t for t in self.active if frame - t.last_frame > self.retire_after_frames]
+        self.active = [t for t in self.active if frame - t.last_frame <= self.retire_after_frames]
+        self.finished.extend(t for t in stale if t.n_obs >= self.min_obs)
+
+    def close(self) -> list[Track]:
+        """Every track with ``min_obs`` observations, repeat passes merged, in order of first sighting."""
+        self.finished.extend(t for t in self.active if t.n_obs >= self.min_obs)
+        self.active = []
+        tracks = merge_close(self.finished, self.merge_radius_m)
+        tracks.sort(key=lambda t: (t.first_frame, t.last_frame))
+        return tracks
 
 
 def merge_close(tracks: list[Track], radius_m: float) -> list[Track]:
@@ -119,6 +144,19 @@ def merge_close(tracks: list[Track], radius_m: float) -> list[Track]:
         else:
             merged[lab] = t
     return list(merged.values())
+
+
+def sighting_properties(track: Track, covariance: np.ndarray) -> dict:
+    """The properties every fused point feature carries (docs/map.md, "Layers and their properties")."""
+    return {
+        "n_obs": track.n_obs,
+        "first_frame": track.first_frame,
+        "last_frame": track.last_frame,
+        "first_seen": iso_time(track.first_time),
+        "last_seen": iso_time(track.last_time),
+        "confidence": round(track.confidence, 3),
+        "sigma_m": round(float(np.sqrt(np.linalg.eigvalsh(covariance).max())), 3),
+    }
 
 
 def iso_time(ts: np.datetime64 | None) -> str | None:
