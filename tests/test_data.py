@@ -111,3 +111,18 @@ def test_class_count_must_match_the_config(toy_dataset):
     dm = SegDataModule(toy_dataset, num_classes=11)
     with pytest.raises(HdmapError, match="has 6 classes but the config says data.num_classes=11"):
         dm.check()
+
+
+def test_atomic_writes_leave_no_temporary_and_ordinary_permissions(tmp_path):
+    import os
+
+    from hdmap_seg.io import atomic_path, write_text_atomic
+
+    write_text_atomic(tmp_path / "a.json", "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "b.png") as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash mid-write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
