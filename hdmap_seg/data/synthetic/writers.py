@@ -440,8 +440,9 @@ def _run(fn: Callable, jobs: list, workers: int, progress, description: str) -> 
             if task is not None:
                 progress.advance(task)
         return results
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=_single_thread) as pool:
+    # spawn, not fork: forking a process that runs threads (rich's refresh, OpenCV's pool) can
+    # copy a held lock into the child and hang it.
+    with mp.get_context("spawn").Pool(workers, initializer=_single_thread) as pool:
         for r in pool.imap(fn, jobs, chunksize=2):
             results.append(r)
             if task is not None:
