@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from hdmap_seg.data.synthetic.camera import CameraRig
-from hdmap_seg.data.synthetic.world import Box, World
+from hdmap_seg.data.synthetic.world import SIGN_POST_COLOR, Box, World
 from hdmap_seg.geo.frames import invert_transform
 
 BACKGROUND, ROAD, LANE_MARKING, MEDIAN, POLE, SIGN = 0, 1, 2, 3, 4, 5
@@ -509,7 +509,7 @@ class Renderer:
         ph = sg.plate_height_m
         if sg.pole_id < 0:
             back = centre - 0.03 * f
-            self._cylinder(back[0], back[1], 0.0, sg.height_m, sg.post_radius_m, (0.6, 0.6, 0.62), BACKGROUND)
+            self._cylinder(back[0], back[1], 0.0, sg.height_m, sg.post_radius_m, SIGN_POST_COLOR, BACKGROUND)
         outline = _sign_outline(sg.shape, sg.size_m, ph)
         P = centre + outline[:, :1] * a + outline[:, 1:] * np.array([0.0, 0.0, 1.0])
         front = f @ (self.o - centre) > 0

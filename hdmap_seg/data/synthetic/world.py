@@ -244,7 +244,7 @@ class Sign:
     face_color: tuple[float, float, float]
     glyph_color: tuple[float, float, float]
     pole_id: int = -1
-    post_radius_m: float = 0.03
+    post_radius_m: float = 0.025
 
     @property
     def plate_height_m(self) -> float:
@@ -400,6 +400,12 @@ _SIGN_PALETTE = {
 }
 
 
+#: Paint of lamp and plain poles: darker than the bright galvanised posts of signs (SIGN_POST_COLOR),
+#: which are background, so that the two stay tellable apart at a few pixels wide.
+_POLE_PAINT = ((0.42, 0.44, 0.47), (0.2, 0.22, 0.25), (0.18, 0.3, 0.22), (0.45, 0.25, 0.2))
+SIGN_POST_COLOR = (0.8, 0.82, 0.85)
+
+
 def _jitter(rng: np.random.Generator, rgb, amp: float = 0.06) -> tuple[float, float, float]:
     return tuple(float(v) for v in np.clip(np.asarray(rgb) + rng.uniform(-amp, amp, 3), 0.0, 1.0))
 
@@ -504,16 +510,14 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None) -> World
             x, y = road.point_at(s, d)
             if kind == "lamp":
                 h, r = rng.uniform(8, 12), rng.uniform(0.1, 0.15)
-                color = _jitter(
-                    rng, rng.choice([(0.45, 0.47, 0.5), (0.2, 0.22, 0.25), (0.6, 0.6, 0.58)]), 0.04
-                )
+                color = _jitter(rng, _POLE_PAINT[rng.integers(len(_POLE_PAINT))], 0.04)
                 arm = rng.uniform(1.0, 2.5)
             elif kind == "utility":
                 h, r = rng.uniform(7, 11), rng.uniform(0.12, 0.15)
                 color, arm = _jitter(rng, (0.4, 0.3, 0.2), 0.05), 0.0
             else:
                 h, r = rng.uniform(5, 8), rng.uniform(0.05, 0.1)
-                color, arm = _jitter(rng, rng.choice([(0.55, 0.55, 0.55), (0.85, 0.85, 0.82)]), 0.04), 0.0
+                color, arm = _jitter(rng, _POLE_PAINT[rng.integers(len(_POLE_PAINT))], 0.04), 0.0
             poles.append(
                 Pole(
                     len(poles),
