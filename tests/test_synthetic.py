@@ -197,6 +197,13 @@ def test_same_seed_same_bytes_any_workers(tmp_path):
     write_drive_log(cfg, 0, tmp_path / "b" / "logs", workers=2)
     a, b = _digest(tmp_path / "a"), _digest(tmp_path / "b")
     assert a == b and len(a) > 30
+    # A rerun after a crash makes what is missing, and the same bytes.
+    (tmp_path / "b" / "images" / "train" / "000001.jpg").unlink()
+    (tmp_path / "b" / "logs" / "synthetic_drive_0000" / "image_02" / "data" / "0000000003.png").unlink()
+    (tmp_path / "b" / "logs" / "synthetic_drive_0000" / "gt" / "signs.geojson").unlink()
+    write_dataset(cfg, tmp_path / "b", workers=1)
+    write_drive_log(cfg, 0, tmp_path / "b" / "logs", workers=1)
+    assert _digest(tmp_path / "b") == a
     other = dataclasses.replace(cfg, seed=5, logs=0)
     write_dataset(other, tmp_path / "c", workers=1)
     assert _digest(tmp_path / "c")["images/train/000000.jpg"] != a["images/train/000000.jpg"]
