@@ -168,13 +168,13 @@ def test_ground_labels_follow_the_cross_section():
     T_cam_from_world = invert_transform(T @ invert_transform(rig.T_cam_from_imu))
     checks = {MEDIAN: 0.0, ROAD: sec.lane_center_m(world.ego_lane) - 0.9}
     for cls, d in checks.items():
-        s = np.linspace(108, 125, 8)
+        s = np.linspace(106, 160, 12)
         x, y = world.road.point_at(s, np.full_like(s, d))
         p = np.column_stack([x, y, np.zeros_like(x)]) @ T_cam_from_world[:3, :3].T + T_cam_from_world[:3, 3]
         uv = p @ rig.K.T
         u, v = np.round(uv[:, 0] / uv[:, 2]).astype(int), np.round(uv[:, 1] / uv[:, 2]).astype(int)
         ok = (u >= 0) & (u < rig.width) & (v >= 0) & (v < rig.height)
-        assert ok.sum() >= 6
+        assert ok.sum() >= 5
         assert np.all(frame.label[v[ok], u[ok]] == cls), cls
 
 

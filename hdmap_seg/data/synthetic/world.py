@@ -516,7 +516,7 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None) -> World
                 h, r = rng.uniform(7, 11), rng.uniform(0.12, 0.15)
                 color, arm = _jitter(rng, (0.4, 0.3, 0.2), 0.05), 0.0
             else:
-                h, r = rng.uniform(5, 8), rng.uniform(0.05, 0.1)
+                h, r = rng.uniform(5, 8), rng.uniform(0.06, 0.1)
                 color, arm = _jitter(rng, _POLE_PAINT[rng.integers(len(_POLE_PAINT))], 0.04), 0.0
             poles.append(
                 Pole(
@@ -531,7 +531,7 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None) -> World
                     side_normal(s, side),
                 )
             )
-            s += rng.uniform(22, 45)
+            s += rng.uniform(15, 35)
     if section.median_width_m >= 2.0 and rng.random() < 0.5:
         s = rng.uniform(20, 60)
         while s < L - 5:
@@ -562,7 +562,7 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None) -> World
             "rectangle": ["blue", "green", "white", "yellow"],
         }[shape]
         rim, face, glyph = _SIGN_PALETTE[str(rng.choice(palette))]
-        size = float(rng.uniform(0.6, 1.0) if shape != "rectangle" else rng.uniform(0.8, 1.5))
+        size = float(rng.uniform(0.7, 1.2) if shape != "rectangle" else rng.uniform(0.9, 1.5))
         signs.append(Sign(len(signs), x, y, height, size, shape, facing, rim, face, glyph, pole_id))
 
     for side in (-1, 1):
@@ -575,10 +575,10 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None) -> World
             facing = float(h) + (np.pi if side < 0 else 0.0) + rng.uniform(-0.2, 0.2)
             if not any(np.hypot(p.x_m - x, p.y_m - y) < 1.5 for p in poles):
                 add_sign(float(x), float(y), facing, float(rng.uniform(2.0, 3.5)), -1)
-            s += rng.uniform(25, 60)
+            s += rng.uniform(15, 40)
     # Some signs hang on lamp and plain poles, on the road side of the pole.
     for p in list(poles):
-        if p.kind == "utility" or rng.random() > 0.3:
+        if p.kind == "utility" or rng.random() > 0.4:
             continue
         s_p, d_p = road.road_coords(np.array([p.x_m]), np.array([p.y_m]))
         _, _, h = road.pose_at(s_p[0])
