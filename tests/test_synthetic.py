@@ -204,6 +204,8 @@ def test_same_seed_same_bytes_any_workers(tmp_path):
     write_dataset(cfg, tmp_path / "b", workers=1)
     write_drive_log(cfg, 0, tmp_path / "b" / "logs", workers=1)
     assert _digest(tmp_path / "b") == a
+    with pytest.raises(HdmapError, match="other settings"):  # a log is not resumed with another world
+        write_drive_log(dataclasses.replace(cfg, seed=9), 0, tmp_path / "b" / "logs")
     other = dataclasses.replace(cfg, seed=5, logs=0)
     write_dataset(other, tmp_path / "c", workers=1)
     assert _digest(tmp_path / "c")["images/train/000000.jpg"] != a["images/train/000000.jpg"]

@@ -229,6 +229,7 @@ def write_drive_log(
 ) -> Path:
     """Drive log ``index`` in the KITTI raw layout, with label masks and ground truth (``gt/``)."""
     log_dir = Path(logs_root) / log_name(index)
+    _check_manifest(cfg, log_dir)
     world, drive, origin = _log_setup(cfg, index)
     rig = cfg.rig()
     rig.calib.write(log_dir)
