@@ -50,3 +50,21 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
+    """Read a YAML file that must hold a mapping; clear errors name the file and ``what`` it should be."""
+    import yaml
+
+    from hdmap_seg.errors import HdmapError
+
+    path = Path(path)
+    if not path.is_file():
+        raise HdmapError(f"{path}: {what} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise HdmapError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise HdmapError(f"{path}: expected a mapping ({what})")
+    return data

@@ -25,13 +25,12 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import yaml
 
 from hdmap_seg.data.classes import ClassSet
 from hdmap_seg.errors import HdmapError
+from hdmap_seg.io import read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +116,5 @@ def load_class_map(path: str | os.PathLike, source: Sequence[str] | None = None)
     ``source``: the native class names in id order, needed when the file does not list them (e.g.
     ``ClassSet.names`` of the data set, or of the checkpoint whose outputs are to be mapped).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise HdmapError(f"{path}: class map not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise HdmapError(f"{path}: not valid YAML ({err})") from None
+    data = read_yaml_mapping(path, "class map")
     return ClassMap.from_dict(data, source=source, origin=str(path))

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import yaml
 
 from hdmap_seg.errors import HdmapError
-from hdmap_seg.io import write_text_atomic
+from hdmap_seg.io import read_yaml_mapping, write_text_atomic
 
 IGNORE_INDEX = 255
 
@@ -86,15 +85,7 @@ class ClassSet:
 
 def load_classes(path: str | os.PathLike) -> ClassSet:
     """Read a ``classes.yaml``."""
-    path = Path(path)
-    if not path.is_file():
-        raise HdmapError(f"{path}: classes file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise HdmapError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(data, dict):
-        raise HdmapError(f"{path}: expected a mapping with 'classes' and 'ignore_index'")
+    data = read_yaml_mapping(path, "classes file (with 'classes' and 'ignore_index')")
     return ClassSet.from_dict(data, source=str(path))
 
 

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.camera import CameraModel
 from hdmap_seg.geo.frames import LocalFrame, T_world_from_imu, invert_transform
 from hdmap_seg.geo.kitti import KITTI_IMU_HEIGHT_M, KittiCalib, parse_oxts_line, read_timestamps
+from hdmap_seg.io import read_yaml_mapping
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 POSES_COLUMNS = ("frame", "timestamp", "lat", "lon", "alt", "roll", "pitch", "yaw")
@@ -172,14 +172,7 @@ def _open_kitti(root: Path, camera: int, calib_dir, origin: LocalFrame | None) -
 
 def read_camera_yaml(path: Path) -> CameraModel:
     """Read a generic log's ``camera.yaml`` (keys in the module docstring)."""
-    if not path.is_file():
-        raise HdmapError(f"{path}: camera file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise HdmapError(f"{path}: not valid YAML ({err})") from None
-    if not isinstance(data, dict):
-        raise HdmapError(f"{path}: expected a mapping of camera keys")
+    data = read_yaml_mapping(path, "camera file")
     for key in ("width", "height", "fx", "fy", "cx", "cy", "T_vehicle_from_cam", "ground_offset_m"):
         if key not in data:
             raise HdmapError(f"{path}: calibration lacks the key {key!r}")
