@@ -218,8 +218,9 @@ def summary(result: dict) -> str:
     return ", ".join(parts) + f" ({result['steps']} steps)"
 
 
-def plot_curves(results: list[dict], out_png: Path, title: str) -> None:
-    """Training loss (exponential moving average) against wall-clock minutes, one line per run."""
+def plot_curves(results: list[dict], out_png: Path, title: str, by_step: bool = False) -> None:
+    """Training loss (exponential moving average) against wall-clock minutes (or optimiser steps,
+    for step budgets on a machine whose load varies), one line per run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,13 +230,15 @@ def plot_curves(results: list[dict], out_png: Path, title: str) -> None:
     for r in results:
         if not r["curve"]:
             continue
-        t, _, loss = zip(*r["curve"], strict=True)
+        t, step, loss = zip(*r["curve"], strict=True)
         smooth, ema = [], loss[0]
         for v in loss:
             ema = 0.9 * ema + 0.1 * v
             smooth.append(ema)
-        ax.plot([s / 60 for s in t], smooth, label=f"{r['run']}: mIoU {pct(iou(r))}")
-    ax.set(xlabel="wall-clock minutes of training", ylabel="training loss (EMA 0.9)", title=title)
+        x = step if by_step else [s / 60 for s in t]
+        ax.plot(x, smooth, label=f"{r['run']}: mIoU {pct(iou(r))}")
+    xlabel = "optimiser step" if by_step else "wall-clock minutes of training"
+    ax.set(xlabel=xlabel, ylabel="training loss (EMA 0.9)", title=title)
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -314,7 +317,8 @@ def main(argv: list[str] | None = None) -> None:
 
     suite = args.suite if not args.runs else "runs"
     combined = budget_dir / f"{suite}_curves.png"
-    plot_curves(results, combined, title=f"CamVid, {per_run} per run")
+    by_step = args.steps is not None
+    plot_curves(results, combined, title=f"CamVid, {per_run} per run", by_step=by_step)
     command = shlex.join(["python", "bench/bench_camvid.py", *(argv if argv is not None else sys.argv[1:])])
     when = datetime.now().strftime("%Y-%m-%d %H:%M")
     md = table(results)
@@ -331,12 +335,14 @@ def main(argv: list[str] | None = None) -> None:
     prefix = f"{budget}_"
     shutil.copyfile(combined, assets / f"{prefix}{suite}.png")
     for r in results:
-        shutil.copyfile(budget_dir / r["run"] / "learning_curve.png", assets / f"{prefix}{r['run']}.png")
+        plot_curves(
+            [r], assets / f"{prefix}{r['run']}.png", title=f"{r['run']}: {summary(r)}", by_step=by_step
+        )
     text = (
         f"### {heading.get(suite, 'CamVid runs')} ({per_run} per run)\n\n"
         f"{when}, {results[0]['device']}; `{command}`. Train on CamVid train (367 frames), evaluate the "
         f"final weights on {val_desc(results[0])} (IoU in %). {args.note}\n\n"
-        f"{md}\n\nLearning curves (training loss against minutes): all runs in "
+        f"{md}\n\nLearning curves (training loss against {'steps' if by_step else 'minutes'}): all runs in "
         f"[bench_camvid/{prefix}{suite}.png](bench_camvid/{prefix}{suite}.png), one per run in "
         f"`bench_camvid/{prefix}<run>.png`.\n"
     )
