@@ -99,6 +99,7 @@ def main() -> None:
             f"logs={log}",
             f"out_dir={infer_dir}",
             "overlays=true",
+            "flip=true",
             f"hydra.run.dir={args.out / 'infer_hydra'}",
         ]
     )
