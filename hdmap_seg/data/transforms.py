@@ -18,7 +18,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def build_transform(steps: Sequence) -> A.Compose:
     """Compose the configured augmentation ``steps`` (dicts with ``_target_`` or ready transforms),
     then normalise and convert to tensors, which every pipeline needs."""
-    augment = [instantiate(s) if not isinstance(s, A.BasicTransform) else s for s in steps]
+    # Hydra may have built the steps already (nested ones such as OneOf included).
+    augment = [s if isinstance(s, A.BasicTransform | A.BaseCompose) else instantiate(s) for s in steps]
     return A.Compose([*augment, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()])
 
 
