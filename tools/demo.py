@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--train-frames", type=int, default=400)
     p.add_argument("--val-frames", type=int, default=60)
     p.add_argument("--log-frames", type=int, default=150)
-    p.add_argument("--train-time", default="00:00:08:00", help="training wall-clock budget DD:HH:MM:SS")
+    p.add_argument("--train-time", help="training wall-clock budget DD:HH:MM:SS (default: experiment=demo's)")
     args = p.parse_args()
     py = sys.executable
     timings = {}
@@ -83,7 +83,7 @@ def main() -> None:
             "experiment=demo",
             f"data.root={args.data}",
             f"hydra.run.dir={train_dir}",
-            f"trainer.max_time={args.train_time}",
+            *([f"trainer.max_time={args.train_time}"] if args.train_time else []),
             *([f"ckpt_path={last}"] if last.is_file() else []),
         ]
     )
