@@ -20,9 +20,9 @@ def test_iou_from_confusion_matches_hand_counts():
 
 
 def test_schedule_warms_up_linearly_then_decays_polynomially():
-    f = lambda step: warmup_poly_factor(
-        step, total_steps=1000, warmup_steps=100, warmup_ratio=1e-6, power=1.0
-    )  # noqa: E731
+    def f(step: int) -> float:
+        return warmup_poly_factor(step, total_steps=1000, warmup_steps=100, warmup_ratio=1e-6, power=1.0)
+
     assert f(0) == pytest.approx(1e-6)
     assert f(50) == pytest.approx((1e-6 + (1 - 1e-6) * 0.5) * (1 - 50 / 1000))
     assert f(100) == pytest.approx(0.9)
