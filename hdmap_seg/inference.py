@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hdmap_seg.data.classes import ClassSet
 from hdmap_seg.data.roads import read_image
-from hdmap_seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hdmap_seg.data.transforms import build_transform
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.export import write_layers
 from hdmap_seg.geo.drivelog import DriveLog, open_drive_log
@@ -54,8 +54,7 @@ class FrameDataset(Dataset):
     def __init__(self, jobs: Sequence[FrameJob], scale: float = 1.0) -> None:
         self.jobs = list(jobs)
         self.scale = scale
-        self.mean = np.array(IMAGENET_MEAN, np.float32) * 255
-        self.std = np.array(IMAGENET_STD, np.float32) * 255
+        self.normalize = build_transform([])  # the training pipeline's normalisation, nothing else
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -65,8 +64,7 @@ class FrameDataset(Dataset):
         size = rgb.shape[:2]
         if self.scale != 1.0:
             rgb = cv2.resize(rgb, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_LINEAR)
-        image = torch.from_numpy(((rgb - self.mean) / self.std).transpose(2, 0, 1).copy())
-        return {"image": image, "index": index, "size": torch.tensor(size)}
+        return {"image": self.normalize(image=rgb)["image"], "index": index, "size": torch.tensor(size)}
 
 
 def sliding_window_logits(

@@ -23,6 +23,7 @@ import numpy as np
 from shapely.geometry import Polygon
 from tqdm import tqdm
 
+from hdmap_seg.data.roads import read_mask as read_label_png
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.camera import CameraModel
 from hdmap_seg.geo.drivelog import DriveLog
@@ -148,17 +149,10 @@ def _mask_polygons(binary: np.ndarray, min_pixels: int) -> list[Polygon]:
 
 
 def read_mask(path: Path) -> np.ndarray:
-    """Read a single-channel PNG of class ids; clear errors for a missing or colour file."""
+    """Read a PNG of class ids as the data sets read theirs (grey or palette); a missing file names the convention."""
     if not path.is_file():
         raise HdmapError(f"{path}: mask not found (masks are PNGs named like the frames)")
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise HdmapError(f"{path}: not a readable image")
-    if mask.ndim != 2 or mask.dtype != np.uint8:
-        raise HdmapError(
-            f"{path}: expected a single-channel 8-bit mask of class ids, got shape {mask.shape} {mask.dtype}"
-        )
-    return mask
+    return read_label_png(path)
 
 
 def vectorize_log(
