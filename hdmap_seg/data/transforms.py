@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import albumentations as A
-import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 from hydra.utils import instantiate
@@ -35,11 +34,3 @@ def pad_collate(batch: list[dict], ignore_index: int) -> dict:
         images[i, :, :bh, :bw] = b["image"]
         masks[i, :bh, :bw] = b["mask"]
     return {"image": images, "mask": masks, "name": [b["name"] for b in batch]}
-
-
-def denormalize(image: torch.Tensor) -> np.ndarray:
-    """``(3, H, W)`` normalised tensor -> ``(H, W, 3)`` uint8 RGB, for overlays."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    rgb = (image.detach().cpu().float() * std + mean).clamp(0, 1)
-    return (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
