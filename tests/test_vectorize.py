@@ -21,9 +21,10 @@ from test_vectorize_scene import (
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.frames import make_transform, rotation_from_rpy
 from hdmap_seg.vectorize import MapBuilder, VectorizeConfig, load_vectorize_config
-from hdmap_seg.vectorize.config import PoleConfig
+from hdmap_seg.vectorize.config import PoleConfig, SignConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.poles import pole_instances, pole_observations
+from hdmap_seg.vectorize.signs import sign_instances
 
 
 def _run(camera, traj, scene, config=None, ground_z_m=0.0):
@@ -102,6 +103,33 @@ def test_instances_split_touching_poles_and_skip_ungrounded_ones():
     inst = pole_instances(mask > 0, PoleConfig(), blocked=signs)
     # A and B apart at their base jump, the arm cut off; u at the column centre, v at the lower pixel edge.
     assert sorted(inst.tolist()) == [[52.5, 150.5, 6.0], [58.5, 120.5, 6.0], [242.0, 100.5, 5.0]]
+
+
+def test_sign_instances_split_overlapping_plates_and_join_cut_ones():
+    mask = np.zeros((200, 400), np.uint8)
+    # Two discs overlapping in the image (a plate in front of another): two instances.
+    cv2.circle(mask, (60, 60), 20, 1, -1)
+    cv2.circle(mask, (88, 74), 20, 1, -1)
+    # A rectangle cut in two by a pole in front, a small far plate in the gap: one plate and the small one.
+    cv2.rectangle(mask, (200, 40), (214, 70), 1, -1)
+    cv2.rectangle(mask, (226, 40), (240, 70), 1, -1)
+    cv2.rectangle(mask, (218, 60), (220, 66), 1, -1)
+    # One disc with a notch (partly hidden): one instance; a plate cut by the image border: none.
+    cv2.circle(mask, (320, 120), 22, 1, -1)
+    cv2.rectangle(mask, (318, 98), (322, 110), 0, -1)
+    cv2.rectangle(mask, (380, 10), (399, 30), 1, -1)
+    inst = sign_instances(mask > 0, SignConfig())
+    assert len(inst) == 5
+
+    def nearest(u, v):
+        return inst[np.argmin(np.hypot(inst[:, 0] - u, inst[:, 1] - v))]
+
+    # The hidden part moves the back plate's centroid a few pixels away from the front one, never onto it.
+    assert np.hypot(*(nearest(60, 60)[:2] - [60, 60])) < 5
+    assert np.hypot(*(nearest(88, 74)[:2] - [88, 74])) < 5
+    assert np.allclose(nearest(220, 55), [220, 55, 41, 31], atol=0.01)
+    assert np.allclose(nearest(219, 63), [219, 63, 3, 7], atol=0.01)
+    assert np.hypot(*(nearest(320, 120)[:2] - [320, 120])) < 2
 
 
 def test_scene_poles_signs_medians_land_on_the_truth():

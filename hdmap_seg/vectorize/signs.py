@@ -18,6 +18,7 @@ from its back, so the facing is that of the side the drive saw.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from shapely.geometry import Point
 
@@ -36,38 +37,91 @@ _CHI2_2D_99 = 9.21  # squared Mahalanobis gate of association (99% of chi-square
 # 1.8 m for the 0.9 m prior); association allows more, while the track still learns its distance.
 _SIZE_RATIO_FINAL = 2.0
 _REFINE_ITERATIONS = 4
+_HEIGHT_CONSISTENCY = 1.25  # a view's plate height (m) over the sign's median: within this factor
 _MIN_FACING_SPAN_RAD = np.radians(10.0)  # views closer in bearing cannot fit a facing: use their mean
+_NOTCH_FRACTION = 0.07  # notches of overlapping plates: deeper than this x the component's smaller side
+_MAX_SPLITS = 2  # overlapping plates split at most this many times per component (up to 4 pieces)
 
 
 def sign_instances(sign_mask: np.ndarray, cfg: SignConfig) -> np.ndarray:
     """Sign instances of one frame: ``(K, 4)`` float ``[u_px, v_px, width_px, height_px]``.
 
-    ``(u, v)`` is the pixel centroid, ``width/height`` the bounding box. Parts of one plate that
-    a post or pole in front of it cuts apart (side by side, rows that mostly coincide, a narrow gap) are
-    joined. Plates cut by the image border are left out (their centroid would be off).
+    ``(u, v)`` is the pixel centroid, ``width/height`` the bounding box. Plates that overlap in the
+    image (one in front of the other) are split apart (:func:`_split_overlapping`); parts of one plate
+    that a post or pole in front of it cuts apart (side by side, rows that mostly coincide, a narrow
+    gap) are joined. Plates cut by the image border are left out (their centroid would be off).
     """
     H, W = sign_mask.shape
-    parts = sorted(components(sign_mask, 1), key=lambda c: c[0])
-    merged: list[list] = []  # [x, y, sub]
-    for x, y, sub in parts:
-        if merged:
-            px, py, psub = merged[-1]
+    merged: list[tuple[int, int, np.ndarray, bool]] = []  # x, y, sub, joined from parts
+    for x, y, sub in sorted(components(sign_mask, 1), key=lambda c: c[0]):
+        # The left part may be any earlier one: a small blob (a sign behind) can sit in the gap.
+        for k in range(len(merged) - 1, -1, -1):
+            px, py, psub, _ = merged[k]
             ph, pw = psub.shape
             h = sub.shape[0]
             overlap = min(py + ph, y + h) - max(py, y)
             gap = x - (px + pw)
             if 0 <= gap <= max(2, 0.6 * min(ph, h)) and overlap >= 0.7 * max(ph, h):
-                merged[-1] = list(_union(px, py, psub, x, y, sub))
-                continue
-        merged.append([x, y, sub])
+                merged[k] = (*_union(px, py, psub, x, y, sub), True)
+                break
+        else:
+            merged.append((x, y, sub, False))
+    # A joined plate has notches at its gap; only whole components can be overlapping plates.
+    pieces = [
+        p
+        for x, y, sub, joined in merged
+        for p in ([(x, y, sub)] if joined else _split_overlapping(x, y, sub))
+    ]
     out = []
-    for x, y, sub in merged:
+    for x, y, sub in pieces:
         h, w = sub.shape
         if sub.sum() < cfg.min_pixels or x == 0 or y == 0 or x + w == W or y + h == H:
             continue
         rows, cols = np.nonzero(sub)
         out.append((x + cols.mean(), y + rows.mean(), w, h))
     return np.array(out, dtype=float).reshape(-1, 4)
+
+
+def _split_overlapping(x: int, y: int, sub: np.ndarray, depth: int = 0) -> list[tuple[int, int, np.ndarray]]:
+    """Split a component made of overlapping plates along the line through its two deepest notches.
+
+    Plates are convex (discs, triangles, rectangles), so the union of two that overlap in the image
+    has two notches where their outlines cross; a single plate, partly hidden behind a pole, has at
+    most one. A notch counts when it is deeper than ``_NOTCH_FRACTION`` of the component's smaller
+    side (and 2 px). Pieces are split again, up to ``_MAX_SPLITS`` levels.
+    """
+    h, w = sub.shape
+    min_depth_px = max(2.0, _NOTCH_FRACTION * min(h, w))
+    if depth >= _MAX_SPLITS or min(h, w) < 3 * min_depth_px:
+        return [(x, y, sub)]
+    contours, _ = cv2.findContours(sub.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contour = max(contours, key=len)
+    if len(contour) < 8:
+        return [(x, y, sub)]
+    hull = cv2.convexHull(contour, returnPoints=False)
+    try:
+        defects = cv2.convexityDefects(contour, hull)
+    except cv2.error:  # self-intersecting contour of a degenerate (one-pixel-wide) shape
+        return [(x, y, sub)]
+    if defects is None:
+        return [(x, y, sub)]
+    defects = defects.reshape(-1, 4)
+    deep = defects[defects[:, 3] / 256.0 >= min_depth_px]
+    if len(deep) < 2:
+        return [(x, y, sub)]
+    a, b = deep[np.argsort(-deep[:, 3])[:2], 2]
+    p, q = contour[a, 0].astype(float), contour[b, 0].astype(float)
+    rows, cols = np.mgrid[:h, :w]
+    side = (q[0] - p[0]) * (rows - p[1]) - (q[1] - p[1]) * (cols - p[0]) > 0
+    pieces = []
+    for half in (sub & side, sub & ~side):
+        if half.any():
+            r, c = np.nonzero(half)
+            r0, c0 = r.min(), c.min()
+            pieces += _split_overlapping(
+                x + int(c0), y + int(r0), half[r0 : r.max() + 1, c0 : c.max() + 1], depth + 1
+            )
+    return pieces
 
 
 def _union(x1: int, y1: int, a: np.ndarray, x2: int, y2: int, b: np.ndarray) -> tuple[int, int, np.ndarray]:
@@ -179,7 +233,12 @@ class SignTracker(TrackSet):
         features = []
         for t in self.close():
             kept = np.array(t.kept)
-            p, cov, inliers, chi2 = _refine(t.estimate, kept, self._focal_px, self.cfg)
+            # Plates merged with another in the image are mostly seen either far off or close by:
+            # the height taken from all views, or from the nearest half; the better fit wins.
+            near = kept[:, 8] <= np.median(kept[:, 8])
+            fits = [_refine(t.estimate, kept, self._focal_px, self.cfg, ref) for ref in (near | True, near)]
+            fits = [f for f in fits if f[2].sum() >= self.cfg.min_obs] or fits
+            p, cov, inliers, chi2 = min(fits, key=lambda f: f[3])
             if (
                 inliers.sum() < self.cfg.min_obs
                 or chi2 > self.cfg.max_rms_sigma**2
@@ -201,14 +260,16 @@ class SignTracker(TrackSet):
 
 
 def _refine(
-    p0: np.ndarray, kept: np.ndarray, focal_px: float, cfg: SignConfig
+    p0: np.ndarray, kept: np.ndarray, focal_px: float, cfg: SignConfig, reference: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Re-triangulate a sign from its kept (nearest) views, dropping views off its point.
 
     The streaming sums weigh every view, far ones and those of a plate whose halves were not yet
     joined included; the nearest views place it best. Iterates: least squares (rays and the weak
     size prior, as in :class:`SignTracker`), then views farther than ``max_rms_sigma`` sigmas from
-    the point are left out. Returns ``(point, covariance, inlier views, mean squared residual in sigmas)``.
+    the point are left out, and so are views whose plate height differs by more than
+    ``_HEIGHT_CONSISTENCY`` from the median over the ``reference`` views (a mask). Returns
+    ``(point, covariance, inlier views, mean squared residual in sigmas)``.
     """
     C, d, prior = kept[:, [0, 1, 4]], kept[:, 5:8], kept[:, 8]
     outer = d[:, :, None] * d[:, None, :]
@@ -223,6 +284,11 @@ def _refine(
         v = p - C
         r = np.linalg.norm(v - (v * d).sum(1)[:, None] * d, axis=1) / s_perp
         keep = r <= cfg.max_rms_sigma
+        # A plate's height is the same from every side; views where it is not saw the plate merged
+        # with another one, or partly hidden, and their centroids are off.
+        height_m = kept[:, 3] * np.linalg.norm(v, axis=1)
+        ref = inliers & reference if (inliers & reference).any() else inliers
+        keep &= np.abs(np.log(height_m / np.median(height_m[ref]))) <= np.log(_HEIGHT_CONSISTENCY)
         if keep.sum() < 2 or np.array_equal(keep, inliers):
             break
         inliers = keep
