@@ -31,7 +31,7 @@ class PoleConfig:
     sigma_px: float = 0.7  # pixel noise of the base point (1 px mask steps)
     sigma_floor_m: float = 0.05  # pose noise floor of one observation
     gate_m: float = 0.5  # model error added to the association gate
-    min_obs: int = 2  # a pole seen in fewer frames is rejected
+    min_obs: int = 5  # a pole seen in fewer frames is rejected (at 10 Hz one in range is seen in 20+)
     retire_after_frames: int = 20  # a track unseen for this many frames is finished (bounded state)
     merge_radius_m: float = 0.5  # finished poles closer than this are one (drives that loop back)
 
@@ -42,7 +42,7 @@ class SignConfig:
     size_prior_m: float = 0.9  # typical plate size, for the first guess of a sign's distance
     sigma_px: float = 1.0  # centroid noise
     sigma_floor_m: float = 0.05
-    min_obs: int = 2
+    min_obs: int = 4  # a sign kept in fewer views is rejected (a model's masks flicker: one-off blobs)
     retire_after_frames: int = 10
     max_obs_kept: int = 16  # nearest views kept per sign for its facing and size (bounded state)
     min_parallax_deg: float = 2.0  # a sign's rays must span at least this angle to be triangulated
