@@ -9,7 +9,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from hdmap_seg.data.class_map import load_class_map
 from hdmap_seg.data.classes import ClassSet
 from hdmap_seg.data.roads import read_image
 from hdmap_seg.data.transforms import build_transform
@@ -32,7 +33,7 @@ from hdmap_seg.geo.drivelog import DriveLog, open_drive_log
 from hdmap_seg.io import atomic_path, write_text_atomic
 from hdmap_seg.module import load_segmenter
 from hdmap_seg.vectorize.builder import vectorize_log
-from hdmap_seg.vectorize.config import VectorizeConfig
+from hdmap_seg.vectorize.config import VectorizeConfig, layer_classes
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,10 @@ def run_inference(cfg: DictConfig) -> dict:
     vectorize_config = VectorizeConfig.from_dict(
         OmegaConf.to_container(cfg.vectorize, resolve=True), source="vectorize"
     )
+    # The checkpoint's class names say which mask ids feed which layer (through the class map when
+    # the model was trained on a data set's own classes).
+    class_map = load_class_map(cfg.class_map_path, source=classes.names) if cfg.class_map_path else None
+    vectorize_config = replace(vectorize_config, classes=layer_classes(classes.names, class_map))
     logs = [open_drive_log(p, camera=cfg.camera) for p in expand_logs(cfg.logs)]
     names = [log.root.name for log in logs]
     if len(set(names)) != len(names):

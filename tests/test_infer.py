@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 from torch import nn
 
 from conftest import REPO_ROOT, TINY_TWINS
-from hdmap_seg.data.classes import ROAD_CLASSES
+from hdmap_seg.data.classes import ROAD_CLASSES, ClassSet
+from hdmap_seg.data.layouts import CAMVID_CLASSES
 from hdmap_seg.data.synthetic.writers import SynthConfig, write_drive_log
 from hdmap_seg.inference import sliding_window_logits
 
@@ -28,21 +29,28 @@ def drive_log(tmp_path_factory) -> Path:
     return write_drive_log(cfg, 0, tmp_path_factory.mktemp("logs"), workers=1)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def write_checkpoint(path: Path, classes: ClassSet) -> Path:
     """A checkpoint in the layout training writes (hyper-parameters + ``model.``-prefixed state)."""
     torch.manual_seed(0)
-    model_config = {"_target_": "hdmap_seg.models.Segmenter", "num_classes": 6, **TINY_TWINS}
+    model_config = {
+        "_target_": "hdmap_seg.models.Segmenter",
+        "num_classes": classes.num_classes,
+        **TINY_TWINS,
+    }
     model = instantiate(model_config)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
     torch.save(
         {
-            "hyper_parameters": {"model_config": model_config, "classes": ROAD_CLASSES.to_dict()},
+            "hyper_parameters": {"model_config": model_config, "classes": classes.to_dict()},
             "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
         },
         path,
     )
     return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", ROAD_CLASSES)
 
 
 def run_infer(*overrides: str) -> subprocess.CompletedProcess:
@@ -135,6 +143,21 @@ def test_bad_checkpoint_exits_2_naming_the_file(drive_log, tmp_path):
     proc = run_infer(*common(bogus, drive_log, tmp_path / "out"))
     assert proc.returncode == 2
     assert "nope.ckpt: not a loadable checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_model_of_native_camvid_classes_maps_through_its_class_map(drive_log, tmp_path):
+    """The layers' mask ids come from the checkpoint's class names; CamVid's need the class map training reads."""
+    ckpt = write_checkpoint(tmp_path / "camvid.ckpt", CAMVID_CLASSES)
+    proc = run_infer(*common(ckpt, drive_log, tmp_path / "bare"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "feeds a map layer" in proc.stderr and "need its class map" in proc.stderr
+    out = tmp_path / "mapped"
+    proc = run_infer(*common(ckpt, drive_log, out), "class_map_path=conf/class_map/camvid_to_roads.yaml")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / drive_log.name / "summary.json").read_text())
+    # CamVid has Pole and SignSymbol but no median class: the median layer is not built.
+    assert set(summary["features"]) == {"poles", "signs", "coverage"}
 
 
 def test_sliding_window_equals_whole_image_for_a_pointwise_model():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -18,13 +20,17 @@ from test_vectorize_scene import (
     trajectory,
 )
 
+from hdmap_seg.data.class_map import load_class_map
+from hdmap_seg.data.classes import ROAD_CLASSES
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.frames import make_transform, rotation_from_rpy
 from hdmap_seg.vectorize import MapBuilder, VectorizeConfig, load_vectorize_config
-from hdmap_seg.vectorize.config import PoleConfig, SignConfig
+from hdmap_seg.vectorize.config import PoleConfig, SignConfig, layer_classes
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.poles import pole_instances, pole_observations
 from hdmap_seg.vectorize.signs import sign_instances
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(camera, traj, scene, config=None, ground_z_m=0.0):
@@ -174,18 +180,28 @@ def test_ground_height_and_median_surface_height_are_used():
     assert all(abs(f.geometry.z - 7.0) < 0.05 for f in layers["poles"])
 
 
-def test_camvid_config_maps_its_ids_onto_the_same_layers():
+def test_camvid_class_map_feeds_its_ids_into_the_same_layers():
+    """Masks in CamVid's own ids (a model trained on its 11 classes) give the layers of the project's masks."""
     camera = kitti_like_camera()
     scene = default_scene()
-    cfg = load_vectorize_config("camvid")
-    assert cfg.classes["pole"] == [2] and cfg.classes["sign"] == [6] and cfg.ignore_index == 11
-    builder = MapBuilder(camera, cfg)
-    remap = np.arange(256, dtype=np.uint8)
-    remap[POLE], remap[SIGN], remap[MEDIAN] = 2, 6, 0
+    class_map = load_class_map(REPO / "conf" / "class_map" / "camvid_to_roads.yaml")
+    classes = layer_classes(class_map.source, class_map)
+    assert classes == {"pole": [2], "sign": [6]}  # CamVid's Pole and SignSymbol; it has no median class
+    assert layer_classes(ROAD_CLASSES.names) == {"pole": [4], "sign": [5], "median": [3]}
+    with pytest.raises(HdmapError, match="need its class map"):
+        layer_classes(class_map.source)
+    native = MapBuilder(camera, VectorizeConfig(classes=classes))
+    ours = MapBuilder(camera, VectorizeConfig(classes={"pole": [POLE], "sign": [SIGN]}))
+    to_camvid = np.arange(256, dtype=np.uint8)
+    to_camvid[POLE], to_camvid[SIGN], to_camvid[MEDIAN] = 2, 6, 0
     for i, T in enumerate(trajectory(40)):
-        builder.add_frame(i, remap[render_mask(camera, T, scene)], T @ camera.T_vehicle_from_cam)
-    layers = builder.finish()
-    assert "medians" not in layers and len(layers["poles"]) >= 3 and len(layers["signs"]) >= 1
+        mask = render_mask(camera, T, scene)
+        native.add_frame(i, to_camvid[mask], T @ camera.T_vehicle_from_cam)
+        ours.add_frame(i, mask, T @ camera.T_vehicle_from_cam)
+    a, b = native.finish(), ours.finish()
+    assert "medians" not in a and len(a["poles"]) >= 3 and len(a["signs"]) >= 1
+    for layer in ("poles", "signs"):
+        assert np.allclose(_xy(a[layer]), _xy(b[layer]))
 
 
 def test_builder_rejects_bad_input():

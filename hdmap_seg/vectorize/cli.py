@@ -1,6 +1,6 @@
 """``hdmap-vectorize``: a drive log and its label masks -> map layers (GeoJSON + GeoPackage).
 
-hdmap-vectorize LOG [--masks DIR] [--config road|camvid|FILE.yaml] [--set pole.min_obs=3] [--out DIR]
+hdmap-vectorize LOG [--masks DIR] [--config road|FILE.yaml] [--class-map FILE.yaml] [--set pole.min_obs=3] [--out DIR]
 """
 
 from __future__ import annotations
@@ -8,16 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
+from hdmap_seg.data.class_map import load_class_map
 from hdmap_seg.errors import exit_on_user_error
 from hdmap_seg.export import write_layers
 from hdmap_seg.geo.drivelog import open_drive_log
 from hdmap_seg.geo.frames import LocalFrame
 from hdmap_seg.io import write_text_atomic
 from hdmap_seg.vectorize.builder import vectorize_log
-from hdmap_seg.vectorize.config import load_vectorize_config
+from hdmap_seg.vectorize.config import layer_classes, load_vectorize_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--config", default="road", help="conf/vectorize/<name>.yaml or a YAML path (default: road)"
+    )
+    p.add_argument(
+        "--class-map",
+        type=Path,
+        help="masks in a data set's own classes: its class map (conf/class_map/*.yaml, as training reads it) "
+        "says which feed which layer",
     )
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key"
@@ -51,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     config = load_vectorize_config(args.config, args.overrides)
+    if args.class_map:
+        class_map = load_class_map(args.class_map)
+        config = replace(config, classes=layer_classes(class_map.source, class_map))
     origin = LocalFrame(*args.origin) if args.origin else None
     log = open_drive_log(args.log, camera=args.camera, calib_dir=args.calib, origin=origin)
     out = args.out or args.log / "map"

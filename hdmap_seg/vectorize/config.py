@@ -1,19 +1,22 @@
 """Vectorization settings: which mask classes feed which map layer, ranges, fusion parameters.
 
-``conf/vectorize/road.yaml`` (the project's taxonomy) and ``conf/vectorize/camvid.yaml`` (CamVid's
-11 classes) are instances; the dataclass defaults below are the project's taxonomy. Every field
-is documented in docs/map.md.
+``conf/vectorize/road.yaml`` is the instance for the project's taxonomy, and the dataclass defaults
+below equal it. Masks in a data set's own classes (a model trained on CamVid's 11) feed the same
+layers through the class map that training reads (:func:`layer_classes`). Every field is documented
+in docs/map.md.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hdmap_seg.data.class_map import ClassMap
 from hdmap_seg.errors import HdmapError
 
 #: Map layers that have a builder; ``lane_marking`` will join them (docs/map.md, "Lane markings").
@@ -118,3 +121,22 @@ def load_vectorize_config(name_or_path: str | os.PathLike, overrides: list[str] 
     except OmegaConfBaseException as err:
         raise HdmapError(f"{path}: {str(err).splitlines()[0]}") from None
     return VectorizeConfig.from_dict(OmegaConf.to_container(data), source=str(path))
+
+
+def layer_classes(names: Sequence[str], class_map: ClassMap | None = None) -> dict[str, list[int]]:
+    """The mask ids that feed each layer, from the masks' class names in id order.
+
+    A class feeds the layer of its name (``pole``, ``sign``, ``median``: the project's taxonomy).
+    Native names (CamVid's ``Pole``, Vistas' ``object--support--pole``) go through ``class_map``
+    first, the file training reads (conf/class_map/*.yaml), so that a model trained on a data set's
+    own classes writes the same layers. Raises when no class feeds any layer.
+    """
+    if class_map is not None:
+        target = class_map.target.names  # ids are contiguous; the ignore index maps to no layer
+        names = [target[t] if t < len(target) else "" for t in class_map.lut[: len(names)].tolist()]
+    out = {layer: [i for i, n in enumerate(names) if n == layer] for layer in LAYERS}
+    out = {layer: ids for layer, ids in out.items() if ids}
+    if not out:
+        hint = "" if class_map is not None else " (masks in a data set's own classes need its class map)"
+        raise HdmapError(f"no class of {list(names)} feeds a map layer {list(LAYERS)}{hint}")
+    return out
