@@ -31,7 +31,7 @@ class PoleConfig:
     min_width_px: int = 2  # ... and this wide (the 0.1 m pole at 30 m is 2.4 px)
     split_fraction: float = 0.3  # columns with fewer pixels than this x the tallest column split instances
     split_base_jump_px: int = 4  # adjacent columns whose bottoms differ by more belong to different poles
-    sigma_px: float = 0.7  # pixel noise of the base point (1 px mask steps)
+    sigma_px: float = 3.0  # pixel noise of the base point: a model's masks (decoder at 1/4 scale) put it px off
     sigma_floor_m: float = 0.05  # pose noise floor of one observation
     gate_m: float = 0.5  # model error added to the association gate
     min_obs: int = 5  # a pole seen in fewer frames is rejected (at 10 Hz one in range is seen in 20+)
