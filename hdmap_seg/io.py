@@ -1,4 +1,5 @@
-"""Atomic file output: a reader never sees a half-written file, a crash never leaves one."""
+"""File I/O shared by every stage: atomic output (a reader never sees a half-written file, a crash
+never leaves one) and YAML mappings read with errors that name the file."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+import yaml
+
+from hdmap_seg.errors import HdmapError
 
 
 def _current_umask() -> int:
@@ -54,10 +59,6 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
     """Read a YAML file that must hold a mapping; clear errors name the file and ``what`` it should be."""
-    import yaml
-
-    from hdmap_seg.errors import HdmapError
-
     path = Path(path)
     if not path.is_file():
         raise HdmapError(f"{path}: {what} not found")

@@ -236,7 +236,8 @@ class SignTracker(TrackSet):
             # Plates merged with another in the image are mostly seen either far off or close by:
             # the height taken from all views, or from the nearest half; the better fit wins.
             near = kept[:, 8] <= np.median(kept[:, 8])
-            fits = [_refine(t.estimate, kept, self._focal_px, self.cfg, ref) for ref in (near | True, near)]
+            refs = (np.ones_like(near), near)
+            fits = [_refine(t.estimate, kept, self._focal_px, self.cfg, ref) for ref in refs]
             fits = [f for f in fits if f[2].sum() >= self.cfg.min_obs] or fits
             p, cov, inliers, chi2 = min(fits, key=lambda f: f[3])
             if (
