@@ -27,7 +27,7 @@ from hdmap_seg.geo.frames import make_transform, rotation_from_rpy
 from hdmap_seg.vectorize import MapBuilder, VectorizeConfig, load_vectorize_config
 from hdmap_seg.vectorize.config import PoleConfig, SignConfig, layer_classes
 from hdmap_seg.vectorize.frame import FrameGeometry
-from hdmap_seg.vectorize.poles import pole_instances, pole_observations
+from hdmap_seg.vectorize.poles import PoleFuser, pole_instances, pole_observations
 from hdmap_seg.vectorize.signs import sign_instances
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,9 @@ def test_pole_placed_by_hand_seen_from_three_poses(dist):
     # Three frames: below the default min_obs (5, set for a model's flickering masks).
     layers = _run(camera, np.array(poses), Scene(poles=pole), VectorizeConfig(pole=PoleConfig(min_obs=3)))
     (f,) = layers["poles"]
-    assert np.hypot(f.geometry.x - 18.0, f.geometry.y + 6.5) < 0.05
+    # Three views within 6.5 m, 18 m off, barely fix the distance: the fit may not trust the rows
+    # alone (a model's masks offset them alike), and says so in its sigma.
+    assert np.hypot(f.geometry.x - 18.0, f.geometry.y + 6.5) < min(0.15, f.properties["sigma_m"])
     assert f.properties["n_obs"] == 3 and (f.properties["first_frame"], f.properties["last_frame"]) == (0, 2)
     # the ground under the car: 0.93 m below the OXTS unit (first frame), in world z
     assert f.geometry.z == pytest.approx(np.mean([0.0, 0.02, -0.02]), abs=0.03)
@@ -73,21 +75,53 @@ def test_known_ground_point_projects_and_back_under_pitch_and_roll():
     assert ok[0]
     geom = FrameGeometry(camera, T_wc, camera.ground_z_m(T_wc), 30.0)
     assert geom.ground_z_m == pytest.approx(12.0)
-    xy, info = pole_observations(np.array([[uv[0, 0], uv[0, 1], 0.0]]), geom, PoleConfig())
+    xy, info, _ = pole_observations(np.array([[uv[0, 0], uv[0, 1], 0.0]]), geom, PoleConfig())
     np.testing.assert_allclose(xy[0], base[:2], atol=1e-6)
     # A plane fixed to the vehicle (ignoring pitch and roll) would put it metres off.
     level = make_transform(rotation_from_rpy(0.0, 0.0, 0.7), T_wv[:3, 3]) @ camera.T_vehicle_from_cam
-    xy_level, _ = pole_observations(
+    xy_level, _, _ = pole_observations(
         np.array([[uv[0, 0], uv[0, 1], 0.0]]), FrameGeometry(camera, level, 12.0, 30.0), PoleConfig()
     )
     assert np.linalg.norm(xy_level[0] - base[:2]) > 1.0
     # The weakest direction's sigma is what one pixel of the base row moves the point, measured here
-    # by finite differences (times the config's pixel noise, with its 5 cm floor).
+    # by finite differences (times the config's base-row noise, with its 5 cm floor).
     cfg = PoleConfig()
-    xy_down, _ = pole_observations(np.array([[uv[0, 0], uv[0, 1] + 0.5, 0.0]]), geom, cfg)
-    xy_up, _ = pole_observations(np.array([[uv[0, 0], uv[0, 1] - 0.5, 0.0]]), geom, cfg)
-    sigma_radial = np.hypot(np.linalg.norm(xy_up[0] - xy_down[0]) * cfg.sigma_px, cfg.sigma_floor_m)
+    xy_down, _, _ = pole_observations(np.array([[uv[0, 0], uv[0, 1] + 0.5, 0.0]]), geom, cfg)
+    xy_up, _, _ = pole_observations(np.array([[uv[0, 0], uv[0, 1] - 0.5, 0.0]]), geom, cfg)
+    sigma_radial = np.hypot(np.linalg.norm(xy_up[0] - xy_down[0]) * cfg.sigma_row_px, cfg.sigma_floor_m)
     assert 1 / np.sqrt(np.linalg.eigvalsh(info[0])[0]) == pytest.approx(sigma_radial, rel=0.1)
+
+
+@pytest.mark.parametrize("bleed_px", [0.0, 4.0, 8.0])
+def test_pole_fit_trusts_bearings_when_every_base_row_bleeds_low(bleed_px):
+    """A model's pole masks may end a few px below the true base in every frame (the blur of a 1/4-scale
+    decoder). Each such base looks nearer, hence more certain, so the information sum is pulled
+    towards the camera; the final fit weighs every view at the fitted point and trusts the bearings."""
+    camera = kitti_like_camera()
+    base = np.array([30.0, 2.5, 0.0])  # the pole's axis at the ground, 4.5 m left of the lane
+    radius_m = 0.1
+    fuser = PoleFuser(PoleConfig())
+    for i, T_wv in enumerate(trajectory(24)):
+        T_wc = T_wv @ camera.T_vehicle_from_cam
+        geom = FrameGeometry(camera, T_wc, 0.0, 30.0)
+        # The base row is the pole's front edge on the ground, towards the camera.
+        to_cam = geom.center[:2] - base[:2]
+        front = np.r_[base[:2] + radius_m * to_cam / np.linalg.norm(to_cam), 0.0]
+        uv, ok = camera.project((np.linalg.inv(T_wc) @ np.r_[front, 1.0])[:3])
+        if not ok[0] or not 0 <= uv[0, 0] < camera.size[0]:
+            continue
+        width_px = 2 * radius_m * camera.focal_px / np.linalg.norm(to_cam)
+        xy, info, views = pole_observations(
+            np.array([[uv[0, 0], uv[0, 1] + bleed_px, width_px]]), geom, fuser.cfg
+        )
+        fuser.add(i, None, xy, info, views, 0.0)
+    (track,) = [*fuser.active, *fuser.finished]
+    summed_err = np.linalg.norm(track.estimate - base[:2])
+    (f,) = fuser.finish()
+    fitted_err = np.linalg.norm([f.geometry.x - base[0], f.geometry.y - base[1]])
+    assert fitted_err < 0.03
+    if bleed_px > 0:  # 4 px at 1242 px wide: 2 px of a half-resolution model's masks
+        assert summed_err > 0.15
 
 
 def test_pole_seen_in_one_frame_is_rejected():
@@ -143,12 +177,13 @@ def test_sign_instances_split_overlapping_plates_and_join_cut_ones():
 def test_scene_poles_signs_medians_land_on_the_truth():
     camera = kitti_like_camera()
     scene = default_scene()
-    # The first pole (x = 8 m) is seen in the drive's first 2 frames only: below the default min_obs (5).
+    # The first pole (x = 8 m) is seen in the drive's first 2 frames only, and cut by the image's side
+    # in one of them (its axis unseen): one view is not a pole. min_obs 2 shows it is left out for that.
     layers = _run(camera, trajectory(100), scene, VectorizeConfig(pole=PoleConfig(min_obs=2)))
     poles = _xy(layers["poles"])
-    d = np.linalg.norm(poles[:, None] - scene.poles[None, :, :2], axis=2)
-    assert len(poles) == len(scene.poles)
-    assert d.min(axis=1).max() < 0.1 and len(set(d.argmin(axis=1))) == len(scene.poles)
+    d = np.linalg.norm(poles[:, None] - scene.poles[None, 1:, :2], axis=2)
+    assert len(poles) == len(scene.poles) - 1
+    assert d.min(axis=1).max() < 0.1 and len(set(d.argmin(axis=1))) == len(poles)
 
     signs = layers["signs"]
     assert len(signs) == len(scene.signs)

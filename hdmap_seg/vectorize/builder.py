@@ -88,8 +88,8 @@ class MapBuilder:
             inst = pole_instances(
                 (bits & 1) > 0, cfg.pole, blocked=sign_px, min_base_row=geom.top_ground_row_px()
             )
-            xy, info = pole_observations(inst, geom, cfg.pole)
-            self.poles.add(frame_index, timestamp, xy, info, geom.ground_z_m)
+            xy, info, views = pole_observations(inst, geom, cfg.pole)
+            self.poles.add(frame_index, timestamp, xy, info, views, geom.ground_z_m)
         if self.signs is not None:
             self.signs.add(frame_index, timestamp, sign_instances(sign_px, cfg.sign), geom)
         median = None

@@ -31,10 +31,15 @@ class PoleConfig:
     min_width_px: int = 2  # ... and this wide (the 0.1 m pole at 30 m is 2.4 px)
     split_fraction: float = 0.3  # columns with fewer pixels than this x the tallest column split instances
     split_base_jump_px: int = 4  # adjacent columns whose bottoms differ by more belong to different poles
-    sigma_px: float = 3.0  # pixel noise of the base point: a model's masks (decoder at 1/4 scale) put it px off
+    sigma_row_px: float = 3.0  # noise of the base row: a model's masks (decoder at 1/4 scale) put it px off
+    sigma_col_px: float = 1.0  # noise of the axis column, averaged over the base rows' pixels
+    # A pole's base rows may err alike in every frame (the same blur of the same mask): the final
+    # fit solves for that common offset (this is its prior sigma), where the bearings can tell it.
+    base_bias_px: float = 4.0
     sigma_floor_m: float = 0.05  # pose noise floor of one observation
     gate_m: float = 0.5  # model error added to the association gate
     min_obs: int = 5  # a pole seen in fewer frames is rejected (at 10 Hz one in range is seen in 20+)
+    max_obs_kept: int = 32  # nearest views kept per pole for the final fit (bounded state)
     retire_after_frames: int = 20  # a track unseen for this many frames is finished (bounded state)
     merge_radius_m: float = 0.5  # finished poles closer than this are one (drives that loop back)
 

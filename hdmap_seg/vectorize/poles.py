@@ -25,6 +25,9 @@ from hdmap_seg.vectorize.tracks import Track, TrackSet, assign, sighting_propert
 
 # 99% of a chi-square with 2 degrees of freedom: the squared Mahalanobis gate of association.
 _CHI2_2D_99 = 9.21
+# Residuals beyond this many sigmas get Huber's linear weight in the final fit.
+_HUBER_K = 2.0
+_REFINE_ITERATIONS = 10
 # Rows below a pole's base that must not be sign pixels (else the pole continues behind the sign).
 _BELOW_CHECK_PX = 3
 # The base's column is measured over the lowest rows of an instance: this fraction of its height, at least this many.
@@ -40,9 +43,10 @@ def pole_instances(
     ``pole_mask`` is a ``(H, W)`` uint8/bool mask of pole pixels. ``v_base_px`` is the lower edge of
     the lowest pole pixel (pixel centres on integers). Instances whose base touches the bottom of
     the image, or rests on a ``blocked`` pixel (a sign in front of the pole), are not grounded and
-    left out, as are components ending above ``min_base_row`` (their base would be out of range).
+    left out, as are components ending above ``min_base_row`` (their base would be out of range)
+    and instances cut by the image's left or right side (their axis is not seen).
     """
-    height = pole_mask.shape[0]
+    height, width = pole_mask.shape
     out = []
     for x, y, sub in components(pole_mask, cfg.min_pixels, min_base_row):
         h = sub.shape[0]
@@ -61,6 +65,8 @@ def pole_instances(
                 continue
             v_bottom = int(bottom[cols].max())
             if v_bottom - int(top[cols].min()) + 1 < cfg.min_height_px or y + v_bottom >= height - 1:
+                continue
+            if x + cols[0] == 0 or x + cols[-1] == width - 1:  # cut by the image's side: its axis is not seen
                 continue
             if blocked is not None:
                 below = blocked[
@@ -87,10 +93,14 @@ def pole_instances(
 
 def pole_observations(
     instances: np.ndarray, geom: FrameGeometry, cfg: PoleConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """Instances -> ground positions ``(K, 2)`` and information matrices ``(K, 2, 2)`` within range."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Instances -> ground positions ``(K, 2)``, information matrices ``(K, 2, 2)`` and views ``(K, 7)``.
+
+    A view is what the final fit (:func:`refine_pole`) needs of an observation:
+    ``[cx_m, cy_m, height_above_ground_m, azimuth_rad, front_range_m, radius_m, focal_px]``.
+    """
     if len(instances) == 0:
-        return np.zeros((0, 2)), np.zeros((0, 2, 2))
+        return np.zeros((0, 2)), np.zeros((0, 2, 2)), np.zeros((0, 7))
     dirs = geom.rays_world(instances[:, :2])
     C = geom.center
     hc = geom.height_above_ground_m
@@ -105,13 +115,71 @@ def pole_observations(
     u_hat = offset / r[:, None]
     radius = 0.5 * width * r / f
     xy = front + radius[:, None] * u_hat
-    sig_r = np.hypot((r**2 + hc**2) / (hc * f) * cfg.sigma_px, cfg.sigma_floor_m)
-    sig_l = np.hypot(r / f * cfg.sigma_px, cfg.sigma_floor_m)
+    sig_r = np.hypot((r**2 + hc**2) / (hc * f) * cfg.sigma_row_px, cfg.sigma_floor_m)
+    sig_l = np.hypot(r / f * cfg.sigma_col_px, cfg.sigma_floor_m)
     n_hat = np.stack([-u_hat[:, 1], u_hat[:, 0]], axis=1)
     info = (u_hat[:, :, None] * u_hat[:, None, :]) / sig_r[:, None, None] ** 2 + (
         n_hat[:, :, None] * n_hat[:, None, :]
     ) / sig_l[:, None, None] ** 2
-    return xy, info
+    n = len(r)
+    views = np.c_[
+        np.full(n, C[0]),
+        np.full(n, C[1]),
+        np.full(n, hc),
+        np.arctan2(u_hat[:, 1], u_hat[:, 0]),
+        r,
+        radius,
+        np.full(n, f),
+    ]
+    return xy, info, views
+
+
+def refine_pole(xy0: np.ndarray, views: np.ndarray, cfg: PoleConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum-likelihood ground point of a pole from its views: position ``(2,)`` and covariance ``(2, 2)``.
+
+    Minimises the views' pixel residuals, of the bearing (column) and of the base's depression
+    angle (row), each over its own noise, with Huber weights for rows far off. A model's masks may
+    end a few px low in every frame alike (the blur of its decoder), so the rows share an unknown
+    offset ``b`` (px, prior ``base_bias_px``) fitted with the point: where the bearings of many
+    views fix the point they fix ``b`` too; where they cannot (a short baseline), the rows place it.
+
+    The tracks' information sums weigh each view by the range it measured: a base that bled low
+    looks near, hence certain, and pulls the sum towards the camera. Here every view is weighed at
+    the fitted point.
+    """
+    C, hc, az_obs, r_front, radius, f = (
+        views[:, :2],
+        views[:, 2],
+        views[:, 3],
+        views[:, 4],
+        views[:, 5],
+        views[:, 6],
+    )
+    dep_obs = np.arctan2(hc, r_front)
+    sig_col, sig_row = cfg.sigma_col_px, cfg.sigma_row_px
+    theta = np.r_[np.asarray(xy0, dtype=float), 0.0]  # x_m, y_m, b_px
+    for _ in range(_REFINE_ITERATIONS):
+        d = theta[:2] - C
+        rho = np.maximum(np.linalg.norm(d, axis=1), radius + 1e-3)
+        front = rho - radius
+        az_err = (np.arctan2(d[:, 1], d[:, 0]) - az_obs + np.pi) % (2 * np.pi) - np.pi
+        res = np.stack(
+            [f * az_err / sig_col, (f * (np.arctan2(hc, front) - dep_obs) + theta[2]) / sig_row], axis=1
+        )
+        J = np.zeros((len(views), 2, 3))
+        J[:, 0, :2] = (f / sig_col)[:, None] * np.stack([-d[:, 1], d[:, 0]], axis=1) / rho[:, None] ** 2
+        J[:, 1, :2] = (-f * hc / (front**2 + hc**2) / sig_row)[:, None] * d / rho[:, None]
+        J[:, 1, 2] = 1.0 / sig_row
+        w = np.minimum(1.0, _HUBER_K / np.maximum(np.abs(res), 1e-12))
+        prior = np.diag([0.0, 0.0, 1.0 / cfg.base_bias_px**2])
+        A = np.einsum("nk,nki,nkj->ij", w, J, J) + prior
+        g = np.einsum("nk,nki,nk->i", w, J, res) + prior @ theta
+        step = np.linalg.solve(A, -g)
+        theta = theta + step
+        if np.linalg.norm(step[:2]) < 1e-4:
+            break
+    # The point's covariance, the row offset marginalised out.
+    return theta[:2], np.linalg.inv(A)[:2, :2]
 
 
 class PoleFuser(TrackSet):
@@ -121,7 +189,9 @@ class PoleFuser(TrackSet):
         super().__init__(cfg.min_obs, cfg.retire_after_frames, cfg.merge_radius_m)
         self.cfg = cfg
 
-    def add(self, frame: int, time, xy: np.ndarray, info: np.ndarray, ground_z_m: float) -> None:
+    def add(
+        self, frame: int, time, xy: np.ndarray, info: np.ndarray, views: np.ndarray, ground_z_m: float
+    ) -> None:
         self.retire(frame)
         tracks = self.active
         pairs: list[tuple[int, int]] = []
@@ -136,17 +206,26 @@ class PoleFuser(TrackSet):
         matched = set()
         for o, t in pairs:
             tracks[t].add(info[o], xy[o], frame, time, ground_z_m)
+            _keep_nearest(tracks[t].kept, views[o], self.cfg.max_obs_kept)
             matched.add(o)
         for o in range(len(xy)):
             if o not in matched:
-                self.active.append(
-                    Track(info[o].copy(), info[o] @ xy[o], frame, frame, time, time, 1, ground_z_m)
-                )
+                self.active.append(Track.start(info[o], xy[o], frame, time, ground_z_m, [views[o]]))
 
     def finish(self) -> list[Feature]:
         features = []
         for i, t in enumerate(self.close()):
-            x, y = t.estimate
-            props = {"id": i, "type": "pole", **sighting_properties(t, t.covariance)}
+            (x, y), cov = refine_pole(t.estimate, np.array(t.kept), self.cfg)
+            props = {"id": i, "type": "pole", **sighting_properties(t, cov)}
             features.append(Feature(Point(x, y, t.ground_z_m), props))
         return features
+
+
+def _keep_nearest(kept: list, view: np.ndarray, limit: int) -> None:
+    """Keep at most ``limit`` views, the nearest (their base rows resolve the range best)."""
+    if len(kept) < limit:
+        kept.append(view)
+        return
+    farthest = max(range(len(kept)), key=lambda i: kept[i][4])
+    if view[4] < kept[farthest][4]:
+        kept[farthest] = view
