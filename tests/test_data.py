@@ -59,6 +59,21 @@ def test_batches_have_crop_size_and_valid_labels(toy_dataset):
     assert val["image"].shape[-2:] == (40, 56)
 
 
+def test_augmentation_follows_the_seed(toy_dataset):
+    """train.yaml's seed makes a run repeatable: albumentations' own generator follows torch's seed."""
+
+    def first_batch(seed: int, num_workers: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        dm = make_dm(toy_dataset)
+        dm.num_workers = num_workers
+        dm.setup("fit")
+        return next(iter(dm.train_dataloader()))["image"]
+
+    assert torch.equal(first_batch(0, 0), first_batch(0, 0))
+    assert not torch.equal(first_batch(0, 0), first_batch(1, 0))
+    assert torch.equal(first_batch(0, 2), first_batch(0, 2))
+
+
 def test_val_image_is_the_frame_normalised_with_imagenet_statistics(toy_dataset):
     dm = make_dm(toy_dataset)
     dm.setup("validate")

@@ -166,11 +166,18 @@ class SegmentationDataset(Dataset):
         self.samples = samples
         self.transform = transform
         self.lut = lut
+        self._seeded_with: int | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict:
+        # albumentations (>= 2) draws from its own generator, which seed_everything does not reach: seed
+        # it from torch's seed of this process, which Lightning derives per DataLoader worker and rank.
+        seed = torch.initial_seed()
+        if seed != self._seeded_with and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(seed % 2**32)
+            self._seeded_with = seed
         s = self.samples[index]
         out = self.transform(image=read_image(s.image_path), mask=self.lut[read_mask(s.mask_path)])
         return {
