@@ -141,6 +141,26 @@ def test_load_segmenter_rebuilds_the_trained_network(toy_dataset, tmp_path):
     assert logits.shape == (1, 6, 37, 45)
 
 
+@pytest.mark.slow
+def test_weight_averaging_is_what_checkpoints_and_inference_get(toy_dataset, tmp_path):
+    """experiment=demo's EMA callback: the checkpoint's weights are the average, and so are the loaded ones."""
+    cfg = compose_tiny(
+        toy_dataset,
+        tmp_path,
+        "trainer.max_steps=3",
+        "callbacks.progress_bar=null",
+        "+callbacks.ema._target_=lightning.pytorch.callbacks.EMAWeightAveraging",
+        "+callbacks.ema.decay=0.5",
+    )
+    train(cfg)
+    ckpt = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True, map_location="cpu")
+    averaged, current = ckpt["state_dict"], ckpt["current_model_state"]
+    name = "model.decode_head.classifier.weight"
+    assert not torch.equal(averaged[name], current[name])
+    model, _ = load_segmenter(tmp_path / "run/checkpoints/last.ckpt")
+    assert torch.equal(model.state_dict()[name.removeprefix("model.")], averaged[name])
+
+
 def test_load_segmenter_rejects_what_is_no_training_checkpoint(tmp_path):
     bogus = tmp_path / "weights.ckpt"
     bogus.write_text("not a checkpoint")
