@@ -137,6 +137,24 @@ def test_ddp_on_two_cpu_processes_writes_every_frame_once_and_the_same_layers(
         assert one == (ddp / drive_log.name / "map" / f"{layer}.geojson").read_bytes(), layer
 
 
+@pytest.mark.slow
+def test_mixed_precision_predicts_the_same_labels(checkpoint, drive_log, tmp_path):
+    """``trainer.precision=bf16-mixed`` (GPU: 16-mixed too) runs the forward under autocast; on this
+    CPU it is bf16 autocast, which rounds logits to 8 bits of mantissa: labels change only at near-ties."""
+    full, mixed = tmp_path / "full", tmp_path / "mixed"
+    proc = run_infer(*common(checkpoint, drive_log, full), "trainer.devices=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_infer(
+        *common(checkpoint, drive_log, mixed), "trainer.devices=1", "trainer.precision=bf16-mixed"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = read_masks(full / drive_log.name / "masks"), read_masks(mixed / drive_log.name / "masks")
+    assert sorted(a) == sorted(b)
+    agree = np.mean([np.mean(a[k] == b[k]) for k in a])
+    # Most labels agree, and not every frame is identical: the forward did run in bf16.
+    assert agree > 0.95 and not all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_bad_checkpoint_exits_2_naming_the_file(drive_log, tmp_path):
     bogus = tmp_path / "nope.ckpt"
     bogus.write_text("not a checkpoint")
