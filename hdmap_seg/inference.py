@@ -230,9 +230,13 @@ def run_inference(cfg: DictConfig) -> dict:
     """
     out_root = Path(cfg.out_dir)
     model, classes = load_segmenter(cfg.ckpt_path)
-    vectorize_config = VectorizeConfig.from_dict(
-        OmegaConf.to_container(cfg.vectorize, resolve=True), source="vectorize"
-    )
+    vectorize_keys = OmegaConf.to_container(cfg.vectorize, resolve=True)
+    if vectorize_keys.pop("classes", None) is not None:
+        raise HdmapError(
+            "vectorize.classes: inference takes the layers' class ids from the checkpoint's class names; "
+            "for a model of a data set's own classes set class_map_path (its class map) instead"
+        )
+    vectorize_config = VectorizeConfig.from_dict(vectorize_keys, source="vectorize")
     # The checkpoint's class names say which mask ids feed which layer (through the class map when
     # the model was trained on a data set's own classes).
     class_map = load_class_map(cfg.class_map_path, source=classes.names) if cfg.class_map_path else None

@@ -163,6 +163,14 @@ def test_bad_checkpoint_exits_2_naming_the_file(drive_log, tmp_path):
     assert "nope.ckpt: not a loadable checkpoint" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_layer_classes_come_from_the_checkpoint_not_an_override(checkpoint, drive_log, tmp_path):
+    out = tmp_path / "out"
+    proc = run_infer(*common(checkpoint, drive_log, out), "vectorize.classes={pole: [1]}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "vectorize.classes: inference takes the layers' class ids from the checkpoint" in proc.stderr
+    assert not (out / drive_log.name).exists(), "nothing was predicted"
+
+
 @pytest.mark.slow
 def test_a_model_of_native_camvid_classes_maps_through_its_class_map(drive_log, tmp_path):
     """The layers' mask ids come from the checkpoint's class names; CamVid's need the class map training reads."""
