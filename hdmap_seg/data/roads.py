@@ -175,7 +175,7 @@ class SegmentationDataset(Dataset):
         # albumentations (>= 2) draws from its own generator, which seed_everything does not reach: seed
         # it from torch's seed of this process, which Lightning derives per DataLoader worker and rank.
         seed = torch.initial_seed()
-        if seed != self._seeded_with and hasattr(self.transform, "set_random_seed"):
+        if seed != self._seeded_with:
             self.transform.set_random_seed(seed % 2**32)
             self._seeded_with = seed
         s = self.samples[index]

@@ -21,7 +21,7 @@ from hdmap_seg.vectorize.components import components
 from hdmap_seg.vectorize.config import PoleConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layers import Feature
-from hdmap_seg.vectorize.tracks import Track, TrackSet, assign, sighting_properties
+from hdmap_seg.vectorize.tracks import Track, TrackSet, assign, keep_best, sighting_properties
 
 # 99% of a chi-square with 2 degrees of freedom: the squared Mahalanobis gate of association.
 _CHI2_2D_99 = 9.21
@@ -147,16 +147,11 @@ def refine_pole(xy0: np.ndarray, views: np.ndarray, cfg: PoleConfig) -> tuple[np
     looks near, hence certain, and pulls the sum towards the camera. Here every view is weighed at
     the fitted point.
     """
-    C, hc, az_obs, r_front, radius, f = (
-        views[:, :2],
-        views[:, 2],
-        views[:, 3],
-        views[:, 4],
-        views[:, 5],
-        views[:, 6],
-    )
+    C = views[:, :2]
+    hc, az_obs, r_front, radius, f = views[:, 2:].T
     dep_obs = np.arctan2(hc, r_front)
     sig_col, sig_row = cfg.sigma_col_px, cfg.sigma_row_px
+    prior = np.diag([0.0, 0.0, 1.0 / cfg.base_bias_px**2])
     theta = np.r_[np.asarray(xy0, dtype=float), 0.0]  # x_m, y_m, b_px
     for _ in range(_REFINE_ITERATIONS):
         d = theta[:2] - C
@@ -171,7 +166,6 @@ def refine_pole(xy0: np.ndarray, views: np.ndarray, cfg: PoleConfig) -> tuple[np
         J[:, 1, :2] = (-f * hc / (front**2 + hc**2) / sig_row)[:, None] * d / rho[:, None]
         J[:, 1, 2] = 1.0 / sig_row
         w = np.minimum(1.0, _HUBER_K / np.maximum(np.abs(res), 1e-12))
-        prior = np.diag([0.0, 0.0, 1.0 / cfg.base_bias_px**2])
         A = np.einsum("nk,nki,nkj->ij", w, J, J) + prior
         g = np.einsum("nk,nki,nk->i", w, J, res) + prior @ theta
         step = np.linalg.solve(A, -g)
@@ -206,7 +200,8 @@ class PoleFuser(TrackSet):
         matched = set()
         for o, t in pairs:
             tracks[t].add(info[o], xy[o], frame, time, ground_z_m)
-            _keep_nearest(tracks[t].kept, views[o], self.cfg.max_obs_kept)
+            # The nearest views: their base rows resolve the range best.
+            keep_best(tracks[t].kept, views[o], self.cfg.max_obs_kept, score=lambda v: -v[4])
             matched.add(o)
         for o in range(len(xy)):
             if o not in matched:
@@ -219,13 +214,3 @@ class PoleFuser(TrackSet):
             props = {"id": i, "type": "pole", **sighting_properties(t, cov)}
             features.append(Feature(Point(x, y, t.ground_z_m), props))
         return features
-
-
-def _keep_nearest(kept: list, view: np.ndarray, limit: int) -> None:
-    """Keep at most ``limit`` views, the nearest (their base rows resolve the range best)."""
-    if len(kept) < limit:
-        kept.append(view)
-        return
-    farthest = max(range(len(kept)), key=lambda i: kept[i][4])
-    if view[4] < kept[farthest][4]:
-        kept[farthest] = view

@@ -26,7 +26,7 @@ from hdmap_seg.vectorize.components import components
 from hdmap_seg.vectorize.config import SignConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layers import Feature
-from hdmap_seg.vectorize.tracks import Track, TrackSet, assign, sighting_properties
+from hdmap_seg.vectorize.tracks import Track, TrackSet, assign, keep_best, sighting_properties
 
 # A detection's size-based depth and a track's depth differ by at most this factor.
 _DEPTH_RATIO_GATE = 2.5
@@ -179,7 +179,8 @@ class SignTracker(TrackSet):
             else:
                 track = self.active[t]
                 track.add(info, x, frame, time, geom.ground_z_m)
-                _keep_largest(track.kept, record, self.cfg.max_obs_kept)
+                # The largest (nearest) views.
+                keep_best(track.kept, record, self.cfg.max_obs_kept, score=lambda r: max(r[2], r[3]))
             track.last = (C.copy(), max(w_rad, h_rad))
 
     def _association_cost(
@@ -307,16 +308,6 @@ def _angular_size(cam, inst: np.ndarray) -> tuple[float, float]:
     return float(np.arccos(np.clip(rays[0] @ rays[1], -1, 1))), float(
         np.arccos(np.clip(rays[2] @ rays[3], -1, 1))
     )
-
-
-def _keep_largest(kept: list, record: tuple, limit: int) -> None:
-    """Keep at most ``limit`` views, preferring the largest (nearest) ones."""
-    if len(kept) < limit:
-        kept.append(record)
-        return
-    smallest = min(range(len(kept)), key=lambda i: max(kept[i][2], kept[i][3]))
-    if max(record[2], record[3]) > max(kept[smallest][2], kept[smallest][3]):
-        kept[smallest] = record
 
 
 def _well_triangulated(p: np.ndarray, kept: np.ndarray, min_parallax_deg: float) -> bool:

@@ -9,7 +9,9 @@ finished state by the map.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -82,6 +84,16 @@ class Track:
         if other.last_frame > self.last_frame:
             self.last_frame, self.last_time = other.last_frame, other.last_time
         self.kept.extend(other.kept)
+
+
+def keep_best(kept: list, record: Any, limit: int, score: Callable[[Any], float]) -> None:
+    """Keep at most ``limit`` per-observation records in ``kept``, those of the highest ``score``."""
+    if len(kept) < limit:
+        kept.append(record)
+        return
+    worst = min(range(len(kept)), key=lambda i: score(kept[i]))
+    if score(record) > score(kept[worst]):
+        kept[worst] = record
 
 
 def assign(cost: np.ndarray, gate: float | np.ndarray) -> list[tuple[int, int]]:
