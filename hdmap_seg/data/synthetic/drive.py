@@ -1,9 +1,15 @@
 """The ego car: a drive along a lane of the world, its 6-DoF poses, and its OXTS packets.
 
-The OXTS unit rides ``imu_height_m`` above the ground (KITTI: 0.93 m), so the ground is flat
-and level exactly ``imu_height_m`` below the vehicle's reference point, as the geo stage assumes
-(docs/conventions.md). Pitch and roll are small oscillations (a few tenths of a degree), as a
-real car's suspension gives; lateral position and heading wander a little within the lane.
+The car's wheels stand on the world's terrain: its contact point is the ground at the road
+coordinates it drives, its pitch follows the grade along its heading (OXTS: pitch positive =
+front down, so climbing pitches negative), its roll the cross slope (positive = left side up).
+The OXTS unit rides ``imu_height_m`` (KITTI: 0.93 m) above the contact point along the
+vehicle's up axis (the surface normal there), so on flat ground it is exactly ``imu_height_m``
+above the level ground, as the geo stage assumes (docs/conventions.md); on a slope of grade
+``g`` its world height above the contact point is ``imu_height_m * cos(atan g)`` (3 mm less at 8 %).
+On top, pitch and roll carry small oscillations (a few tenths of a degree), as a real car's
+suspension gives (turning the body about the OXTS unit); lateral position and heading wander a
+little within the lane.
 """
 
 from __future__ import annotations
@@ -13,7 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from hdmap_seg.data.synthetic.world import World
-from hdmap_seg.geo.frames import LocalFrame, make_transform, oxts_pose_from_T, rotation_from_rpy
+from hdmap_seg.geo.frames import (
+    LocalFrame,
+    make_transform,
+    oxts_pose_from_T,
+    rotation_from_rpy,
+    rpy_from_rotation,
+)
 from hdmap_seg.geo.kitti import OxtsPacket
 
 GRAVITY_MPS2 = 9.81
@@ -55,7 +67,8 @@ def pose_on_road(
     """Poses of the car at road coordinates ``(s_m, d_m)`` and times ``t_s`` (arrays of one length).
 
     Returns ``(T_world_from_imu (n, 4, 4), (n, 3) roll, pitch, yaw in rad)``. The lateral wobble
-    turns the heading by its slope, so the car points where it goes.
+    turns the heading by its slope, so the car points where it goes. On a terrain the car's
+    attitude is that of the surface under its contact point, plus the wobble.
     """
     s = np.atleast_1d(np.asarray(s_m, float))
     t = np.atleast_1d(np.asarray(t_s, float))
@@ -72,13 +85,40 @@ def pose_on_road(
         2 * np.pi * 1.9 * t + p[2]
     )
     roll = wobble.roll_rad * np.sin(2 * np.pi * 0.45 * t + p[3])
-    T = np.stack(
-        [
-            make_transform(rotation_from_rpy(r, pi, ya), [xi, yi, imu_height_m])
-            for r, pi, ya, xi, yi in zip(roll, pitch, yaw, x, y, strict=True)
-        ]
-    )
-    return T, np.column_stack([roll, pitch, yaw])
+    if world.terrain.is_flat:
+        T = np.stack(
+            [
+                make_transform(rotation_from_rpy(r, pi, ya), [xi, yi, imu_height_m])
+                for r, pi, ya, xi, yi in zip(roll, pitch, yaw, x, y, strict=True)
+            ]
+        )
+        return T, np.column_stack([roll, pitch, yaw])
+    roll_g, pitch_g = surface_roll_pitch(world, s, d, yaw)
+    z = world.terrain.height_m(s, d)
+    T = np.empty((len(s), 4, 4))
+    for k in range(len(s)):
+        # The wheels sit on the surface: the unit is imu_height_m along the surface normal
+        # (the up axis of the car at rest); the suspension's wobble turns the body about it.
+        up = rotation_from_rpy(roll_g[k], pitch_g[k], yaw[k])[:, 2]
+        contact = np.array([x[k], y[k], z[k]])
+        T[k] = make_transform(
+            rotation_from_rpy(roll_g[k] + roll[k], pitch_g[k] + pitch[k], yaw[k]), contact + imu_height_m * up
+        )
+    return T, np.column_stack([roll_g + roll, pitch_g + pitch, yaw])
+
+
+def surface_roll_pitch(world: World, s_m, d_m, yaw_rad) -> tuple[np.ndarray, np.ndarray]:
+    """``(roll_rad, pitch_rad)`` (OXTS signs) of a car at rest on the ground at ``(s_m, d_m)``
+    heading ``yaw_rad``, arrays of one shape: its x and y axes lie in the surface's tangent plane.
+
+    With the ground's slopes ``a`` along the heading and ``b`` to its left:
+    ``pitch = -atan(a)`` (front down positive), ``roll = atan(b / sqrt(1 + a^2))`` (left up positive).
+    """
+    gx, gy = world.ground_slope_xy(s_m, d_m)
+    c, sn = np.cos(yaw_rad), np.sin(yaw_rad)
+    along = gx * c + gy * sn
+    left = -gx * sn + gy * c
+    return np.arctan(left / np.sqrt(1.0 + along**2)), -np.arctan(along)
 
 
 def make_drive(
@@ -103,7 +143,35 @@ def make_drive(
     return Drive(t, T, s)
 
 
-def oxts_packets(frame: LocalFrame, drive: Drive) -> list[OxtsPacket]:
+@dataclass(frozen=True)
+class PoseNoise:
+    """White noise on the pose an OXTS unit reports, per frame (standard deviations).
+
+    ``pos_m`` on east, north and up; ``yaw_rad`` on yaw, a tenth of it on roll and pitch (an
+    INS knows its attitude better than its heading); ``vel_mps`` on the velocities, which an
+    INS measures much better than its position.
+    """
+
+    pos_m: float
+    yaw_rad: float
+    vel_mps: float = 0.02
+
+    def apply(self, T_world_from_imu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The reported poses ``(n, 4, 4)``: each true pose with its position and angles perturbed."""
+        n = len(T_world_from_imu)
+        d_pos = rng.normal(0.0, self.pos_m, (n, 3))
+        d_rpy = rng.normal(0.0, 1.0, (n, 3)) * [0.1 * self.yaw_rad, 0.1 * self.yaw_rad, self.yaw_rad]
+        out = np.empty_like(T_world_from_imu)
+        for k, T in enumerate(T_world_from_imu):
+            roll, pitch, yaw = rpy_from_rotation(T[:3, :3])
+            R = rotation_from_rpy(roll + d_rpy[k, 0], pitch + d_rpy[k, 1], yaw + d_rpy[k, 2])
+            out[k] = make_transform(R, T[:3, 3] + d_pos[k])
+        return out
+
+
+def oxts_packets(
+    frame: LocalFrame, drive: Drive, noise: PoseNoise | None = None, rng: np.random.Generator | None = None
+) -> list[OxtsPacket]:
     """All 30 OXTS fields of every pose, with KITTI's meanings (``oxts/dataformat.txt``).
 
     Velocities, accelerations and angular rates are the poses' time derivatives (central
@@ -111,12 +179,23 @@ def oxts_packets(frame: LocalFrame, drive: Drive) -> list[OxtsPacket]:
     ``wf/wl/wu`` in the level frame turned by yaw, ``ax/ay/az`` and ``wx/wy/wz`` in the vehicle
     frame; the accelerometer channels include gravity (``az`` reads about +9.81 at rest), as
     on KITTI.
+
+    With ``noise`` (drawn from ``rng``), the packets report what a real unit would: the noisy
+    pose (lat, lon, alt, roll, pitch, yaw) and ``pos_accuracy = noise.pos_m``; velocities are
+    the true motion's plus ``noise.vel_mps``; accelerations and rates stay true.
     """
     t = drive.t_s
     T = drive.T_world_from_imu
     pos = T[:, :3, 3]
     vel = np.gradient(pos, t, axis=0) if len(t) > 1 else np.zeros_like(pos)
     acc = np.gradient(vel, t, axis=0) if len(t) > 1 else np.zeros_like(pos)
+    T_reported, pos_accuracy = T, 0.02
+    vel_reported = vel
+    if noise is not None:
+        if rng is None:
+            raise ValueError("pose noise needs its random stream")
+        T_reported, pos_accuracy = noise.apply(T, rng), noise.pos_m
+        vel_reported = vel + rng.normal(0.0, noise.vel_mps, vel.shape)
     acc_specific = acc + [0.0, 0.0, GRAVITY_MPS2]
     R = T[:, :3, :3]
     # Angular velocity in the world frame from dR/dt R^T (skew-symmetric).
@@ -125,10 +204,10 @@ def oxts_packets(frame: LocalFrame, drive: Drive) -> list[OxtsPacket]:
     omega_w = np.column_stack([Omega[:, 2, 1], Omega[:, 0, 2], Omega[:, 1, 0]])
     packets = []
     for i in range(len(t)):
-        pose = oxts_pose_from_T(frame, T[i])
+        pose = oxts_pose_from_T(frame, T_reported[i])
         yaw_grid = np.arctan2(R[i, 1, 0], R[i, 0, 0])
         R_level = rotation_from_rpy(0.0, 0.0, yaw_grid)  # level frame: x forward, y left, z up
-        v_level = R_level.T @ vel[i]
+        v_level = R_level.T @ vel_reported[i]
         a_level = R_level.T @ acc_specific[i]
         a_body = R[i].T @ acc_specific[i]
         w_body = R[i].T @ omega_w[i]
@@ -141,11 +220,11 @@ def oxts_packets(frame: LocalFrame, drive: Drive) -> list[OxtsPacket]:
                 roll=pose["roll"],
                 pitch=pose["pitch"],
                 yaw=pose["yaw"],
-                vn=float(vel[i, 1]),
-                ve=float(vel[i, 0]),
+                vn=float(vel_reported[i, 1]),
+                ve=float(vel_reported[i, 0]),
                 vf=float(v_level[0]),
                 vl=float(v_level[1]),
-                vu=float(vel[i, 2]),
+                vu=float(vel_reported[i, 2]),
                 ax=float(a_body[0]),
                 ay=float(a_body[1]),
                 az=float(a_body[2]),
@@ -158,7 +237,7 @@ def oxts_packets(frame: LocalFrame, drive: Drive) -> list[OxtsPacket]:
                 wf=float(w_level[0]),
                 wl=float(w_level[1]),
                 wu=float(w_level[2]),
-                pos_accuracy=0.02,
+                pos_accuracy=pos_accuracy,
                 vel_accuracy=0.01,
                 navstat=4,
                 numsats=11,

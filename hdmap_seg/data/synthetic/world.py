@@ -1,7 +1,8 @@
 """The synthetic road world: a road of straight and circular pieces, and what stands beside it.
 
-Everything lives in the ``world`` frame (docs/conventions.md: x east, y north, z up, metres);
-the ground is the plane ``z = 0``. The road is described in its own curvilinear frame:
+Everything lives in the ``world`` frame (docs/conventions.md: x east, y north, z up, metres).
+The ground's height is a :class:`Terrain` over road coordinates (grades, crests and sags, a
+crowned cross-fall, banked curves), or the plane ``z = 0`` (``flat``). The road is described in its own curvilinear frame:
 ``s_m`` is the arc length along the centre line (the middle of the median), ``d_m`` the signed
 lateral offset, positive to the left of the direction of increasing ``s``. Traffic keeps right,
 so the lanes at ``d < 0`` drive towards increasing ``s`` (the ego car drives there), those at
@@ -17,6 +18,7 @@ Cross-section, from the centre line outwards on each side::
 
 A :class:`World` is pure data (arrays and small dataclasses) made by :func:`make_world` from a
 seed; the same seed gives the same world. Its ``poles`` and ``signs`` are the ground truth.
+Everything stands on the ground: objects carry the ground's height under them.
 """
 
 from __future__ import annotations
@@ -202,6 +204,224 @@ class CrossSection:
         return lines
 
 
+# ---------------------------------------------------------------------------------- the terrain
+
+#: Cross-fall of the crowned carriageways (2 %), and superelevation of curves (3-5 %, sharper
+#: curves more), with its linear run-in/run-out centred on the curve's ends.
+CROSS_FALL = 0.02
+_BANK_MIN, _BANK_MAX = 0.03, 0.05
+_BANK_RAMP_M = 30.0
+MAX_GRADE_PCT = 8.0
+TERRAIN_FORMS = "flat, hills (= hills:4), hills:P (0 < P <= 8) or grade:P (-8 <= P <= 8), P in percent"
+
+
+@dataclass(frozen=True)
+class Terrain:
+    """The ground's height in road coordinates: a vertical profile of the centre line, a crown
+    on the carriageways, and banked curves.
+
+    Vertical profile, ``(m,)`` arrays, one entry per piece starting at ``profile_s0_m`` (the first
+    at ``s = 0``, extended backwards; the first and last pieces have a constant grade):
+    ``profile_z0_m`` height and ``profile_grade0`` grade (dz/ds) at the piece's start,
+    ``profile_dgrade_1pm`` the grade's change per metre (0 on a constant grade, else the
+    piece is a parabolic vertical curve: a crest when negative, a sag when positive).
+
+    Cross-section: the carriageways fall by ``cross_fall`` from the median's edges
+    (``|d| = half_median_m``) to the road edge (``road_edge_m``); the median is level at the
+    crown; sidewalk and verge are level at the edge's height. On curve ``j`` (``(c,)`` arrays
+    ``bank_s0_m``, ``bank_s1_m``, ``bank_slope``) the carriageways and the median are one plane
+    of lateral slope ``bank_slope`` (dz/dd; negative on a left curve: the inside is low),
+    replacing the crown; the change is linear in ``s`` over ``bank_ramp_m`` centred on each of
+    the curve's ends, so the surface stays continuous.
+    """
+
+    spec: str
+    profile_s0_m: np.ndarray
+    profile_z0_m: np.ndarray
+    profile_grade0: np.ndarray
+    profile_dgrade_1pm: np.ndarray
+    cross_fall: float
+    half_median_m: float
+    road_edge_m: float
+    bank_s0_m: np.ndarray
+    bank_s1_m: np.ndarray
+    bank_slope: np.ndarray
+    bank_ramp_m: float = _BANK_RAMP_M
+
+    @classmethod
+    def flat(cls) -> Terrain:
+        """The plane ``z = 0``."""
+        empty = np.zeros(0)
+        return cls("flat", empty, empty, empty, empty, 0.0, 0.0, 0.0, empty, empty, empty)
+
+    @property
+    def is_flat(self) -> bool:
+        return self.profile_s0_m.size == 0 and self.cross_fall == 0.0 and self.bank_slope.size == 0
+
+    # -------------------------------------------------------------------- vertical profile
+
+    def _piece(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        i = np.clip(np.searchsorted(self.profile_s0_m, s, side="right") - 1, 0, self.profile_s0_m.size - 1)
+        return i, s - self.profile_s0_m[i].astype(s.dtype)
+
+    def profile_z_m(self, s_m) -> np.ndarray:
+        """Height of the centre line (the crown) at ``s_m``: the exact integral of the grade."""
+        s = _as_float(s_m)
+        if self.profile_s0_m.size == 0:
+            return np.zeros(s.shape, s.dtype)
+        i, u = self._piece(s)
+        z0, g0, k = (a[i].astype(s.dtype) for a in self._profile)
+        return z0 + u * (g0 + 0.5 * k * u)
+
+    def grade(self, s_m) -> np.ndarray:
+        """The centre line's grade dz/ds at ``s_m`` (0.05 = 5 % up towards increasing ``s``)."""
+        s = _as_float(s_m)
+        if self.profile_s0_m.size == 0:
+            return np.zeros(s.shape, s.dtype)
+        i, u = self._piece(s)
+        _, g0, k = (a[i].astype(s.dtype) for a in self._profile)
+        return g0 + k * u
+
+    @property
+    def _profile(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.profile_z0_m, self.profile_grade0, self.profile_dgrade_1pm
+
+    # ----------------------------------------------------------------------- cross-section
+
+    def _bank(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(weight, weight * slope, d(weight)/ds, d(weight * slope)/ds)`` of the banking at ``s``."""
+        w = np.zeros(s.shape, s.dtype)
+        ws = np.zeros(s.shape, s.dtype)
+        dw = np.zeros(s.shape, s.dtype)
+        dws = np.zeros(s.shape, s.dtype)
+        if s.size == 0:
+            return w, ws, dw, dws
+        lo, hi = float(s.min()), float(s.max())
+        half = 0.5 * self.bank_ramp_m
+        for a, b, e in zip(
+            self.bank_s0_m.tolist(), self.bank_s1_m.tolist(), self.bank_slope.tolist(), strict=True
+        ):
+            if hi < a - half or lo > b + half:
+                continue
+            up, down = (s - (a - half)) / self.bank_ramp_m, ((b + half) - s) / self.bank_ramp_m
+            wj = np.clip(np.minimum(up, down), 0.0, 1.0)
+            # The weight's slope: rising on the run-in, falling on the run-out, 0 where clipped.
+            dwj = np.where((wj > 0) & (wj < 1), np.where(up < down, 1.0, -1.0) / self.bank_ramp_m, 0.0)
+            w += wj
+            ws += e * wj
+            dw += dwj
+            dws += e * dwj
+        return w, ws, dw, dws
+
+    def height_m(self, s_m, d_m) -> np.ndarray:
+        """Ground height (world ``z``) at road coordinates ``(s_m, d_m)``, broadcast shapes.
+
+        Computed in the dtype of ``s_m`` (float32 is exact enough for the renderer).
+        """
+        s = _as_float(s_m)
+        d = np.asarray(d_m, s.dtype)
+        if self.is_flat:
+            return np.zeros(np.broadcast_shapes(s.shape, d.shape), s.dtype)
+        z = self.profile_z_m(s)
+        ad = np.abs(d)
+        span = self.road_edge_m - self.half_median_m
+        crown = -self.cross_fall * np.clip(ad - self.half_median_m, 0.0, span)
+        w, ws, _, _ = self._bank(s)
+        plane = np.clip(d, -self.road_edge_m, self.road_edge_m)
+        return (z + (1.0 - w) * crown + ws * plane).astype(s.dtype, copy=False)
+
+    def gradient(self, s_m, d_m) -> tuple[np.ndarray, np.ndarray]:
+        """``(dz/ds, dz/dd)`` at road coordinates ``(s_m, d_m)`` (partial derivatives; zero on kinks' far side)."""
+        s = _as_float(s_m)
+        d = np.asarray(d_m, s.dtype)
+        if self.is_flat:
+            zero = np.zeros(np.broadcast_shapes(s.shape, d.shape), s.dtype)
+            return zero, zero.copy()
+        ad = np.abs(d)
+        span = self.road_edge_m - self.half_median_m
+        crown = -self.cross_fall * np.clip(ad - self.half_median_m, 0.0, span)
+        on_fall = (ad > self.half_median_m) & (ad < self.road_edge_m)
+        dcrown_dd = np.where(on_fall, -self.cross_fall * np.sign(d), 0.0)
+        w, ws, dw, dws = self._bank(s)
+        plane = np.clip(d, -self.road_edge_m, self.road_edge_m)
+        dplane_dd = (ad < self.road_edge_m).astype(s.dtype)
+        dz_ds = self.grade(s) - dw * crown + dws * plane
+        dz_dd = (1.0 - w) * dcrown_dd + ws * dplane_dd
+        return dz_ds.astype(s.dtype, copy=False), dz_dd.astype(s.dtype, copy=False)
+
+
+def _as_float(a) -> np.ndarray:
+    a = np.asarray(a)
+    return a if a.dtype in (np.float32, np.float64) else a.astype(float)
+
+
+def parse_terrain(spec: str) -> tuple[str, float]:
+    """``(kind, percent)`` of a terrain spec (:data:`TERRAIN_FORMS`); HdmapError otherwise."""
+    kind, _, arg = str(spec).partition(":")
+    try:
+        if kind == "flat" and not arg:
+            return "flat", 0.0
+        if kind == "hills":
+            pct = float(arg) if arg else 4.0
+            if 0.0 < pct <= MAX_GRADE_PCT:
+                return "hills", pct
+        if kind == "grade" and arg:
+            pct = float(arg)
+            if abs(pct) <= MAX_GRADE_PCT:
+                return "grade", pct
+    except ValueError:
+        pass
+    raise HdmapError(f"bad terrain {spec!r}: use {TERRAIN_FORMS}")
+
+
+def make_terrain(spec: str, road: RoadGeometry, section: CrossSection, rng: np.random.Generator) -> Terrain:
+    """The terrain ``spec`` asks for along ``road`` (``rng`` draws the hills' grades and lengths).
+
+    ``hills:P``: grades uniform in +-P %, held for 60-200 m, joined by vertical curves of
+    40-120 m (crests where the grade falls, sags where it rises), from ``s = 0`` past the
+    road's end. ``grade:P``: one grade. Both have the crown and banked curves.
+    """
+    kind, pct = parse_terrain(spec)
+    if kind == "flat":
+        return Terrain.flat()
+    if kind == "grade":
+        pieces = [(0.0, 0.0, pct / 100.0, 0.0)]
+    else:
+        g_max = pct / 100.0
+        pieces = []  # (s0, z0, grade0, dgrade/ds)
+        s, z, g = 0.0, 0.0, float(rng.uniform(-g_max, g_max))
+        while True:
+            hold = float(rng.uniform(60.0, 200.0))
+            pieces.append((s, z, g, 0.0))
+            s, z = s + hold, z + g * hold
+            if s >= road.total_length_m + 100.0:  # the last piece (a constant grade) runs on
+                break
+            g_next = float(rng.uniform(-g_max, g_max))
+            length = float(rng.uniform(40.0, 120.0))
+            dg = (g_next - g) / length
+            pieces.append((s, z, g, dg))
+            s, z, g = s + length, z + length * (g + 0.5 * dg * length), g_next
+    s0, z0, g0, k = (np.array(c) for c in zip(*pieces, strict=True))
+    curved = np.flatnonzero(road.curvature_1pm != 0.0)
+    k_abs = np.abs(road.curvature_1pm[curved])
+    # Sharper curves bank more: 3 % at radius 600 m up to 5 % at 120 m.
+    frac = np.clip((k_abs - 1 / 600) / (1 / 120 - 1 / 600), 0.0, 1.0)
+    e = _BANK_MIN + (_BANK_MAX - _BANK_MIN) * frac
+    return Terrain(
+        spec=str(spec),
+        profile_s0_m=s0,
+        profile_z0_m=z0,
+        profile_grade0=g0,
+        profile_dgrade_1pm=k,
+        cross_fall=CROSS_FALL,
+        half_median_m=section.half_median_m,
+        road_edge_m=section.road_edge_m,
+        bank_s0_m=road.s0_m[curved].astype(float),
+        bank_s1_m=(road.s0_m[curved] + road.length_m[curved]).astype(float),
+        bank_slope=-np.sign(road.curvature_1pm[curved]) * e,
+    )
+
+
 # ----------------------------------------------------------------------------- the objects
 
 
@@ -222,15 +442,17 @@ class Pole:
     color: tuple[float, float, float]
     arm_m: float = 0.0
     arm_dir: tuple[float, float] = (0.0, 0.0)
+    z0_m: float = 0.0  # world z of the base: the ground there
 
 
 @dataclass(frozen=True)
 class Sign:
-    """A flat sign plate; ``(x_m, y_m, height_m)`` is its centre, ``size_m`` its width.
+    """A flat sign plate; its centre is at ``(x_m, y_m)``, ``height_m`` above the ground there
+    (world z ``ground_z_m``, so the centre's world z is :attr:`centre_z_m`); ``size_m`` its width.
 
-    ``facing_rad`` is the direction its face points (world yaw: 0 = east, counter-clockwise);
-    ``pole_id`` is the pole it hangs on, or -1 for its own thin post (radius ``post_radius_m``),
-    which is not a pole of the ground truth and is labelled background.
+        ``facing_rad`` is the direction its face points (world yaw: 0 = east, counter-clockwise);
+        ``pole_id`` is the pole it hangs on, or -1 for its own thin post (radius ``post_radius_m``),
+        which is not a pole of the ground truth and is labelled background.
     """
 
     id: int
@@ -245,6 +467,12 @@ class Sign:
     glyph_color: tuple[float, float, float]
     pole_id: int = -1
     post_radius_m: float = 0.025
+    ground_z_m: float = 0.0
+
+    @property
+    def centre_z_m(self) -> float:
+        """World z of the plate's centre."""
+        return self.ground_z_m + self.height_m
 
     @property
     def plate_height_m(self) -> float:
@@ -259,7 +487,11 @@ class Sign:
 
 @dataclass(frozen=True)
 class Box:
-    """An upright box: footprint centre, yaw of its length axis, sizes, colour (0..1 RGB)."""
+    """An upright box: footprint centre, yaw of its length axis, sizes, colour (0..1 RGB).
+
+    ``z0_m``/``z1_m`` are world heights; ``ground_z_m`` is the ground at the footprint's centre
+    (where its shadow is cast).
+    """
 
     x_m: float
     y_m: float
@@ -270,6 +502,7 @@ class Box:
     z1_m: float
     color: tuple[float, float, float]
     windows: bool = False
+    ground_z_m: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -281,6 +514,7 @@ class Tree:
     crown_radius_m: float
     trunk_color: tuple[float, float, float]
     crown_color: tuple[float, float, float]
+    z0_m: float = 0.0  # world z of the trunk's base
 
 
 @dataclass(frozen=True)
@@ -334,6 +568,26 @@ class World:
     style: Style
     ego_lane: int
     extras: dict = field(default_factory=dict)
+    terrain: Terrain = field(default_factory=Terrain.flat)
+
+    def ground_z_m(self, x_m, y_m) -> np.ndarray:
+        """World z of the ground at world points ``(x_m, y_m)`` (any shape), through their road coordinates."""
+        s, d = self.road.road_coords(x_m, y_m)
+        return self.terrain.height_m(s, d)
+
+    def ground_slope_xy(self, s_m, d_m) -> tuple[np.ndarray, np.ndarray]:
+        """The ground's world gradient ``(dz/dx, dz/dy)`` at road coordinates ``(s_m, d_m)``.
+
+        ``s`` runs ``1 - curvature * d`` times faster than the distance along a line at offset
+        ``d``, so ``dz/ds`` is scaled by that to become a slope in metres per metre.
+        """
+        s = np.asarray(s_m, float)
+        d = np.asarray(d_m, float)
+        dz_ds, dz_dd = self.terrain.gradient(s, d)
+        _, _, h = self.road.pose_at(s)
+        i = np.clip(np.searchsorted(self.road.s0_m, s, side="right") - 1, 0, len(self.road.s0_m) - 1)
+        along = dz_ds / (1.0 - self.road.curvature_1pm[i] * d)
+        return along * np.cos(h) - dz_dd * np.sin(h), along * np.sin(h) + dz_dd * np.cos(h)
 
     def in_median_gap(self, s_m: np.ndarray) -> np.ndarray:
         s = np.asarray(s_m, float)
@@ -364,15 +618,32 @@ class World:
         d = np.array([v.d_m for v in self.vehicles])
         _, _, heading = self.road.pose_at(s)
         xs, ys = self.road.point_at(s, d)
+        zs = self.terrain.height_m(s, d)
         yaws = heading + np.where(speed < 0, np.pi, 0.0)
         boxes = []
         glass = (0.12, 0.14, 0.17)
-        for v, x, y, yaw in zip(self.vehicles, xs.tolist(), ys.tolist(), yaws.tolist(), strict=True):
+        for v, x, y, z, yaw in zip(
+            self.vehicles, xs.tolist(), ys.tolist(), zs.tolist(), yaws.tolist(), strict=True
+        ):
+            # Upright boxes raised by the ground at the car's centre (they do not pitch with it).
             body_top = 0.55 * v.height_m
             back = -0.1 * v.length_m
             c, sn = np.cos(yaw), np.sin(yaw)
-            boxes.append(Box(x, y, yaw, 0.92 * v.length_m, 0.95 * v.width_m, 0.0, 0.25, (0.05, 0.05, 0.05)))
-            boxes.append(Box(x, y, yaw, v.length_m, v.width_m, 0.25, body_top, v.color))
+            boxes.append(
+                Box(
+                    x,
+                    y,
+                    yaw,
+                    0.92 * v.length_m,
+                    0.95 * v.width_m,
+                    z + 0.0,
+                    z + 0.25,
+                    (0.05, 0.05, 0.05),
+                    False,
+                    z,
+                )
+            )
+            boxes.append(Box(x, y, yaw, v.length_m, v.width_m, z + 0.25, z + body_top, v.color, False, z))
             boxes.append(
                 Box(
                     x + back * c,
@@ -380,9 +651,11 @@ class World:
                     yaw,
                     0.55 * v.length_m,
                     0.9 * v.width_m,
-                    body_top,
-                    v.height_m,
+                    z + body_top,
+                    z + v.height_m,
                     glass,
+                    False,
+                    z,
                 )
             )
         return boxes
@@ -439,14 +712,17 @@ def _make_style(rng: np.random.Generator) -> Style:
     )
 
 
-def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None) -> World:
+def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None, terrain: str = "flat") -> World:
     """Generate a world of a road ``length_m`` long (plus run-in), deterministic for ``seed``.
 
     The road starts at the origin heading in a random direction, then alternates straights and
     arcs of radius 120-600 m turning at most 60 degrees each, so it never crosses itself.
+    ``terrain`` is a spec of :func:`parse_terrain`; its random draws come from a stream of their
+    own, so the road and the objects are those of the flat world of the same seed.
     """
     if length_m < 50:
         raise HdmapError(f"world length must be at least 50 m, got {length_m}")
+    parse_terrain(terrain)  # a bad spec fails before any work
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
 
     # --- road centre line
@@ -480,6 +756,16 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None) -> World
         dash_gap_m=float(rng.choice([6.0, 8.0, 12.0])),
     )
     L = road.total_length_m
+    ground = make_terrain(
+        terrain, road, section, np.random.default_rng(np.random.SeedSequence([int(seed), 0x7E12]))
+    )
+
+    def ground_z(s_m, d_m) -> float:
+        return float(ground.height_m(s_m, d_m))
+
+    def ground_z_xy(x_m: float, y_m: float) -> float:
+        s_g, d_g = road.road_coords(np.array([x_m]), np.array([y_m]))
+        return float(ground.height_m(s_g, d_g)[0])
 
     # --- median gaps
     gaps, s = [], rng.uniform(40, 120)
@@ -529,6 +815,7 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None) -> World
                     color,
                     float(arm),
                     side_normal(s, side),
+                    ground_z(s, d),
                 )
             )
             s += rng.uniform(15, 35)
@@ -549,6 +836,7 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None) -> World
                         _jitter(rng, (0.45, 0.47, 0.5), 0.04),
                         float(rng.uniform(1.0, 2.0)),
                         side_normal(s, side),
+                        ground_z(s, 0.0),
                     )
                 )
             s += rng.uniform(35, 70)
@@ -563,7 +851,10 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None) -> World
         }[shape]
         rim, face, glyph = _SIGN_PALETTE[str(rng.choice(palette))]
         size = float(rng.uniform(0.7, 1.2) if shape != "rectangle" else rng.uniform(0.9, 1.5))
-        signs.append(Sign(len(signs), x, y, height, size, shape, facing, rim, face, glyph, pole_id))
+        z = ground_z_xy(x, y)
+        signs.append(
+            Sign(len(signs), x, y, height, size, shape, facing, rim, face, glyph, pole_id, ground_z_m=z)
+        )
 
     for side in (-1, 1):
         s = rng.uniform(10, 40)
@@ -605,6 +896,7 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None) -> World
                     float(crown),
                     _jitter(rng, (0.3, 0.22, 0.15), 0.05),
                     _jitter(rng, (0.2, 0.38, 0.12), 0.08),
+                    ground_z(s, d),
                 )
             )
             s += rng.uniform(8, 40)
@@ -629,6 +921,10 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None) -> World
                 ),
                 0.07,
             )
+            # The foundation reaches down to the lowest ground along the facade, so that no
+            # building floats on a slope; its height counts from the ground at its centre.
+            z_mid = ground_z(s + length / 2, d)
+            z_low = min(z_mid, ground_z(s, d), ground_z(s + length, d))
             buildings.append(
                 Box(
                     float(x),
@@ -636,10 +932,11 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None) -> World
                     float(h),
                     float(length),
                     float(depth),
-                    0.0,
-                    float(rng.uniform(5, 25)),
+                    z_low,
+                    z_mid + float(rng.uniform(5, 25)),
                     color,
                     windows=True,
+                    ground_z_m=z_mid,
                 )
             )
             s += length + rng.uniform(2, 30)
@@ -696,4 +993,5 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None) -> World
         vehicles=tuple(vehicles),
         style=_make_style(rng),
         ego_lane=ego_lane,
+        terrain=ground,
     )
