@@ -16,6 +16,7 @@ from test_vectorize_scene import (
     Scene,
     default_scene,
     kitti_like_camera,
+    level,
     render_mask,
     trajectory,
 )
@@ -24,6 +25,7 @@ from hdmap_seg.data.class_map import load_class_map
 from hdmap_seg.data.classes import ROAD_CLASSES
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.frames import make_transform, rotation_from_rpy
+from hdmap_seg.geo.ground import LevelPlane
 from hdmap_seg.vectorize import MapBuilder, VectorizeConfig, load_vectorize_config
 from hdmap_seg.vectorize.config import PoleConfig, SignConfig, layer_classes
 from hdmap_seg.vectorize.frame import FrameGeometry
@@ -33,10 +35,10 @@ from hdmap_seg.vectorize.signs import sign_instances
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _run(camera, traj, scene, config=None, ground_z_m=0.0):
+def _run(camera, traj, scene, config=None, ground=None):
     builder = MapBuilder(camera, config)
     for i, T in enumerate(traj):
-        builder.add_frame(i, render_mask(camera, T, scene, ground_z_m), T @ camera.T_vehicle_from_cam)
+        builder.add_frame(i, render_mask(camera, T, scene, ground), T @ camera.T_vehicle_from_cam)
     return builder.finish()
 
 
@@ -73,21 +75,23 @@ def test_known_ground_point_projects_and_back_under_pitch_and_roll():
     base = np.array([108.0, 62.0, 12.0])
     uv, ok = camera.project((np.linalg.inv(T_wc) @ np.r_[base, 1.0])[:3])
     assert ok[0]
-    geom = FrameGeometry(camera, T_wc, camera.ground_z_m(T_wc), 30.0)
+    geom = FrameGeometry(camera, T_wc, LevelPlane(camera.ground_z_m(T_wc)), 30.0)
     assert geom.ground_z_m == pytest.approx(12.0)
-    xy, info, _ = pole_observations(np.array([[uv[0, 0], uv[0, 1], 0.0]]), geom, PoleConfig())
+    xy, info, _, _ = pole_observations(np.array([[uv[0, 0], uv[0, 1], 0.0]]), geom, PoleConfig())
     np.testing.assert_allclose(xy[0], base[:2], atol=1e-6)
     # A plane fixed to the vehicle (ignoring pitch and roll) would put it metres off.
     level = make_transform(rotation_from_rpy(0.0, 0.0, 0.7), T_wv[:3, 3]) @ camera.T_vehicle_from_cam
-    xy_level, _, _ = pole_observations(
-        np.array([[uv[0, 0], uv[0, 1], 0.0]]), FrameGeometry(camera, level, 12.0, 30.0), PoleConfig()
+    xy_level, _, _, _ = pole_observations(
+        np.array([[uv[0, 0], uv[0, 1], 0.0]]),
+        FrameGeometry(camera, level, LevelPlane(12.0), 30.0),
+        PoleConfig(),
     )
     assert np.linalg.norm(xy_level[0] - base[:2]) > 1.0
     # The weakest direction's sigma is what one pixel of the base row moves the point, measured here
     # by finite differences (times the config's base-row noise, with its 5 cm floor).
     cfg = PoleConfig()
-    xy_down, _, _ = pole_observations(np.array([[uv[0, 0], uv[0, 1] + 0.5, 0.0]]), geom, cfg)
-    xy_up, _, _ = pole_observations(np.array([[uv[0, 0], uv[0, 1] - 0.5, 0.0]]), geom, cfg)
+    xy_down, _, _, _ = pole_observations(np.array([[uv[0, 0], uv[0, 1] + 0.5, 0.0]]), geom, cfg)
+    xy_up, _, _, _ = pole_observations(np.array([[uv[0, 0], uv[0, 1] - 0.5, 0.0]]), geom, cfg)
     sigma_radial = np.hypot(np.linalg.norm(xy_up[0] - xy_down[0]) * cfg.sigma_row_px, cfg.sigma_floor_m)
     assert 1 / np.sqrt(np.linalg.eigvalsh(info[0])[0]) == pytest.approx(sigma_radial, rel=0.1)
 
@@ -103,7 +107,7 @@ def test_pole_fit_trusts_bearings_when_every_base_row_bleeds_low(bleed_px):
     fuser = PoleFuser(PoleConfig())
     for i, T_wv in enumerate(trajectory(24)):
         T_wc = T_wv @ camera.T_vehicle_from_cam
-        geom = FrameGeometry(camera, T_wc, 0.0, 30.0)
+        geom = FrameGeometry(camera, T_wc, LevelPlane(0.0), 30.0)
         # The base row is the pole's front edge on the ground, towards the camera.
         to_cam = geom.center[:2] - base[:2]
         front = np.r_[base[:2] + radius_m * to_cam / np.linalg.norm(to_cam), 0.0]
@@ -111,13 +115,11 @@ def test_pole_fit_trusts_bearings_when_every_base_row_bleeds_low(bleed_px):
         if not ok[0] or not 0 <= uv[0, 0] < camera.size[0]:
             continue
         width_px = 2 * radius_m * camera.focal_px / np.linalg.norm(to_cam)
-        xy, info, views = pole_observations(
-            np.array([[uv[0, 0], uv[0, 1] + bleed_px, width_px]]), geom, fuser.cfg
-        )
-        fuser.add(i, None, xy, info, views, 0.0)
+        obs = pole_observations(np.array([[uv[0, 0], uv[0, 1] + bleed_px, width_px]]), geom, fuser.cfg)
+        fuser.add(i, None, *obs)
     (track,) = [*fuser.active, *fuser.finished]
     summed_err = np.linalg.norm(track.estimate - base[:2])
-    (f,) = fuser.finish()
+    (f,) = fuser.finish(lambda t, xy: t.ground_z_m)
     fitted_err = np.linalg.norm([f.geometry.x - base[0], f.geometry.y - base[1]])
     assert fitted_err < 0.03
     if bleed_px > 0:  # 4 px at 1242 px wide: 2 px of a half-resolution model's masks
@@ -211,7 +213,7 @@ def test_ground_height_and_median_surface_height_are_used():
     """The same scene on ground 7 m up gives the same map (ground from the pose, not z = 0)."""
     camera = kitti_like_camera()
     scene = Scene(poles=np.array([[14.0, -6.0, 0.12, 7.0], [25.0, 7.0, 0.1, 6.0]]))
-    layers = _run(camera, trajectory(20, ground_z_m=7.0), scene, ground_z_m=7.0)
+    layers = _run(camera, trajectory(20, ground=level(7.0)), scene, ground=level(7.0))
     np.testing.assert_allclose(
         np.sort(_xy(layers["poles"]), axis=0), np.sort(scene.poles[:, :2], axis=0), atol=0.15
     )

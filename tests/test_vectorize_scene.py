@@ -8,6 +8,7 @@ The tests in this file check the drawing itself against the projection of known 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -60,23 +61,39 @@ def default_scene() -> Scene:
     return Scene(np.concatenate([right, left]), signs, medians)
 
 
-def trajectory(n: int, step_m: float = 1.0, seed: int = 0, ground_z_m: float = 0.0) -> np.ndarray:
-    """``(n, 4, 4)`` T_world_from_vehicle along +x, lane centre y = -2, with small pitch, roll and yaw sway."""
+Ground = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def level(z_m: float = 0.0) -> Ground:
+    """The level ground ``z = z_m``."""
+    return lambda x, y: np.full(np.shape(x), z_m, dtype=float)
+
+
+def trajectory(n: int, step_m: float = 1.0, seed: int = 0, ground: Ground | None = None) -> np.ndarray:
+    """``(n, 4, 4)`` T_world_from_vehicle along +x, lane centre y = -2, with small pitch, roll and yaw sway.
+
+    On a ``ground`` that is not level the car pitches with its grade and rolls with its cross slope
+    (finite differences over the wheelbase), and the OXTS unit is ``IMU_HEIGHT_M`` above the contact
+    point along the car's up axis.
+    """
+    ground = ground or level()
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         x = i * step_m
+        y = -2.0 + 0.3 * np.sin(0.05 * i)
         roll, pitch = (
             0.01 * np.sin(0.3 * i) + rng.normal(0, 0.003),
             0.012 * np.sin(0.2 * i + 1) + rng.normal(0, 0.003),
         )
         yaw = 0.02 * np.sin(0.05 * i)
-        out.append(
-            make_transform(
-                rotation_from_rpy(roll, pitch, yaw),
-                [x, -2.0 + 0.3 * np.sin(0.05 * i), ground_z_m + IMU_HEIGHT_M],
-            )
-        )
+        h = 1.0
+        grade = float(ground(np.array(x + h), np.array(y)) - ground(np.array(x - h), np.array(y))) / (2 * h)
+        cross = float(ground(np.array(x), np.array(y + h)) - ground(np.array(x), np.array(y - h))) / (2 * h)
+        # OXTS angles: pitch positive = front down, roll positive = left side up.
+        R = rotation_from_rpy(roll + np.arctan(cross), pitch - np.arctan(grade), yaw)
+        contact = np.array([x, y, float(ground(np.array(x), np.array(y)))])
+        out.append(make_transform(R, contact + R @ [0.0, 0.0, IMU_HEIGHT_M]))
     return np.array(out)
 
 
@@ -131,14 +148,16 @@ def _fill_world_hull(
 
 
 def render_mask(
-    camera: CameraModel, T_world_from_vehicle: np.ndarray, scene: Scene, ground_z_m: float = 0.0
+    camera: CameraModel, T_world_from_vehicle: np.ndarray, scene: Scene, ground: Ground | None = None
 ) -> np.ndarray:
     """The label mask of ``scene`` seen by ``camera`` on a vehicle at ``T_world_from_vehicle``.
 
     Each pixel takes the class at its centre, as a renderer (or a per-pixel classifier) does: drawn
     three times finer, then the middle sample of every 3x3 block (fillPoly alone also marks pixels
-    an edge merely touches).
+    an edge merely touches). Ground polygons are densified and follow ``ground``; poles and signs
+    stand on it.
     """
+    ground = ground or level()
     T_world_from_cam = T_world_from_vehicle @ camera.T_vehicle_from_cam
     T_cam_from_world = invert_transform(T_world_from_cam)
     C = T_world_from_cam[:3, 3]
@@ -152,20 +171,22 @@ def render_mask(
     x = C[0]
     road = np.array([[x - 5, -6.0], [x + 80, -6.0], [x + 80, 6.0], [x - 5, 6.0]])
     for poly, value in [(road, ROAD)] + [(m, MEDIAN) for m in scene.medians]:
+        dense = _densify(poly, 0.25)
         _fill_world_polygon(
-            mask, camera, T_cam_from_world, np.c_[poly, np.full(len(poly), ground_z_m)], value
+            mask, camera, T_cam_from_world, np.c_[dense, ground(dense[:, 0], dense[:, 1])], value
         )
     objects = []
     ring = np.linspace(0, 2 * np.pi, 24, endpoint=False)
     for x, y, r, h in scene.poles:
         # a cylinder: its silhouette is the convex hull of its two end circles' images
         circle = np.c_[x + r * np.cos(ring), y + r * np.sin(ring)]
-        ends = np.vstack([np.c_[circle, np.zeros(24)], np.c_[circle, np.full(24, h)]]) + [0, 0, ground_z_m]
+        z0 = float(ground(np.array(x), np.array(y)))
+        ends = np.vstack([np.c_[circle, np.full(24, z0)], np.c_[circle, np.full(24, z0 + h)]])
         objects.append((np.hypot(x - C[0], y - C[1]), ends, POLE))
     for x, y, z, size, facing in scene.signs:
         a = np.linspace(0, 2 * np.pi, 24, endpoint=False)
         tangent = np.array([-np.sin(facing), np.cos(facing), 0.0])
-        disc = np.array([x, y, z + ground_z_m]) + 0.5 * size * (
+        disc = np.array([x, y, z + float(ground(np.array(x), np.array(y)))]) + 0.5 * size * (
             np.cos(a)[:, None] * tangent + np.sin(a)[:, None] * [0, 0, 1]
         )
         objects.append((np.linalg.norm(np.array([x, y]) - C[:2]) - 0.01, disc, SIGN))

@@ -27,12 +27,14 @@ from hdmap_seg.data.roads import read_mask as read_label_png
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.camera import CameraModel
 from hdmap_seg.geo.drivelog import DriveLog
+from hdmap_seg.geo.ground import LevelPlane, Raised, TrajectoryGround
 from hdmap_seg.vectorize.config import VectorizeConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layers import MapLayers
 from hdmap_seg.vectorize.medians import GroundVotes
 from hdmap_seg.vectorize.poles import PoleFuser, pole_instances, pole_observations
 from hdmap_seg.vectorize.signs import SignTracker, sign_instances
+from hdmap_seg.vectorize.tracks import Track
 
 _PREFETCH = 16  # masks decoded ahead of the vectorizer
 
@@ -40,8 +42,15 @@ _PREFETCH = 16  # masks decoded ahead of the vectorizer
 class MapBuilder:
     """Streaming vectorizer for one camera. Not thread-safe; one per drive."""
 
-    def __init__(self, camera: CameraModel, config: VectorizeConfig | None = None) -> None:
+    def __init__(
+        self,
+        camera: CameraModel,
+        config: VectorizeConfig | None = None,
+        ground: TrajectoryGround | None = None,
+    ) -> None:
+        """``ground`` is the drive's road surface (:func:`drive_ground`); None: a level plane under the car."""
         self.camera = camera
+        self.ground_model = ground
         self.config = config or VectorizeConfig()
         cfg = self.config
         # One lookup per pixel maps class ids to layer bits (1 pole, 2 sign, 4 median).
@@ -79,26 +88,35 @@ class MapBuilder:
         self._last_frame = frame_index
         self.n_frames += 1
         cfg = self.config
-        geom = FrameGeometry(
-            self.camera, T_world_from_cam, self.camera.ground_z_m(T_world_from_cam), cfg.max_range_m
+        surface = (
+            self.ground_model.near(frame_index)
+            if self.ground_model is not None
+            else LevelPlane(self.camera.ground_z_m(T_world_from_cam))
         )
+        geom = FrameGeometry(self.camera, T_world_from_cam, surface, cfg.max_range_m)
         bits = cv2.LUT(mask.astype(np.uint8, copy=False), self._lut)
         sign_px = (bits & 2) > 0 if self.signs is not None else None
         if self.poles is not None:
             inst = pole_instances(
                 (bits & 1) > 0, cfg.pole, blocked=sign_px, min_base_row=geom.top_ground_row_px()
             )
-            xy, info, views = pole_observations(inst, geom, cfg.pole)
-            self.poles.add(frame_index, timestamp, xy, info, views, geom.ground_z_m)
+            self.poles.add(frame_index, timestamp, *pole_observations(inst, geom, cfg.pole))
         if self.signs is not None:
             self.signs.add(frame_index, timestamp, sign_instances(sign_px, cfg.sign), geom)
         median = None
         if self._has_median:
             median = geom.image_polygons_to_ground(
                 _mask_polygons((bits & 4) > 0, cfg.median.min_pixels),
-                geom.ground_z_m + cfg.median.surface_height_m,
+                Raised(surface, cfg.median.surface_height_m) if cfg.median.surface_height_m else surface,
             )
         self.ground.add(frame_index, geom.visible_ground(), median)
+
+    def _ground_at(self, track: Track, xy_m: np.ndarray) -> float:
+        """The ground's height at a finished feature: the drive's surface where the track was last seen;
+        on the level-plane model the mean plane of the frames that saw it."""
+        if self.ground_model is None:
+            return track.ground_z_m
+        return float(self.ground_model.near(track.last_frame).height_m(np.reshape(xy_m, (1, 2)))[0])
 
     def state_size(self) -> dict[str, int]:
         """Sizes of the fusion state (for the memory benchmark and logs)."""
@@ -113,9 +131,9 @@ class MapBuilder:
         """Finish every track and tile; the layers in the world frame."""
         layers: MapLayers = {}
         if self.poles is not None:
-            layers["poles"] = self.poles.finish()
+            layers["poles"] = self.poles.finish(self._ground_at)
         if self.signs is not None:
-            layers["signs"] = self.signs.finish()
+            layers["signs"] = self.signs.finish(self._ground_at)
         medians, coverage = self.ground.finish()
         if self._has_median:
             layers["medians"] = medians
@@ -170,13 +188,33 @@ def vectorize_log(
         raise HdmapError(
             f"{first}: mask of frame {log[0].stem} not found (masks are PNGs named like the frames)"
         )
-    builder = MapBuilder(log.camera, config)
+    config = config or VectorizeConfig()
+    builder = MapBuilder(log.camera, config, drive_ground(log, config))
     paths = [log.mask_path(masks_dir, i) for i in range(len(log))]
     with tqdm(total=len(log), desc="vectorize", unit="frame", disable=not progress) as bar:
         for i, mask in enumerate(_prefetch(paths)):
             builder.add_frame(i, mask, log.T_world_from_cam(i), log[i].timestamp, source=str(paths[i]))
             bar.update()
     return builder.finish()
+
+
+def drive_ground(
+    log: DriveLog, config: VectorizeConfig, good: np.ndarray | None = None
+) -> TrajectoryGround | None:
+    """The log's road surface as ``config.ground`` says; None for the level plane (or a drive too short)."""
+    cfg = config.ground
+    if cfg.model == "plane":
+        return None
+    return TrajectoryGround.from_poses(
+        log.T_world_from_vehicle,
+        log.camera.ground_offset_m,
+        good,
+        height_window_m=cfg.height_window_m,
+        cross_window_m=cfg.cross_window_m,
+        cross_reach_m=cfg.cross_reach_m,
+        reach_m=2.0 * config.max_range_m + 20.0,
+        source=str(log.root),
+    )
 
 
 def _prefetch(paths: list[Path], chunk: int = _PREFETCH) -> Iterator[np.ndarray]:

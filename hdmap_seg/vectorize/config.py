@@ -21,6 +21,7 @@ from hdmap_seg.errors import HdmapError
 
 #: Map layers that have a builder; ``lane_marking`` will join them (docs/map.md, "Lane markings").
 LAYERS = ("pole", "sign", "median")
+GROUND_MODELS = ("trajectory", "plane")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "vectorize"
 
 
@@ -75,6 +76,16 @@ class MedianConfig:
 
 
 @dataclass
+class GroundConfig:
+    model: str = (
+        "trajectory"  # trajectory: the road surface from the drive's poses; plane: level under the car
+    )
+    height_window_m: float = 9.0  # the path's height is smoothed over this length (quadratic: keeps crests)
+    cross_window_m: float = 31.0  # the cross slope (from roll) over this length: body roll is not the road's
+    cross_reach_m: float = 6.0  # the cross slope holds this far beside the path; beyond, level across
+
+
+@dataclass
 class VectorizeConfig:
     #: layer -> mask class ids that feed it
     classes: dict[str, list[int]] = field(default_factory=lambda: {"pole": [4], "sign": [5], "median": [3]})
@@ -83,8 +94,13 @@ class VectorizeConfig:
     pole: PoleConfig = field(default_factory=PoleConfig)
     sign: SignConfig = field(default_factory=SignConfig)
     median: MedianConfig = field(default_factory=MedianConfig)
+    ground: GroundConfig = field(default_factory=GroundConfig)
 
     def __post_init__(self) -> None:
+        if self.ground.model not in GROUND_MODELS:
+            raise HdmapError(
+                f"vectorize config: ground.model must be one of {list(GROUND_MODELS)}, got {self.ground.model!r}"
+            )
         unknown = sorted(set(self.classes) - set(LAYERS))
         if unknown:
             later = " (lane markings are not vectorized yet)" if "lane_marking" in unknown else ""

@@ -21,7 +21,7 @@ from hdmap_seg.vectorize.components import components
 from hdmap_seg.vectorize.config import PoleConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layers import Feature
-from hdmap_seg.vectorize.tracks import Track, TrackSet, assign, keep_best, sighting_properties
+from hdmap_seg.vectorize.tracks import GroundAt, Track, TrackSet, assign, keep_best, sighting_properties
 
 # 99% of a chi-square with 2 degrees of freedom: the squared Mahalanobis gate of association.
 _CHI2_2D_99 = 9.21
@@ -93,29 +93,35 @@ def pole_instances(
 
 def pole_observations(
     instances: np.ndarray, geom: FrameGeometry, cfg: PoleConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Instances -> ground positions ``(K, 2)``, information matrices ``(K, 2, 2)`` and views ``(K, 7)``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Instances -> ground positions ``(K, 2)``, information ``(K, 2, 2)``, views ``(K, 8)``, ground ``(K,)``.
 
     A view is what the final fit (:func:`refine_pole`) needs of an observation:
-    ``[cx_m, cy_m, height_above_ground_m, azimuth_rad, front_range_m, radius_m, focal_px]``.
+    ``[cx_m, cy_m, drop_m, azimuth_rad, front_range_m, radius_m, focal_px, slope]``: the camera's
+    horizontal position, its height above the base's ground point, the bearing and horizontal
+    distance of that point, the pole's radius, and the ground's rise per metre away from the
+    camera there. ``ground`` is the ground's height at each position.
     """
     if len(instances) == 0:
-        return np.zeros((0, 2)), np.zeros((0, 2, 2)), np.zeros((0, 7))
+        return np.zeros((0, 2)), np.zeros((0, 2, 2)), np.zeros((0, 8)), np.zeros(0)
     dirs = geom.rays_world(instances[:, :2])
     C = geom.center
-    hc = geom.height_above_ground_m
-    down = dirs[:, 2] < -1e-9
-    t = np.where(down, -hc / np.where(down, dirs[:, 2], -1.0), 0.0)
-    front = C[:2] + t[:, None] * dirs[:, :2]
-    offset = front - C[:2]
+    hits, ok = geom.intersect(dirs)
+    offset = hits[:, :2] - C[:2]
     r = np.linalg.norm(offset, axis=1)
-    keep = down & (r <= geom.max_range_m) & (r > 1e-6)
-    front, offset, r, width = front[keep], offset[keep], r[keep], instances[keep, 2]
+    keep = ok & (r > 1e-6)
+    hits, offset, r, width = hits[keep], offset[keep], r[keep], instances[keep, 2]
     f = geom.camera.focal_px
     u_hat = offset / r[:, None]
     radius = 0.5 * width * r / f
-    xy = front + radius[:, None] * u_hat
-    sig_r = np.hypot((r**2 + hc**2) / (hc * f) * cfg.sigma_row_px, cfg.sigma_floor_m)
+    xy = hits[:, :2] + radius[:, None] * u_hat
+    z, grad = geom.surface.height_and_gradient(xy)
+    drop = C[2] - hits[:, 2]
+    slope = np.einsum("ij,ij->i", grad, u_hat)
+    # Range per pixel of the base row: the depression angle changes by (drop + slope r) / (r^2 + drop^2)
+    # per metre; a ground rising away resolves range better, one falling away worse.
+    rate = np.maximum(drop + slope * r, 0.1 * drop)
+    sig_r = np.hypot((r**2 + drop**2) / (rate * f) * cfg.sigma_row_px, cfg.sigma_floor_m)
     sig_l = np.hypot(r / f * cfg.sigma_col_px, cfg.sigma_floor_m)
     n_hat = np.stack([-u_hat[:, 1], u_hat[:, 0]], axis=1)
     info = (u_hat[:, :, None] * u_hat[:, None, :]) / sig_r[:, None, None] ** 2 + (
@@ -125,13 +131,14 @@ def pole_observations(
     views = np.c_[
         np.full(n, C[0]),
         np.full(n, C[1]),
-        np.full(n, hc),
+        drop,
         np.arctan2(u_hat[:, 1], u_hat[:, 0]),
         r,
         radius,
         np.full(n, f),
+        slope,
     ]
-    return xy, info, views
+    return xy, info, views, z
 
 
 def refine_pole(xy0: np.ndarray, views: np.ndarray, cfg: PoleConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -142,14 +149,16 @@ def refine_pole(xy0: np.ndarray, views: np.ndarray, cfg: PoleConfig) -> tuple[np
     end a few px low in every frame alike (the blur of its decoder), so the rows share an unknown
     offset ``b`` (px, prior ``base_bias_px``) fitted with the point: where the bearings of many
     views fix the point they fix ``b`` too; where they cannot (a short baseline), the rows place it.
+    A view's ground is the plane through its base point with the view's slope, so on a grade the
+    depression follows the ground as the point moves.
 
     The tracks' information sums weigh each view by the range it measured: a base that bled low
     looks near, hence certain, and pulls the sum towards the camera. Here every view is weighed at
     the fitted point.
     """
     C = views[:, :2]
-    hc, az_obs, r_front, radius, f = views[:, 2:].T
-    dep_obs = np.arctan2(hc, r_front)
+    drop0, az_obs, r_front, radius, f, slope = views[:, 2:].T
+    dep_obs = np.arctan2(drop0, r_front)
     sig_col, sig_row = cfg.sigma_col_px, cfg.sigma_row_px
     prior = np.diag([0.0, 0.0, 1.0 / cfg.base_bias_px**2])
     theta = np.r_[np.asarray(xy0, dtype=float), 0.0]  # x_m, y_m, b_px
@@ -157,13 +166,16 @@ def refine_pole(xy0: np.ndarray, views: np.ndarray, cfg: PoleConfig) -> tuple[np
         d = theta[:2] - C
         rho = np.maximum(np.linalg.norm(d, axis=1), radius + 1e-3)
         front = rho - radius
+        drop = drop0 - slope * (front - r_front)
         az_err = (np.arctan2(d[:, 1], d[:, 0]) - az_obs + np.pi) % (2 * np.pi) - np.pi
         res = np.stack(
-            [f * az_err / sig_col, (f * (np.arctan2(hc, front) - dep_obs) + theta[2]) / sig_row], axis=1
+            [f * az_err / sig_col, (f * (np.arctan2(drop, front) - dep_obs) + theta[2]) / sig_row], axis=1
         )
         J = np.zeros((len(views), 2, 3))
         J[:, 0, :2] = (f / sig_col)[:, None] * np.stack([-d[:, 1], d[:, 0]], axis=1) / rho[:, None] ** 2
-        J[:, 1, :2] = (-f * hc / (front**2 + hc**2) / sig_row)[:, None] * d / rho[:, None]
+        J[:, 1, :2] = (
+            (-f * (drop + slope * front) / (front**2 + drop**2) / sig_row)[:, None] * d / rho[:, None]
+        )
         J[:, 1, 2] = 1.0 / sig_row
         w = np.minimum(1.0, _HUBER_K / np.maximum(np.abs(res), 1e-12))
         A = np.einsum("nk,nki,nkj->ij", w, J, J) + prior
@@ -184,7 +196,7 @@ class PoleFuser(TrackSet):
         self.cfg = cfg
 
     def add(
-        self, frame: int, time, xy: np.ndarray, info: np.ndarray, views: np.ndarray, ground_z_m: float
+        self, frame: int, time, xy: np.ndarray, info: np.ndarray, views: np.ndarray, ground: np.ndarray
     ) -> None:
         self.retire(frame)
         tracks = self.active
@@ -199,18 +211,19 @@ class PoleFuser(TrackSet):
             pairs = assign(cost, _CHI2_2D_99)
         matched = set()
         for o, t in pairs:
-            tracks[t].add(info[o], xy[o], frame, time, ground_z_m)
+            tracks[t].add(info[o], xy[o], frame, time, ground[o])
             # The nearest views: their base rows resolve the range best.
             keep_best(tracks[t].kept, views[o], self.cfg.max_obs_kept, score=lambda v: -v[4])
             matched.add(o)
         for o in range(len(xy)):
             if o not in matched:
-                self.active.append(Track.start(info[o], xy[o], frame, time, ground_z_m, [views[o]]))
+                self.active.append(Track.start(info[o], xy[o], frame, time, ground[o], [views[o]]))
 
-    def finish(self) -> list[Feature]:
+    def finish(self, ground_at: GroundAt) -> list[Feature]:
+        """Point features at the poles' bases, on the ground that ``ground_at`` gives."""
         features = []
         for i, t in enumerate(self.close()):
             (x, y), cov = refine_pole(t.estimate, np.array(t.kept), self.cfg)
             props = {"id": i, "type": "pole", **sighting_properties(t, cov)}
-            features.append(Feature(Point(x, y, t.ground_z_m), props))
+            features.append(Feature(Point(x, y, ground_at(t, np.array([x, y]))), props))
         return features

@@ -26,7 +26,7 @@ from hdmap_seg.vectorize.components import components
 from hdmap_seg.vectorize.config import SignConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layers import Feature
-from hdmap_seg.vectorize.tracks import Track, TrackSet, assign, keep_best, sighting_properties
+from hdmap_seg.vectorize.tracks import GroundAt, Track, TrackSet, assign, keep_best, sighting_properties
 
 # A detection's size-based depth and a track's depth differ by at most this factor.
 _DEPTH_RATIO_GATE = 2.5
@@ -162,6 +162,9 @@ class SignTracker(TrackSet):
             cost, track_depth = self._association_cost(instances, prior_depth, geom)
             pairs = assign(cost, _CHI2_2D_99)
         matched = dict(pairs)
+        # The ground under each plate where its size puts it: the track's height above ground comes from these.
+        guess = C + dirs * prior_depth[:, None]
+        ground_z = geom.surface.height_m(guess[:, :2])
         for o in range(len(instances)):
             t = matched.get(o)
             depth = track_depth[t] if t is not None and self.active[t].n_obs >= 2 else prior_depth[o]
@@ -174,11 +177,11 @@ class SignTracker(TrackSet):
             w_rad, h_rad = _angular_size(cam, instances[o])
             record = (C[0], C[1], w_rad, h_rad, C[2], *d, prior_depth[o])
             if t is None:
-                track = Track.start(info, x, frame, time, geom.ground_z_m, [record])
+                track = Track.start(info, x, frame, time, ground_z[o], [record])
                 self.active.append(track)
             else:
                 track = self.active[t]
-                track.add(info, x, frame, time, geom.ground_z_m)
+                track.add(info, x, frame, time, ground_z[o])
                 # The largest (nearest) views.
                 keep_best(track.kept, record, self.cfg.max_obs_kept, score=lambda r: max(r[2], r[3]))
             track.last = (C.copy(), max(w_rad, h_rad))
@@ -230,7 +233,8 @@ class SignTracker(TrackSet):
         )
         return np.where(ok, cost, np.inf), track_depth
 
-    def finish(self) -> list[Feature]:
+    def finish(self, ground_at: GroundAt) -> list[Feature]:
+        """Point features at the plates' centres; their height above the ground that ``ground_at`` gives."""
         features = []
         for t in self.close():
             kept = np.array(t.kept)
@@ -251,7 +255,7 @@ class SignTracker(TrackSet):
             props = {
                 "id": len(features),
                 "type": "sign",
-                "height_m": round(float(p[2] - t.ground_z_m), 3),
+                "height_m": round(float(p[2] - ground_at(t, p[:2])), 3),
                 "facing_deg": round(float(np.degrees(np.pi / 2 - facing_rad) % 360.0), 1),
                 "width_m": round(width_m, 2),
                 "height_plate_m": round(height_m, 2),

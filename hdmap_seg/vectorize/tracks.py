@@ -52,6 +52,7 @@ class Track:
 
     @property
     def ground_z_m(self) -> float:
+        """Mean height of the ground under its observations."""
         return self.ground_z_sum / self.n_obs
 
     @property
@@ -84,6 +85,10 @@ class Track:
         if other.last_frame > self.last_frame:
             self.last_frame, self.last_time = other.last_frame, other.last_time
         self.kept.extend(other.kept)
+
+
+#: The ground height at a finished track's point: ``(track, xy_m (2,)) -> z_m``.
+GroundAt = Callable[[Track, np.ndarray], float]
 
 
 def keep_best(kept: list, record: Any, limit: int, score: Callable[[Any], float]) -> None:
