@@ -4,6 +4,7 @@
     python tools/make_synthetic.py                       # the demo's data in data/roads (about a minute)
     python tools/make_synthetic.py --out /tmp/r --seed 7 --train 1000 --val 200 --logs 3 --frames-per-log 300
     python tools/make_synthetic.py --camera wide1024 --scale 0.5 --train 0 --val 0 --logs 1
+    python tools/make_synthetic.py --terrain flat --pose-noise 0.3 0.5   # level ground, a noisy OXTS unit
 
 Reruns resume: frames already written are skipped. docs/synthetic.md describes the output.
 """
@@ -20,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hdmap_seg.data.synthetic.camera import RIGS  # noqa: E402
+from hdmap_seg.data.synthetic.world import TERRAIN_FORMS, parse_terrain  # noqa: E402
 from hdmap_seg.data.synthetic.writers import SynthConfig, make_all  # noqa: E402
 from hdmap_seg.errors import HdmapError, exit_on_user_error  # noqa: E402
 
@@ -59,6 +61,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ground truth holds objects seen within this distance, metres (default: %(default)s)",
     )
     p.add_argument(
+        "--terrain",
+        default=d.terrain,
+        help=f"ground: {TERRAIN_FORMS} (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pose-noise",
+        type=float,
+        nargs=2,
+        metavar=("POS_M", "YAW_DEG"),
+        default=(d.pose_noise_pos_m, d.pose_noise_yaw_deg),
+        help="std of the white noise on the logs' OXTS positions (m; east, north, up) and yaw (deg; roll and "
+        "pitch get a tenth); frames stay rendered from the true poses (default: %(default)s = off)",
+    )
+    p.add_argument(
         "--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes (default: %(default)s)"
     )
     return p.parse_args(argv)
@@ -72,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
             raise HdmapError(f"--{name.replace('_', '-')} must not be {getattr(a, name)}")
     if a.logs and a.frames_per_log < 2:
         raise HdmapError("--frames-per-log must be at least 2 for a drive log")
+    parse_terrain(a.terrain)
+    if min(a.pose_noise) < 0:
+        raise HdmapError(f"--pose-noise must not be negative, got {a.pose_noise[0]:g} {a.pose_noise[1]:g}")
     cfg = SynthConfig(
         seed=a.seed,
         camera=a.camera,
@@ -85,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         lon0=a.origin[1],
         alt0=a.origin[2],
         gt_range_m=a.gt_range,
+        terrain=a.terrain,
+        pose_noise_pos_m=a.pose_noise[0],
+        pose_noise_yaw_deg=a.pose_noise[1],
     )
     rig = cfg.rig()  # validates camera and scale before any work
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -2,16 +2,19 @@
 
 How (all vectorized numpy/OpenCV, one core):
 
-- Ground: every pixel's ray is intersected with the plane ``z = 0``; the hit point's road
-  coordinates ``(s, d)`` come in closed form from the road's pieces
-  (:meth:`RoadGeometry.road_coords`), and the cross-section gives class and material.
+- Ground: every pixel's ray is intersected with the ground: the plane ``z = 0`` in closed form
+  for a flat world; on a terrain, by marching along the rays through a height grid (first
+  sign change of ``ray_z - ground_z``, then regula falsi) and one exact Newton step on the
+  terrain itself. The hit point's road coordinates ``(s, d)`` come in closed form from the
+  road's pieces (:meth:`RoadGeometry.road_coords`), and the cross-section gives class and material.
 - Everything that stands up (poles, sign plates and posts, trees, buildings, cars) is a set of
   planar polygons: projected, filled with ``cv2.fillPoly`` (sub-pixel), and z-tested per pixel
   against a depth buffer whose depth is the exact plane depth at that pixel. Cylinders are
   camera-facing quads, tree crowns camera-facing ellipses. So near objects hide far ones, and
   everything hides the ground behind it.
-- Shadows: each object's shadow polygon on the ground, projected and filled; it darkens the
-  pixels whose visible surface is the ground.
+- Shadows: each object's shadow polygon on the ground (on a terrain: on the level plane
+  through the object's base), projected and filled; it darkens the pixels whose visible
+  surface is the ground.
 - Then light, haze, sky, and the camera's faults: blur, sensor noise, JPEG artefacts.
 
 Labels (docs/conventions.md): 0 background, 1 road, 2 lane_marking, 3 median, 4 pole, 5 sign.
@@ -37,6 +40,10 @@ _MAX_GROUND_M = 400.0  # ground beyond this along the ray is left to the sky/haz
 _CULL_SMALL_M = 130.0  # poles, signs, trees and cars farther than this are not drawn
 _CULL_LARGE_M = 350.0
 _TEX = 512  # side of the tiling noise textures
+_HEIGHT_GRID_M = 2.0  # spacing of the terrain's height grid the rays march through
+_MARCH_STEPS = 32  # geometric steps of a ray's march through the slab of the terrain's heights
+_GUESS_BAND = 0.02  # half-width of a pixel's bracket around its interpolated depth (relative)
+_COARSE_ROWS, _COARSE_COLS = 4, 8  # the coarse march's pixel spacing
 
 
 @dataclass
@@ -166,31 +173,12 @@ class Renderer:
         """
         H, W = self.rig.height, self.rig.width
         style, sec = world.style, world.section
-        R = self.R_wc.astype(np.float32)
-        u, v = self.ray_u, self.ray_v
-
-        def world_dir(k: int, rows: slice) -> np.ndarray:  # component k of the world rays, (h, W)
-            return R[k, 0] * u[None, :] + (R[k, 1] * v[rows, None] + R[k, 2])
-
-        # The ray meets z = 0 within _MAX_GROUND_M of depth where its world z is below thr; the
-        # rays' z is linear in u, so a row's extreme is at its first or last column.
-        thr = np.float32(-self.o[2] / _MAX_GROUND_M)
-        ends = np.minimum(R[2, 0] * u[0], R[2, 0] * u[-1]) + R[2, 1] * v + R[2, 2]
-        rows_hit = np.flatnonzero(ends < thr)
         hit = np.zeros((H, W), bool)
-        if rows_hit.size == 0:
+        found = self._flat_hits(world) if world.terrain.is_flat else self._terrain_hits(world)
+        if found is None:
             return hit
-        r0 = int(rows_hit.min())
+        r0, hit_b, t_hit, gx, gy, s, d = found
         rows = slice(r0, H)
-        rz = world_dir(2, rows)
-        hit_b = rz < thr
-        t_hit = np.float32(-self.o[2]) / np.where(hit_b, rz, thr)  # z-depth: the rays have z = 1 in cam
-        gx = np.float32(self.o[0]) + t_hit * world_dir(0, rows)
-        gy = np.float32(self.o[1]) + t_hit * world_dir(1, rows)
-
-        s_cam, _ = world.road.road_coords(np.array([self.o[0]]), np.array([self.o[1]]))
-        pieces = world.road.pieces_near(float(s_cam[0]), 80.0, _MAX_GROUND_M + 80.0)
-        s, d = world.road.road_coords(gx.ravel(), gy.ravel(), pieces)
         ad = np.abs(d)
 
         # Zones: (upper |d| bound, label, material, kind). Materials index the palette below.
@@ -255,6 +243,166 @@ class Renderer:
         hit[rows] = hit_b
         return hit
 
+    def _world_dir(self, k: int, rows: slice) -> np.ndarray:
+        """Component ``k`` of the world directions of the rays of ``rows``, ``(h, W)`` float32."""
+        R = self.R_wc.astype(np.float32)
+        return R[k, 0] * self.ray_u[None, :] + (R[k, 1] * self.ray_v[rows, None] + R[k, 2])
+
+    def _flat_hits(self, world: World):
+        """Rays against the plane ``z = 0``: ``(r0, hit (h, W), t (h, W), x, y (h, W), s, d (h*W,))``
+        over the rows ``r0:`` below the horizon, or None when no ray meets the ground."""
+        H = self.rig.height
+        R = self.R_wc.astype(np.float32)
+        u, v = self.ray_u, self.ray_v
+        # The ray meets z = 0 within _MAX_GROUND_M of depth where its world z is below thr; the
+        # rays' z is linear in u, so a row's extreme is at its first or last column.
+        thr = np.float32(-self.o[2] / _MAX_GROUND_M)
+        ends = np.minimum(R[2, 0] * u[0], R[2, 0] * u[-1]) + R[2, 1] * v + R[2, 2]
+        rows_hit = np.flatnonzero(ends < thr)
+        if rows_hit.size == 0:
+            return None
+        r0 = int(rows_hit.min())
+        rows = slice(r0, H)
+        rz = self._world_dir(2, rows)
+        hit_b = rz < thr
+        t_hit = np.float32(-self.o[2]) / np.where(hit_b, rz, thr)  # z-depth: the rays have z = 1 in cam
+        gx = np.float32(self.o[0]) + t_hit * self._world_dir(0, rows)
+        gy = np.float32(self.o[1]) + t_hit * self._world_dir(1, rows)
+
+        s_cam, _ = world.road.road_coords(np.array([self.o[0]]), np.array([self.o[1]]))
+        pieces = world.road.pieces_near(float(s_cam[0]), 80.0, _MAX_GROUND_M + 80.0)
+        s, d = world.road.road_coords(gx.ravel(), gy.ravel(), pieces)
+        return r0, hit_b, t_hit, gx, gy, s, d
+
+    def _terrain_hits(self, world: World):
+        """Rays against the terrain; returns what :meth:`_flat_hits` does.
+
+        A fixed-point iteration on local planes diverges where the road ahead is steeper than
+        the ray, so the rays march instead, through a height grid (``_HEIGHT_GRID_M``,
+        bilinear) over the view frustum. Each ray marches only through the slab of heights the
+        grid holds (it cannot meet the ground above or below it), in ``_MARCH_STEPS``
+        geometric steps, to its first sign change of ``ray_z - ground_z``. Only a coarse set
+        of rays (every ``_COARSE_ROWS`` rows and ``_COARSE_COLS`` columns) marches; a pixel
+        whose four coarse neighbours hit at similar depths starts from their depths
+        interpolated (in ``1/depth``, which is exact on a plane) and checks a narrow bracket
+        around it; the others (silhouettes of crests, the horizon) march themselves. A secant
+        or regula falsi step on the grid, then one Newton step on the exact terrain, remove
+        the grid's error (it bends at the crown's and the banking's kinks).
+        """
+        H, W = self.rig.height, self.rig.width
+        o = self.o.astype(np.float32)
+        heights = _HeightGrid.over_frustum(world, self.o, self.R_wc, self.ray_u, self.ray_v)
+        z_lo, z_hi = heights.z_min - 0.01, heights.z_max + 0.01
+
+        def f(t, rx, ry, rz):  # the ray's height above the ground at z-depth t
+            return (o[2] + t * rz) - heights(o[0] + t * rx, o[1] + t * ry)
+
+        def march(rx, ry, rz, t_start, steps):  # (n,) rays -> brackets (ta, fa, tb, fb), whether they hit
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t_in = np.where(rz < 0, (o[2] - z_hi) / -rz, 0.0)
+                t_out = np.where(rz < 0, (o[2] - z_lo) / -rz, np.where(rz > 0, (z_hi - o[2]) / rz, np.inf))
+            t_in = np.maximum(t_in, t_start).astype(np.float32)
+            t_out = np.minimum(t_out, _MAX_GROUND_M).astype(np.float32)
+            live = np.flatnonzero(t_out > t_in)
+            n = len(rx)
+            ta, tb = np.zeros(n, np.float32), np.zeros(n, np.float32)
+            fa, fb = np.ones(n, np.float32), np.ones(n, np.float32)
+            hit = np.zeros(n, bool)
+            if live.size == 0:
+                return ta, fa, tb, fb, hit
+            frac = np.linspace(0.0, 1.0, steps + 1, dtype=np.float32)[None, :]
+            a, b = t_in[live, None], t_out[live, None]
+            ts = a * (b / a) ** frac
+            fs = f(ts, rx[live, None], ry[live, None], rz[live, None])
+            below = fs <= 0
+            k = np.maximum(np.argmax(below, axis=1), 1)
+            i = np.arange(live.size)
+            ta[live], fa[live], tb[live], fb[live] = ts[i, k - 1], fs[i, k - 1], ts[i, k], fs[i, k]
+            hit[live] = below.any(axis=1)
+            return ta, fa, tb, fb, hit
+
+        rows_c = np.unique(np.r_[np.arange(0, H, _COARSE_ROWS), H - 1])
+        cols_c = np.unique(np.r_[np.arange(0, W, _COARSE_COLS), W - 1])
+        dirs_c = [self._world_dir(k, slice(None))[np.ix_(rows_c, cols_c)].ravel() for k in range(3)]
+        ta, fa, tb, fb, hit_c = march(*dirs_c, _NEAR_M, _MARCH_STEPS)
+        if not hit_c.any():
+            return None
+        t_c = _regula_falsi(lambda t, i: f(t, *(r[i] for r in dirs_c)), ta, fa, tb, fb, hit_c, 6)[0]
+        t_c = np.where(hit_c, t_c, np.inf).reshape(len(rows_c), len(cols_c))
+
+        # Each pixel's four coarse neighbours, and its place between them.
+        r0 = int(rows_c[max(int(np.flatnonzero(np.isfinite(t_c).any(axis=1)).min()) - 1, 0)])
+        rows = slice(r0, H)
+        r_px, c_px = np.arange(r0, H), np.arange(W)
+        i0 = np.clip(np.searchsorted(rows_c, r_px, side="right") - 1, 0, len(rows_c) - 2)
+        j0 = np.clip(np.searchsorted(cols_c, c_px, side="right") - 1, 0, len(cols_c) - 2)
+        wr = ((r_px - rows_c[i0]) / (rows_c[i0 + 1] - rows_c[i0])).astype(np.float32)[:, None]
+        wc = ((c_px - cols_c[j0]) / (cols_c[j0 + 1] - cols_c[j0])).astype(np.float32)[None, :]
+        q00, q01 = t_c[np.ix_(i0, j0)], t_c[np.ix_(i0, j0 + 1)]
+        q10, q11 = t_c[np.ix_(i0 + 1, j0)], t_c[np.ix_(i0 + 1, j0 + 1)]
+        t_lo = np.minimum(np.minimum(q00, q01), np.minimum(q10, q11)).ravel()
+        t_hi = np.maximum(np.maximum(q00, q01), np.maximum(q10, q11)).ravel()
+        inv = (1 - wr) * ((1 - wc) / q00 + wc / q01) + wr * ((1 - wc) / q10 + wc / q11)
+        maybe = np.isfinite(t_lo)  # a pixel whose four neighbours all miss misses too
+        dirs = [self._world_dir(k, rows).ravel() for k in range(3)]
+        n_px = (H - r0) * W
+        t_px, slope = np.full(n_px, np.inf, np.float32), np.zeros(n_px, np.float32)
+        hit = np.zeros(n_px, bool)
+
+        smooth = np.flatnonzero(maybe & np.isfinite(t_hi) & (t_hi <= 1.5 * t_lo))
+        guess = 1.0 / inv.ravel()[smooth]
+        lo, hi = guess * np.float32(1 - _GUESS_BAND), guess * np.float32(1 + _GUESS_BAND)
+        sub = [r[smooth] for r in dirs]
+        f_lo, f_hi = f(lo, *sub), f(hi, *sub)
+        ok = (f_lo > 0) & (f_hi <= 0)
+        good = smooth[ok]
+        slope[good] = (f_hi[ok] - f_lo[ok]) / (hi[ok] - lo[ok])
+        t_px[good] = lo[ok] - f_lo[ok] / slope[good]
+        hit[good] = True
+        rest = np.setdiff1d(np.flatnonzero(maybe), good, assume_unique=True)
+        if rest.size:
+            # A pixel on a silhouette sees ground at least as far as the nearest of its neighbours.
+            t_start = np.maximum(0.9 * t_lo[rest], _NEAR_M)
+            ta, fa, tb, fb, hit_r = march(*(r[rest] for r in dirs), t_start, _MARCH_STEPS // 2)
+            rest = rest[hit_r]
+            t_px[rest], slope[rest] = _regula_falsi(
+                lambda t, i: f(t, *(r[rest[i]] for r in dirs)),
+                ta[hit_r],
+                fa[hit_r],
+                tb[hit_r],
+                fb[hit_r],
+                None,
+                5,
+            )
+            hit[rest] = True
+
+        # One Newton step on the exact terrain, with the grid's slope along the ray.
+        idx = np.flatnonzero(hit)
+        t_px, slope = t_px[idx], slope[idx]
+        pieces = heights.pieces
+        rx, ry, rz = (r[idx] for r in dirs)
+        s, d = world.road.road_coords(o[0] + t_px * rx, o[1] + t_px * ry, pieces)
+        f_exact = (o[2] + t_px * rz) - world.terrain.height_m(s, d)
+        step = np.where(slope < -1e-6, f_exact / np.minimum(slope, -1e-6), 0.0).astype(np.float32)
+        t_px = np.clip(t_px - step, 0.5 * t_px, 2.0 * t_px)
+        x_px, y_px = o[0] + t_px * rx, o[1] + t_px * ry
+        s, d = world.road.road_coords(x_px, y_px, pieces)
+
+        t_all = np.full(n_px, np.inf, np.float32)
+        gx, gy = np.full(n_px, o[0], np.float32), np.full(n_px, o[1], np.float32)
+        s_all, d_all = np.zeros(n_px, np.float32), np.zeros(n_px, np.float32)
+        t_all[idx], gx[idx], gy[idx], s_all[idx], d_all[idx] = t_px, x_px, y_px, s, d
+        shape = (H - r0, W)
+        return (
+            r0,
+            hit.reshape(shape),
+            t_all.reshape(shape),
+            gx.reshape(shape),
+            gy.reshape(shape),
+            s_all,
+            d_all,
+        )
+
     def _sky(self, world: World, R_wc: np.ndarray) -> np.ndarray:
         """The sky for the whole frame, ``(H, W, 3)``: computed at 1/4 resolution (it is smooth)."""
         style = world.style
@@ -292,23 +440,23 @@ class Renderer:
                 self._cylinder(
                     tr.x_m,
                     tr.y_m,
-                    0.0,
-                    tr.trunk_height_m + tr.crown_radius_m,
+                    tr.z0_m,
+                    tr.z0_m + tr.trunk_height_m + tr.crown_radius_m,
                     tr.trunk_radius_m,
                     tr.trunk_color,
                     BACKGROUND,
                 )
-                zc = tr.trunk_height_m + 0.8 * tr.crown_radius_m
+                zc = tr.z0_m + tr.trunk_height_m + 0.8 * tr.crown_radius_m
                 self._billboard_ellipse(
                     tr.x_m, tr.y_m, zc, tr.crown_radius_m, 0.9 * tr.crown_radius_m, tr.crown_color, BACKGROUND
                 )
         for p in world.poles:
             if not near(p.x_m, p.y_m, _CULL_SMALL_M, p.height_m):
                 continue
-            self._cylinder(p.x_m, p.y_m, 0.0, p.height_m, p.radius_m, p.color, POLE)
+            self._cylinder(p.x_m, p.y_m, p.z0_m, p.z0_m + p.height_m, p.radius_m, p.color, POLE)
             if p.kind == "lamp" and p.arm_m > 0:
                 ax, ay = p.arm_dir
-                top = p.height_m - 0.3
+                top = p.z0_m + p.height_m - 0.3
                 x1, y1 = p.x_m + ax * p.arm_m, p.y_m + ay * p.arm_m
                 arm = np.array(
                     [[p.x_m, p.y_m, top - 0.1], [x1, y1, top - 0.1], [x1, y1, top], [p.x_m, p.y_m, top]]
@@ -417,7 +565,7 @@ class Renderer:
                 continue
             col = self._lit(b.color, normal)
             if b.windows:
-                col = self._windows(r, P, col)
+                col = self._windows(r, P, col, b.ground_z_m)
             self._write(r, col, label)
         if self.o[2] > b.z1_m:
             top = np.column_stack([xy, np.full(4, b.z1_m)])
@@ -425,11 +573,11 @@ class Renderer:
             if r is not None:
                 self._write(r, self._lit(b.color, np.array([0.0, 0.0, 1.0])), label)
 
-    def _windows(self, r, P_world: np.ndarray, col: np.ndarray):
+    def _windows(self, r, P_world: np.ndarray, col: np.ndarray, ground_z_m: float):
         """A shader for :meth:`_write`: facade colour with a grid of windows, on the visible pixels.
 
         Face coordinates are linear in the camera point ``X = z * ray``: along the facade
-        ``a = z * (alpha . ray) + beta``, height ``h = z * (gamma . ray) + delta``.
+        ``a = z * (alpha . ray) + beta``, height above ``ground_z_m`` ``h = z * (gamma . ray) + delta``.
         """
         y0, _, x0, _, _, z = r
         axis = np.array([*(P_world[1, :2] - P_world[0, :2]), 0.0])
@@ -438,7 +586,7 @@ class Renderer:
         alpha = (self.R_wc.T @ axis).astype(np.float32)
         beta = np.float32(axis @ (self.o - P_world[0]))
         gamma = self.R_wc[2].astype(np.float32)
-        delta = np.float32(self.o[2])
+        delta = np.float32(self.o[2] - ground_z_m)
         window = np.asarray((0.18, 0.22, 0.28), np.float32) * (self.ambient + 0.3)
 
         def shade(sel: np.ndarray) -> np.ndarray:
@@ -505,11 +653,13 @@ class Renderer:
     def _sign(self, sg) -> None:
         f = np.array([np.cos(sg.facing_rad), np.sin(sg.facing_rad), 0.0])
         a = np.array([-f[1], f[0], 0.0])  # plate's horizontal axis
-        centre = np.array([sg.x_m, sg.y_m, sg.height_m])
+        centre = np.array([sg.x_m, sg.y_m, sg.centre_z_m])
         ph = sg.plate_height_m
         if sg.pole_id < 0:
             back = centre - 0.03 * f
-            self._cylinder(back[0], back[1], 0.0, sg.height_m, sg.post_radius_m, SIGN_POST_COLOR, BACKGROUND)
+            self._cylinder(
+                back[0], back[1], sg.ground_z_m, sg.centre_z_m, sg.post_radius_m, SIGN_POST_COLOR, BACKGROUND
+            )
         outline = _sign_outline(sg.shape, sg.size_m, ph)
         P = centre + outline[:, :1] * a + outline[:, 1:] * np.array([0.0, 0.0, 1.0])
         front = f @ (self.o - centre) > 0
@@ -536,9 +686,10 @@ class Renderer:
         )  # shadow per metre of height
         o = self.o
 
-        def draw(points_xy: np.ndarray) -> None:
+        def draw(points_xy: np.ndarray, ground_z_m: float) -> None:
+            # On a terrain the shadow lies on the level plane through the object's base.
             hull = cv2.convexHull(points_xy.astype(np.float32)).reshape(-1, 2)
-            P = np.column_stack([hull, np.zeros(len(hull))])
+            P = np.column_stack([hull, np.full(len(hull), ground_z_m)])
             Pc = _clip_near(self._to_cam(P), _NEAR_M)
             if Pc is None:
                 return
@@ -556,20 +707,24 @@ class Renderer:
             if close(p.x_m, p.y_m):
                 d = np.array([-off[1], off[0]]) / (np.linalg.norm(off) + 1e-9) * p.radius_m
                 base = np.array([p.x_m, p.y_m])
-                draw(np.array([base - d, base + d, base + d + off * p.height_m, base - d + off * p.height_m]))
+                draw(
+                    np.array([base - d, base + d, base + d + off * p.height_m, base - d + off * p.height_m]),
+                    p.z0_m,
+                )
         for tr in world.trees:
             if close(tr.x_m, tr.y_m):
                 zc = tr.trunk_height_m + 0.8 * tr.crown_radius_m
                 ang = np.linspace(0, 2 * np.pi, 12, endpoint=False)
                 ring = np.column_stack([np.cos(ang), np.sin(ang)]) * tr.crown_radius_m
-                draw(np.array([tr.x_m, tr.y_m]) + off * zc + ring)
+                draw(np.array([tr.x_m, tr.y_m]) + off * zc + ring, tr.z0_m)
         for b in list(world.buildings) + world.vehicle_boxes(t_s):
             if close(b.x_m, b.y_m, _CULL_LARGE_M if b.windows else _CULL_SMALL_M):
                 c, s = np.cos(b.yaw_rad), np.sin(b.yaw_rad)
                 hl, hw = 0.5 * b.length_m, 0.5 * b.width_m
                 xy = np.array([[hl, hw], [-hl, hw], [-hl, -hw], [hl, -hw]]) @ np.array([[c, s], [-s, c]])
                 xy = xy + [b.x_m, b.y_m]
-                draw(np.vstack([xy + off * b.z0_m, xy + off * b.z1_m]))
+                g = b.ground_z_m
+                draw(np.vstack([xy + off * (b.z0_m - g), xy + off * (b.z1_m - g)]), g)
         for sg in world.signs:
             if close(sg.x_m, sg.y_m):
                 a = np.array([-np.sin(sg.facing_rad), np.cos(sg.facing_rad)])
@@ -583,7 +738,8 @@ class Renderer:
                             c + a * hs + off * (sg.height_m + ph),
                             c - a * hs + off * (sg.height_m + ph),
                         ]
-                    )
+                    ),
+                    sg.ground_z_m,
                 )
         return mask.astype(bool)
 
@@ -655,3 +811,76 @@ def _sign_glyph(shape: str, size_m: float, plate_h_m: float) -> np.ndarray:
     return np.array(
         [[-0.35 * size_m, -0.05], [0.35 * size_m, -0.05], [0.35 * size_m, 0.05], [-0.35 * size_m, 0.05]]
     ) + [0.0, 0.1 * plate_h_m]
+
+
+class _HeightGrid:
+    """The terrain's height on a square grid of the world, looked up bilinearly (float32).
+
+    Points outside the grid take its border's heights. ``pieces``: the road's pieces, nearest
+    to the camera first, for the exact road coordinates of points in it.
+    """
+
+    def __init__(self, x0_m: float, y0_m: float, step_m: float, z_m: np.ndarray, pieces: list[int]):
+        self.x0, self.y0, self.inv = np.float32(x0_m), np.float32(y0_m), np.float32(1.0 / step_m)
+        self.ny, self.nx = z_m.shape
+        self.z = np.ascontiguousarray(z_m, np.float32).ravel()
+        self.z_min, self.z_max = float(self.z.min()), float(self.z.max())
+        self.pieces = pieces
+
+    @classmethod
+    def over_frustum(cls, world: World, o, R_wc, ray_u, ray_v, step_m: float = _HEIGHT_GRID_M) -> _HeightGrid:
+        """The grid over the camera's view up to ``_MAX_GROUND_M`` of depth: the pyramid from the
+        camera to its four corner rays at that depth, whose box in ``(x, y)`` bounds every ray."""
+        corners = np.array([[u, v, 1.0] for u in (ray_u[0], ray_u[-1]) for v in (ray_v[0], ray_v[-1])])
+        far = o[:2] + _MAX_GROUND_M * (corners @ R_wc.T)[:, :2]
+        lo = np.minimum(far.min(axis=0), o[:2]) - 2 * step_m
+        hi = np.maximum(far.max(axis=0), o[:2]) + 2 * step_m
+        n = np.ceil((hi - lo) / step_m).astype(int) + 1
+        gx, gy = np.meshgrid(lo[0] + step_m * np.arange(n[0]), lo[1] + step_m * np.arange(n[1]))
+        s_cam, _ = world.road.road_coords(np.array([o[0]]), np.array([o[1]]))
+        pieces = world.road.pieces_near(float(s_cam[0]), np.inf, np.inf)  # all, nearest first
+        s, d = world.road.road_coords(gx, gy, pieces)
+        return cls(lo[0], lo[1], step_m, world.terrain.height_m(s, d), pieces)
+
+    def __call__(self, x_m: np.ndarray, y_m: np.ndarray) -> np.ndarray:
+        fx = (x_m - self.x0) * self.inv
+        fy = (y_m - self.y0) * self.inv
+        np.minimum(np.maximum(fx, 0, out=fx), self.nx - 1.001, out=fx)
+        np.minimum(np.maximum(fy, 0, out=fy), self.ny - 1.001, out=fy)
+        ix, iy = fx.astype(np.int32), fy.astype(np.int32)
+        tx, ty = fx - ix, fy - iy
+        i = iy * self.nx + ix
+        z = self.z
+        z00, z01, z10, z11 = z[i], z[i + 1], z[i + self.nx], z[i + self.nx + 1]
+        top = z00 + tx * (z01 - z00)
+        return top + ty * ((z10 + tx * (z11 - z10)) - top)
+
+
+def _regula_falsi(f, ta, fa, tb, fb, active, iters: int):
+    """Narrow brackets ``[ta, tb]`` (``fa > 0 >= fb``) of roots of ``f(t, i)`` (``i`` indexes the
+    brackets) by the Illinois variant of regula falsi; ``active`` (bool, or None for all) picks
+    the brackets to work on. Returns the roots' estimates and ``f``'s slope over the last bracket.
+    """
+    ta, fa, tb, fb = (np.array(a, np.float32) for a in (ta, fa, tb, fb))
+    idx = np.arange(len(ta)) if active is None else np.flatnonzero(active)
+    a, fa_, b, fb_ = ta[idx], fa[idx], tb[idx], fb[idx]
+    fa_true, fb_true = fa_, fb_  # the weights halve; the slope wants f's own values
+    side = np.zeros(len(idx), np.int8)
+    for _ in range(iters):
+        denom = fa_ - fb_
+        t = np.where(denom > 0, b + fb_ * (b - a) / np.where(denom > 0, denom, 1), 0.5 * (a + b))
+        ft = f(t, idx)
+        above = ft > 0
+        # Illinois: halve the value kept at the end that stays twice in a row.
+        fb_ = np.where(above & (side == 1), 0.5 * fb_, fb_)
+        fa_ = np.where(~above & (side == -1), 0.5 * fa_, fa_)
+        a, fa_, fa_true = np.where(above, t, a), np.where(above, ft, fa_), np.where(above, ft, fa_true)
+        b, fb_, fb_true = np.where(above, b, t), np.where(above, fb_, ft), np.where(above, fb_true, ft)
+        side = np.where(above, 1, -1).astype(np.int8)
+    denom = fa_ - fb_
+    t = np.where(denom > 0, b + fb_ * (b - a) / np.where(denom > 0, denom, 1), 0.5 * (a + b))
+    slope = np.where(b > a, (fb_true - fa_true) / np.where(b > a, b - a, 1), 0.0)
+    t_out = np.full(len(ta), np.inf, np.float32)
+    s_out = np.zeros(len(ta), np.float32)
+    t_out[idx], s_out[idx] = t, slope
+    return t_out, s_out

@@ -25,7 +25,7 @@ from shapely.geometry import LineString, Point, Polygon
 
 from hdmap_seg.data.classes import ROAD_CLASSES, save_classes
 from hdmap_seg.data.synthetic.camera import CameraRig, rig_by_name
-from hdmap_seg.data.synthetic.drive import Drive, Wobble, make_drive, oxts_packets, pose_on_road
+from hdmap_seg.data.synthetic.drive import Drive, PoseNoise, Wobble, make_drive, oxts_packets, pose_on_road
 from hdmap_seg.data.synthetic.render import POLE, SIGN, Renderer
 from hdmap_seg.data.synthetic.world import World, make_world
 from hdmap_seg.errors import HdmapError
@@ -58,9 +58,22 @@ class SynthConfig:
     lon0: float = 8.4
     alt0: float = 110.0
     gt_range_m: float = 30.0
+    terrain: str = "hills"
+    pose_noise_pos_m: float = 0.0
+    pose_noise_yaw_deg: float = 0.0
 
     def rig(self) -> CameraRig:
         return _renderer(self.camera, self.scale).rig
+
+    def pose_noise(self) -> PoseNoise | None:
+        """The OXTS pose noise of the logs, or None when off."""
+        if self.pose_noise_pos_m < 0 or self.pose_noise_yaw_deg < 0:
+            raise HdmapError(
+                f"pose noise must not be negative, got {self.pose_noise_pos_m} m, {self.pose_noise_yaw_deg} deg"
+            )
+        if self.pose_noise_pos_m == 0 and self.pose_noise_yaw_deg == 0:
+            return None
+        return PoseNoise(self.pose_noise_pos_m, float(np.radians(self.pose_noise_yaw_deg)))
 
 
 def world_seed(seed: int, split: str, index: int) -> int:
@@ -74,8 +87,8 @@ def frame_rng(seed: int, split: str, index: int, sub: int = 0) -> np.random.Gene
 
 
 @functools.lru_cache(maxsize=8)
-def _world(seed: int, length_m: float) -> World:
-    return make_world(seed, length_m)
+def _world(seed: int, length_m: float, terrain: str) -> World:
+    return make_world(seed, length_m, terrain=terrain)
 
 
 @functools.lru_cache(maxsize=2)
@@ -104,7 +117,9 @@ def _dataset_frame(cfg: SynthConfig, split: str, index: int, root: str) -> str:
     mask_path = Path(root) / "masks" / split / f"{stem}.png"
     if img_path.is_file() and mask_path.is_file():
         return stem
-    world = _world(world_seed(cfg.seed, split, index // cfg.frames_per_world), cfg.world_length_m)
+    world = _world(
+        world_seed(cfg.seed, split, index // cfg.frames_per_world), cfg.world_length_m, cfg.terrain
+    )
     rng = frame_rng(cfg.seed, split, index)
     rig = cfg.rig()
     s = rng.uniform(20.0, world.road.total_length_m - 200.0)
@@ -145,10 +160,15 @@ def log_name(index: int) -> str:
     return f"synthetic_drive_{index:04d}"
 
 
+def pose_noise_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of log ``index``'s OXTS pose noise (apart from every other draw)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_CODE["log"], index, 0x0A15E]))
+
+
 @functools.lru_cache(maxsize=4)
 def _log_setup(cfg: SynthConfig, index: int) -> tuple[World, Drive, LocalFrame]:
     length = _RUN_IN_M + 14.5 * cfg.frames_per_log / 10.0 + _RUN_OUT_M  # 14.5 m/s is the top speed
-    world = _world(world_seed(cfg.seed, "log", index), max(length, cfg.world_length_m))
+    world = _world(world_seed(cfg.seed, "log", index), max(length, cfg.world_length_m), cfg.terrain)
     rig = cfg.rig()
     drive = make_drive(
         world, cfg.frames_per_log, frame_rng(cfg.seed, "log", index), rig.imu_height_m, s_start_m=_RUN_IN_M
@@ -183,12 +203,13 @@ def seen_objects(
     A pole is probed on its axis 1 m above its base (where the base is found from). A sign is
     probed at 9 points spread over its plate (a 3x3 grid at +-1/4 of its width and height) and
     counts when 3 of them are sign: seen from behind, its post hides the plate's centre column.
+    Both at their true 3-D places, on the terrain.
     """
     T_cam_from_world = invert_transform(T_world_from_imu @ invert_transform(rig.T_cam_from_imu))
     cam_xy = invert_transform(T_cam_from_world)[:2, 3]
     grid = np.array([(a, b) for a in (-0.25, 0.0, 0.25) for b in (-0.25, 0.0, 0.25)])
     probes = {
-        "poles": (POLE, 1, np.array([[p.x_m, p.y_m, 1.0] for p in world.poles]).reshape(-1, 3)),
+        "poles": (POLE, 1, np.array([[p.x_m, p.y_m, p.z0_m + 1.0] for p in world.poles]).reshape(-1, 3)),
         "signs": (
             SIGN,
             3,
@@ -197,7 +218,7 @@ def seen_objects(
                     [
                         s.x_m - a * s.size_m * np.sin(s.facing_rad),
                         s.y_m + a * s.size_m * np.cos(s.facing_rad),
-                        s.height_m + b * s.plate_height_m,
+                        s.centre_z_m + b * s.plate_height_m,
                     ]
                     for s in world.signs
                     for a, b in grid
@@ -237,7 +258,10 @@ def write_drive_log(
     stamps = start + (drive.t_s * 1e9).astype("timedelta64[ns]")
     write_timestamps(log_dir / "image_02" / "timestamps.txt", stamps)
     write_timestamps(log_dir / "oxts" / "timestamps.txt", stamps)
-    for i, packet in enumerate(oxts_packets(origin, drive)):
+    noise = cfg.pose_noise()
+    noise_rng = pose_noise_rng(cfg.seed, index) if noise is not None else None
+    # Frames are rendered from the true poses; the packets report what the (noisy) unit says.
+    for i, packet in enumerate(oxts_packets(origin, drive, noise, noise_rng)):
         write_oxts(log_dir / "oxts" / "data" / f"{i:010d}.txt", packet)
     seen = _run(
         functools.partial(_log_job, cfg, index, str(log_dir)),
@@ -286,6 +310,10 @@ def write_ground_truth(
     lane markings over the stretch of road the camera saw, from 5 m ahead of its first position
     to ``range_m`` ahead of its last. Written with the export stage's GeoJSON writer, so the
     truth and the predictions share their format (properties: docs/synthetic.md).
+
+    Altitudes are true: a pole's Point is its base on the ground, a sign's its plate's centre;
+    on a terrain (not ``flat``) the line strings carry the ground's height too (3-D), while the
+    median footprints stay 2-D (the map metrics are horizontal).
     """
     gt_dir = Path(gt_dir)
     s_cam0 = float(drive.s_m[0]) + float(invert_transform(rig.T_cam_from_imu)[0, 3])
@@ -303,7 +331,7 @@ def write_ground_truth(
                 "diameter_m": round(2 * p.radius_m, 3),
                 "n_frames_seen": n,
             }
-            poles.append(Feature(Point(p.x_m, p.y_m, 0.0), props))
+            poles.append(Feature(Point(p.x_m, p.y_m, p.z0_m), props))
     signs = []
     for sg in world.signs:
         n = seen_counts["signs"].get(sg.id, 0)
@@ -320,9 +348,15 @@ def write_ground_truth(
                 "pole_id": sg.pole_id,
                 "n_frames_seen": n,
             }
-            signs.append(Feature(Point(sg.x_m, sg.y_m, sg.height_m), props))
+            signs.append(Feature(Point(sg.x_m, sg.y_m, sg.centre_z_m), props))
 
     sec = world.section
+    terrain = world.terrain
+
+    def line(s: np.ndarray, d: np.ndarray) -> LineString:
+        xy = np.column_stack(world.road.point_at(s, d))
+        return LineString(xy if terrain.is_flat else np.column_stack([xy, terrain.height_m(s, d)]))
+
     medians = []
     for k, (a, b) in enumerate(world.median_pieces_m(s_lo, s_hi)):
         if b - a < 1.0:
@@ -337,8 +371,7 @@ def write_ground_truth(
             "s_end_m": round(b, 2),
         }
         medians.append(Feature(Polygon(np.vstack([left, right[::-1]])), {"kind": "footprint", **props}))
-        centre = np.column_stack(world.road.point_at(s, np.zeros_like(s)))
-        medians.append(Feature(LineString(centre), {"kind": "centerline", **props}))
+        medians.append(Feature(line(s, np.zeros_like(s)), {"kind": "centerline", **props}))
 
     markings = []
     for side, sign in (("ego", -1.0), ("opposite", 1.0)):
@@ -348,7 +381,6 @@ def write_ground_truth(
                 if b - a < 1.0:
                     continue
                 s = _samples(a, b)
-                xy = np.column_stack(world.road.point_at(s, np.full_like(s, sign * c)))
                 props = {
                     "style": style,
                     "side": side,
@@ -356,7 +388,7 @@ def write_ground_truth(
                     "offset_m": round(sign * c, 3),
                     "width_m": round(sec.marking_width_m, 3),
                 }
-                markings.append(Feature(LineString(xy), props))
+                markings.append(Feature(line(s, np.full_like(s, sign * c)), props))
 
     for name, feats in (
         ("poles", poles),
@@ -401,10 +433,15 @@ def write_contact_sheet(
 # ---------------------------------------------------------------------------------- plumbing
 
 
+#: Settings recorded only when they differ from these (what folders made before they existed hold),
+#: so that a flat, noise-free run writes the same manifest as then.
+_MANIFEST_IMPLIED = {"terrain": "flat", "pose_noise_pos_m": 0.0, "pose_noise_yaw_deg": 0.0}
+
+
 def _check_manifest(cfg: SynthConfig, root: Path) -> None:
     """Refuse to mix frames of different settings in one folder; record the settings otherwise."""
     path = root / _MANIFEST
-    mine = asdict(cfg)
+    mine = {k: v for k, v in asdict(cfg).items() if _MANIFEST_IMPLIED.get(k, object()) != v}
     if path.is_file():
         try:
             theirs = json.loads(path.read_text())
@@ -421,8 +458,9 @@ def _check_manifest(cfg: SynthConfig, root: Path) -> None:
             "alt0",
             "frames_per_log",
             "gt_range_m",
+            *_MANIFEST_IMPLIED,
         )
-        diff = [k for k in keys if theirs.get(k) != mine[k]]
+        diff = [k for k in keys if theirs.get(k, _MANIFEST_IMPLIED.get(k)) != getattr(cfg, k)]
         if diff:
             raise HdmapError(
                 f"{root} holds synthetic data made with other settings ({', '.join(diff)}); "
