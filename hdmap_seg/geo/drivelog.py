@@ -10,18 +10,27 @@ KITTI raw (docs/conventions.md, docs/map.md)::
 Generic (other rigs)::
 
     <log>/frames/<frame>.png|.jpg
-    <log>/poses.csv     frame,timestamp,lat,lon,alt,roll,pitch,yaw   (timestamp: Unix seconds;
-                        angles in rad with KITTI's OXTS meanings; lat/lon deg, alt m)
+    <log>/poses.csv     frame,timestamp,lat,lon,alt,roll,pitch,yaw[,vn,ve,vu][,wu]   (timestamp:
+                        Unix seconds; angles in rad with KITTI's OXTS meanings; lat/lon deg, alt m;
+                        optional velocities north, east, up in m/s and yaw rate (about the up axis,
+                        counter-clockwise) in rad/s, OXTS's names and meanings)
     <log>/camera.yaml   width, height, fx, fy, cx, cy, distortion, T_vehicle_from_cam, ground_offset_m
 
 Poses are those of the vehicle reference point (the OXTS unit on KITTI); the camera's pose is
 ``T_world_from_cam = T_world_from_vehicle @ T_vehicle_from_cam``. The world frame is anchored at
 the first frame's position unless an ``origin`` is given.
+
+Velocities and yaw rate, where the log has them (OXTS ``vn, ve, vu`` and ``wu``; the optional
+columns of ``poses.csv``), are kept per frame for :func:`smooth_log`: world velocities are
+``(ve, vn, vu)`` turned from true to grid north by the grid convergence at the vehicle, as yaw is.
+KITTI packets always hold the fields; a log whose ``vn, ve, vu`` (or ``wu``) are all exactly zero
+was written without them and has none.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +39,30 @@ import numpy as np
 
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.camera import CameraModel
-from hdmap_seg.geo.frames import LocalFrame, T_world_from_imu, invert_transform
-from hdmap_seg.geo.kitti import KITTI_IMU_HEIGHT_M, KittiCalib, parse_oxts_line, read_timestamps
+from hdmap_seg.geo.frames import (
+    LocalFrame,
+    T_world_from_imu,
+    invert_transform,
+    make_transform,
+    rotation_from_rpy,
+    rpy_from_rotation,
+)
+from hdmap_seg.geo.kitti import (
+    KITTI_IMU_HEIGHT_M,
+    KittiCalib,
+    parse_oxts_line,
+    read_timestamps,
+    seconds_since,
+)
+from hdmap_seg.geo.trajectory import TrajectoryReport, find_jumps, smooth_trajectory
 from hdmap_seg.io import read_yaml_mapping
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 POSES_COLUMNS = ("frame", "timestamp", "lat", "lon", "alt", "roll", "pitch", "yaw")
+VELOCITY_COLUMNS = ("vn", "ve", "vu")
+YAW_RATE_COLUMN = "wu"
 
 
 @dataclass(frozen=True)
@@ -51,7 +78,9 @@ class Frame:
 class DriveLog:
     """Frames, poses and camera of one drive. Index it for :class:`Frame` s; poses by index.
 
-    Memory is a 4x4 pose and a path per frame: a 10,000-frame log holds about 3 MB.
+    ``v_world_mps (N, 3)`` and ``yaw_rate_radps (N,)`` are the vehicle's world velocity and rate of
+    yaw per frame, None where the log lacks them. Memory is a 4x4 pose and a path per frame: a
+    10,000-frame log holds about 3 MB.
     """
 
     def __init__(
@@ -63,6 +92,8 @@ class DriveLog:
         camera: CameraModel,
         origin: LocalFrame,
         default_masks_dir: Path,
+        v_world_mps: np.ndarray | None = None,
+        yaw_rate_radps: np.ndarray | None = None,
     ) -> None:
         self.root = root
         self.layout = layout
@@ -71,6 +102,12 @@ class DriveLog:
         self.camera = camera
         self.origin = origin
         self.default_masks_dir = default_masks_dir
+        self.v_world_mps = v_world_mps
+        self.yaw_rate_radps = yaw_rate_radps
+
+    def times_s(self) -> np.ndarray:
+        """``(N,)`` seconds since the first frame."""
+        return seconds_since(np.array([f.timestamp for f in self.frames], "datetime64[ns]"))
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -124,6 +161,18 @@ def _poses(origin: LocalFrame, rows: np.ndarray) -> np.ndarray:
     return np.stack([T_world_from_imu(origin, *r) for r in rows]) if len(rows) else np.zeros((0, 4, 4))
 
 
+def _v_world_mps(origin: LocalFrame, rows: np.ndarray, v_neu_mps: np.ndarray) -> np.ndarray | None:
+    """``(N, 3)`` world velocities from ``(N, 3)`` north, east, up ones; None if all are zero (absent)."""
+    if not np.any(v_neu_mps):
+        return None
+    # True north -> grid north: the world frame is turned by the convergence like yaw.
+    gamma = np.asarray(origin.grid_convergence_rad(rows[:, 0], rows[:, 1]), float)
+    vn, ve, vu = v_neu_mps.T
+    return np.stack(
+        [ve * np.cos(gamma) - vn * np.sin(gamma), ve * np.sin(gamma) + vn * np.cos(gamma), vu], axis=1
+    )
+
+
 def _open_kitti(root: Path, camera: int, calib_dir, origin: LocalFrame | None) -> DriveLog:
     calib = KittiCalib.read(Path(calib_dir) if calib_dir is not None else KittiCalib.find_dir(root))
     K, T_cam_from_imu, (width, height) = calib.rect_camera(camera)
@@ -145,6 +194,7 @@ def _open_kitti(root: Path, camera: int, calib_dir, origin: LocalFrame | None) -
     _check_times(timestamps, ts_path)
     by_stem = {p.stem: p for p in data_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
     frames, rows = [], np.zeros((len(timestamps), 6))
+    v_neu, wu = np.zeros((len(timestamps), 3)), np.zeros(len(timestamps))
     for i, ts in enumerate(timestamps):
         stem = f"{i:010d}"
         if stem not in by_stem:
@@ -156,6 +206,7 @@ def _open_kitti(root: Path, camera: int, calib_dir, origin: LocalFrame | None) -
             raise HdmapError(f"{oxts}: missing OXTS packet (pose) for frame {stem}")
         p = parse_oxts_line(oxts.read_text(), str(oxts))
         rows[i] = (p.lat, p.lon, p.alt, p.roll, p.pitch, p.yaw)
+        v_neu[i], wu[i] = (p.vn, p.ve, p.vu), p.wu
         frames.append(Frame(i, stem, by_stem[stem], ts))
     if not frames:
         raise HdmapError(f"{ts_path}: the log has no frames")
@@ -165,9 +216,25 @@ def _open_kitti(root: Path, camera: int, calib_dir, origin: LocalFrame | None) -
             f"{ts_path}: lists {len(frames)} frames but {data_dir} also holds {extra[0]} (and more?)"
         )
     origin = origin or LocalFrame(*rows[0, :3])
+    oxts_dir = root / "oxts" / "data"
     return DriveLog(
-        root, "kitti", frames, _poses(origin, rows), cam_model, origin, root / f"label_{camera:02d}" / "data"
+        root,
+        "kitti",
+        frames,
+        _poses(origin, rows),
+        cam_model,
+        origin,
+        root / f"label_{camera:02d}" / "data",
+        _v_world_mps(origin, rows, _finite(v_neu, oxts_dir)),
+        _finite(wu, oxts_dir) if np.any(wu) else None,
     )
+
+
+def _finite(values: np.ndarray, source: Path) -> np.ndarray:
+    bad = np.flatnonzero(~np.all(np.isfinite(values.reshape(len(values), -1)), axis=1))
+    if bad.size:
+        raise HdmapError(f"{source}: NaN or inf in the velocities or yaw rate of frame {int(bad[0])}")
+    return values
 
 
 def read_camera_yaml(path: Path) -> CameraModel:
@@ -214,16 +281,25 @@ def _open_generic(root: Path, origin: LocalFrame | None) -> DriveLog:
         if frames_dir.is_dir()
         else {}
     )
+    fields = reader.fieldnames or []
+    has_v = [c in fields for c in VELOCITY_COLUMNS]
+    if any(has_v) and not all(has_v):
+        raise HdmapError(
+            f"{poses_path}: velocity columns must be all of {','.join(VELOCITY_COLUMNS)} or none"
+        )
+    extra = [*VELOCITY_COLUMNS] * all(has_v) + [YAW_RATE_COLUMN] * (YAW_RATE_COLUMN in fields)
     rows = np.zeros((len(table), 6))
+    rates = np.zeros((len(table), len(extra)))
     times = np.zeros(len(table), "datetime64[ns]")
     frames = []
     for i, rec in enumerate(table):
         where = f"{poses_path}:{i + 2}"
         try:
             values = [float(rec[c]) for c in POSES_COLUMNS[1:]]
+            rates[i] = [float(rec[c]) for c in extra]
         except (TypeError, ValueError):
             raise HdmapError(f"{where}: a pose value is empty or not a number") from None
-        if not np.all(np.isfinite(values)):
+        if not (np.all(np.isfinite(values)) and np.all(np.isfinite(rates[i]))):
             raise HdmapError(f"{where}: NaN or inf in the pose of frame {rec['frame']}")
         stem = str(rec["frame"]).strip()
         if stem not in by_stem:
@@ -236,4 +312,71 @@ def _open_generic(root: Path, origin: LocalFrame | None) -> DriveLog:
     if unposed:
         raise HdmapError(f"{poses_path}: no pose row for frame {unposed[0]!r} of {frames_dir}")
     origin = origin or LocalFrame(*rows[0, :3])
-    return DriveLog(root, "generic", frames, _poses(origin, rows), camera, origin, root / "labels")
+    v_world = _v_world_mps(origin, rows, rates[:, :3]) if all(has_v) else None
+    yaw_rate = rates[:, -1].copy() if YAW_RATE_COLUMN in extra else None
+    return DriveLog(
+        root, "generic", frames, _poses(origin, rows), camera, origin, root / "labels", v_world, yaw_rate
+    )
+
+
+def _frame_ranges(indices: np.ndarray) -> str:
+    """``[3, 4, 5, 9]`` -> ``"3-5, 9"``."""
+    parts, idx = [], [int(i) for i in indices]
+    start = 0
+    for k in range(1, len(idx) + 1):
+        if k == len(idx) or idx[k] != idx[k - 1] + 1:
+            a, b = idx[start], idx[k - 1]
+            parts.append(str(a) if a == b else f"{a}-{b}")
+            start = k
+    return ", ".join(parts)
+
+
+def _warn_jumps(drive: DriveLog, good: np.ndarray, max_jump_m: float) -> None:
+    bad = np.flatnonzero(~good)
+    if bad.size:
+        log.warning(
+            "%s: GNSS position jumps (> %g m) at frames %s: left out of the trajectory fit and the ground",
+            drive.root,
+            max_jump_m,
+            _frame_ranges(bad),
+        )
+
+
+def find_log_jumps(drive: DriveLog, max_jump_m: float = 2.0) -> np.ndarray:
+    """``(N,)`` bool mask of the frames without a GNSS jump (:func:`~hdmap_seg.geo.trajectory.find_jumps`).
+
+    For runs without smoothing, so that the ground surface still leaves glitched frames out; logs a
+    warning naming the log and the frames.
+    """
+    good = find_jumps(drive.times_s(), drive.T_world_from_vehicle[:, :3, 3], drive.v_world_mps, max_jump_m)
+    _warn_jumps(drive, good, max_jump_m)
+    return good
+
+
+def smooth_log(drive: DriveLog, max_jump_m: float = 2.0) -> tuple[DriveLog, TrajectoryReport]:
+    """A new log with smoothed ``T_world_from_vehicle`` (:func:`~hdmap_seg.geo.trajectory.smooth_trajectory`).
+
+    Logs a warning naming the log and the frames of GNSS jumps, and one when the drive is not
+    smoothed (then its poses are the given ones).
+    """
+    T = drive.T_world_from_vehicle
+    rpy = np.array([rpy_from_rotation(R) for R in T[:, :3, :3]]).reshape(-1, 3)
+    xyz_m, rpy_rad, report = smooth_trajectory(
+        drive.times_s(), T[:, :3, 3], rpy, drive.v_world_mps, drive.yaw_rate_radps, max_jump_m
+    )
+    _warn_jumps(drive, report.good, max_jump_m)
+    if not report.smoothed:
+        log.warning("%s: poses not smoothed: %s", drive.root, report.skipped)
+    poses = np.stack([make_transform(rotation_from_rpy(*a), p) for a, p in zip(rpy_rad, xyz_m, strict=True)])
+    smoothed = DriveLog(
+        drive.root,
+        drive.layout,
+        drive.frames,
+        poses,
+        drive.camera,
+        drive.origin,
+        drive.default_masks_dir,
+        drive.v_world_mps,
+        drive.yaw_rate_radps,
+    )
+    return smoothed, report
