@@ -204,3 +204,58 @@ def test_real_kitti_calibration_end_to_end(tmp_path, shared_dir):
     assert len(found) == 3
     d = np.linalg.norm(found[:, None] - np.array(poles)[None], axis=2)
     assert d.min(axis=1).max() < 0.15  # 8 frames; 1 px of base row is 0.4 m at 22 m
+
+
+def test_kitti_velocities_and_yaw_rate_round_trip_into_the_log(kitti_log):
+    from hdmap_seg.geo.frames import LocalFrame
+    from hdmap_seg.geo.kitti import read_oxts, write_oxts
+
+    # Packets written without velocities hold zeros: the log has none.
+    log = open_drive_log(kitti_log, origin=ORIGIN)
+    assert log.v_world_mps is None and log.yaw_rate_radps is None
+    v_neu = np.array([[3.0, 4.0, 0.1], [1.0, 0.0, 0.0], [0.0, 1.0, -0.2], [2.5, -1.5, 0.0]])
+    for i, (vn, ve, vu) in enumerate(v_neu):
+        path = kitti_log / "oxts" / "data" / f"{i:010d}.txt"
+        packet = read_oxts(path)
+        if i == 1:  # along the heading: yaw is from true east, counter-clockwise
+            v_neu[i] = vn, ve, vu = np.sin(packet.yaw), np.cos(packet.yaw), 0.0
+        packet.vn, packet.ve, packet.vu, packet.wu = vn, ve, vu, 0.01 * (i + 1)
+        write_oxts(path, packet)
+    # An origin 0.1 deg west puts the log 7 km east of its meridian: grid and true north differ.
+    west = LocalFrame(ORIGIN.lat0, ORIGIN.lon0 - 0.1, ORIGIN.alt0)
+    log = open_drive_log(kitti_log, origin=west)
+    np.testing.assert_allclose(log.yaw_rate_radps, [0.01, 0.02, 0.03, 0.04])
+    heading = log.T_world_from_vehicle[1, :2, 0] / np.linalg.norm(log.T_world_from_vehicle[1, :2, 0])
+    np.testing.assert_allclose(log.v_world_mps[1, :2], heading, atol=1e-9)  # turned like the yaw
+    for i, (vn, ve, vu) in enumerate(v_neu):
+        p = oxts_pose_from_T(ORIGIN, trajectory(4)[i])
+        north = np.subtract(
+            west.to_world(p["lat"] + 1e-4, p["lon"])[:2], west.to_world(p["lat"], p["lon"])[:2]
+        )
+        north /= np.linalg.norm(north)
+        east = np.array([north[1], -north[0]])
+        assert np.degrees(np.arctan2(-north[0], north[1])) == pytest.approx(0.0755, abs=0.002)
+        np.testing.assert_allclose(log.v_world_mps[i], [*(ve * east + vn * north), vu], atol=1e-9)
+
+
+def test_generic_log_optional_velocity_columns(tmp_path):
+    root, _, _ = _generic_log(tmp_path / "v")
+    assert open_drive_log(root).v_world_mps is None
+    lines = (root / "poses.csv").read_text().splitlines()
+    rows = [lines[0] + ",vn,ve,vu,wu"] + [f"{ln},{i}.0,2.0,0.5,-0.1" for i, ln in enumerate(lines[1:])]
+    (root / "poses.csv").write_text("\n".join(rows) + "\n")
+    log = open_drive_log(root)  # the origin is the first frame: no grid convergence to speak of
+    np.testing.assert_allclose(
+        log.v_world_mps, [[2.0, 0.0, 0.5], [2.0, 1.0, 0.5], [2.0, 2.0, 0.5]], atol=1e-6
+    )
+    np.testing.assert_allclose(log.yaw_rate_radps, [-0.1, -0.1, -0.1])
+    (root / "poses.csv").write_text(
+        "\n".join([lines[0] + ",vn,ve"] + [f"{ln},1,2" for ln in lines[1:]]) + "\n"
+    )
+    with pytest.raises(HdmapError, match=r"poses.csv: velocity columns must be all of vn,ve,vu or none"):
+        open_drive_log(root)
+    (root / "poses.csv").write_text(
+        "\n".join(rows[:2] + [rows[2].replace(",1.0,2.0,", ",nan,2.0,")] + rows[3:]) + "\n"
+    )
+    with pytest.raises(HdmapError, match=r"poses.csv:3: NaN or inf in the pose of frame f001"):
+        open_drive_log(root)

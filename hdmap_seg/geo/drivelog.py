@@ -165,11 +165,11 @@ def _v_world_mps(origin: LocalFrame, rows: np.ndarray, v_neu_mps: np.ndarray) ->
     """``(N, 3)`` world velocities from ``(N, 3)`` north, east, up ones; None if all are zero (absent)."""
     if not np.any(v_neu_mps):
         return None
-    # True north -> grid north: the world frame is turned by the convergence like yaw.
+    # True -> grid directions: an angle from true east is ``- gamma`` from grid east, as for yaw.
     gamma = np.asarray(origin.grid_convergence_rad(rows[:, 0], rows[:, 1]), float)
     vn, ve, vu = v_neu_mps.T
     return np.stack(
-        [ve * np.cos(gamma) - vn * np.sin(gamma), ve * np.sin(gamma) + vn * np.cos(gamma), vu], axis=1
+        [ve * np.cos(gamma) + vn * np.sin(gamma), -ve * np.sin(gamma) + vn * np.cos(gamma), vu], axis=1
     )
 
 
