@@ -1,6 +1,6 @@
 """The synthetic road world: built-in training data, drive logs and ground truth (docs/synthetic.md).
 
-- :mod:`.world`: the road (straights and arcs, cross-section, median with gaps) and what stands beside it;
+- :mod:`.world`: the road (straights and arcs, cross-section, median with gaps), its terrain, and what stands beside it;
 - :mod:`.camera`: camera rigs (KITTI's calibration and variants);
 - :mod:`.drive`: the ego car's poses and OXTS packets;
 - :mod:`.render`: RGB frame and label mask with a z-buffer;
@@ -8,17 +8,19 @@
 """
 
 from hdmap_seg.data.synthetic.camera import CameraRig, kitti_rig, rig_by_name, wide1024_rig
-from hdmap_seg.data.synthetic.drive import Drive, make_drive, oxts_packets, pose_on_road
+from hdmap_seg.data.synthetic.drive import Drive, PoseNoise, make_drive, oxts_packets, pose_on_road
 from hdmap_seg.data.synthetic.render import Frame, Renderer
-from hdmap_seg.data.synthetic.world import World, make_world
+from hdmap_seg.data.synthetic.world import Terrain, World, make_world
 from hdmap_seg.data.synthetic.writers import SynthConfig, make_all, write_dataset, write_drive_log
 
 __all__ = [
     "CameraRig",
     "Drive",
     "Frame",
+    "PoseNoise",
     "Renderer",
     "SynthConfig",
+    "Terrain",
     "World",
     "kitti_rig",
     "make_all",
