@@ -29,7 +29,10 @@ sys.path.insert(0, str(REPO / "tests"))  # the drawn scene lives with the tests 
 from test_vectorize_scene import Scene, default_scene, kitti_like_camera, render_mask  # noqa: E402
 
 from hdmap_seg.geo.frames import make_transform, rotation_from_rpy  # noqa: E402
-from hdmap_seg.vectorize import MapBuilder, read_mask  # noqa: E402
+from hdmap_seg.geo.ground import TrajectoryGround  # noqa: E402
+from hdmap_seg.vectorize import MapBuilder, VectorizeConfig, read_mask  # noqa: E402
+from hdmap_seg.vectorize.builder import drive_ground  # noqa: E402
+from hdmap_seg.vectorize.config import GROUND_MODELS, GroundConfig  # noqa: E402
 
 PERIOD_M = 100.0
 
@@ -42,6 +45,25 @@ def periodic_pose(i: int, step_m: float = 1.0) -> np.ndarray:
     return make_transform(R, [x, -2.0 + 0.3 * np.sin(phase), 0.93])
 
 
+def periodic_ground(n_frames: int, model: str) -> TrajectoryGround | None:
+    """The road surface of the periodic drive's first ``n_frames`` poses (None: the level plane)."""
+    if model == "plane":
+        return None
+    poses = np.stack([periodic_pose(i) for i in range(n_frames)])
+    return TrajectoryGround.from_poses(poses, kitti_like_camera().ground_offset_m)
+
+
+def cpu_model() -> str:
+    """The processor's name (figures differ between machines)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def periodic_scene(length_m: float) -> Scene:
     base = default_scene()
     k = np.arange(int(np.ceil(length_m / PERIOD_M)) + 2)
@@ -52,7 +74,7 @@ def periodic_scene(length_m: float) -> Scene:
     )
 
 
-def bench_speed(camera, masks, poses, repeat: int = 3) -> tuple[float, float]:
+def bench_speed(camera, masks, poses, ground, repeat: int = 3) -> tuple[float, float]:
     """Best of ``repeat``: (frames per wall-clock second, frames per CPU second of this process).
 
     On a shared machine the wall clock counts other people's work; with one thread the CPU time
@@ -60,7 +82,7 @@ def bench_speed(camera, masks, poses, repeat: int = 3) -> tuple[float, float]:
     """
     best_wall = best_cpu = np.inf
     for _ in range(repeat):
-        builder = MapBuilder(camera)
+        builder = MapBuilder(camera, None, ground)
         t0, c0 = time.perf_counter(), time.process_time()
         for i, (m, T) in enumerate(zip(masks, poses, strict=True)):
             builder.add_frame(i, m, T)
@@ -70,9 +92,9 @@ def bench_speed(camera, masks, poses, repeat: int = 3) -> tuple[float, float]:
     return len(masks) / best_wall, len(masks) / best_cpu
 
 
-def bench_memory(camera, cycle: list[np.ndarray], n_frames: int) -> dict:
-    builder = MapBuilder(camera)
+def bench_memory(camera, cycle: list[np.ndarray], n_frames: int, ground_model: str) -> dict:
     tracemalloc.start()
+    builder = MapBuilder(camera, None, periodic_ground(n_frames, ground_model))
     t0 = time.perf_counter()
     for i in range(n_frames):
         builder.add_frame(i, cycle[i % len(cycle)], periodic_pose(i) @ camera.T_vehicle_from_cam)
@@ -98,12 +120,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--log", type=Path, help="also time a drive log's own masks (label_02/data)")
     ap.add_argument("--frames", type=int, nargs="+", default=[1000, 10000], help="memory runs")
+    ap.add_argument(
+        "--ground", choices=GROUND_MODELS, default="trajectory", help="ground model (default: %(default)s)"
+    )
     args = ap.parse_args()
     cv2.setNumThreads(1)
     camera = kitti_like_camera()
     cycle = [render_mask(camera, periodic_pose(i), periodic_scene(200.0)) for i in range(int(PERIOD_M))]
     poses = [periodic_pose(i) @ camera.T_vehicle_from_cam for i in range(len(cycle))]
-    wall, cpu = bench_speed(camera, cycle, poses)
+    wall, cpu = bench_speed(camera, cycle, poses, periodic_ground(len(cycle), args.ground))
+    print(f"CPU: {cpu_model()}; ground model: {args.ground}")
     print(
         f"drawn scene, 1242x375, one thread: {wall:.0f} frames/s wall clock, {cpu:.0f} frames per CPU second"
     )
@@ -112,12 +138,14 @@ def main() -> None:
 
         log = open_drive_log(args.log)
         masks = [read_mask(log.mask_path(log.default_masks_dir, i)) for i in range(len(log))]
-        wall, cpu = bench_speed(log.camera, masks, [log.T_world_from_cam(i) for i in range(len(log))])
+        config = VectorizeConfig(ground=GroundConfig(model=args.ground))
+        poses = [log.T_world_from_cam(i) for i in range(len(log))]
+        wall, cpu = bench_speed(log.camera, masks, poses, drive_ground(log, config))
         print(
             f"{args.log.name} ({len(log)} frames), one thread: {wall:.0f} frames/s wall, {cpu:.0f} frames/CPU s"
         )
     for n in args.frames:
-        r = bench_memory(camera, cycle, n)
+        r = bench_memory(camera, cycle, n, args.ground)
         print(
             f"{n:>6} frames: peak {r['peak_MB_frames']:.1f} MB while adding, {r['peak_MB_finish']:.1f} MB in finish; "
             f"map {r['poles']} poles, {r['signs']} signs, {r['medians']} medians; active tiles {r['ground_tiles']}, "

@@ -33,7 +33,7 @@ def test_kitti_log_gives_poses_camera_and_ground(kitti_log):
     np.testing.assert_allclose(log.T_world_from_vehicle, traj, atol=1e-7)
     np.testing.assert_allclose(log.T_world_from_cam(3), traj[3] @ camera.T_vehicle_from_cam, atol=1e-7)
     np.testing.assert_allclose(log.camera.K, camera.K)
-    assert log.ground_z_m(0) == pytest.approx(0.0, abs=1e-6)
+    assert log.ground_z_m(0) == pytest.approx(0.0, abs=1e-4)  # the OXTS unit rides 0.93 m up the tilted car
     assert log.default_masks_dir == kitti_log / "label_02" / "data"
     # Without an origin the world frame sits at the first OXTS position.
     log0 = open_drive_log(kitti_log)

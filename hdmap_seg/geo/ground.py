@@ -76,24 +76,28 @@ class Raised:
 
 
 def intersect_rays(
-    surface: Surface, origin_m: np.ndarray, dirs: np.ndarray, max_horizontal_m: float
+    surface: Surface,
+    origin_m: np.ndarray,
+    dirs: np.ndarray,
+    max_horizontal_m: float,
+    start_z_m: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rays ``origin_m + t * dirs`` (``(3,)``, ``(N, 3)`` world) against ``surface``.
 
     Returns ``(N, 3)`` points and ``(N,)`` hit flags: True where the ray meets the surface ahead
     (``t > 0``) within ``max_horizontal_m`` of the origin horizontally. Newton's method on
-    ``g(t) = ray_z(t) - z(ray_xy(t))`` from the level plane under the origin: exact in one step
-    on a plane, a few on a road's grades and crests. A ray that rises against the surface (above
-    the horizon, or grazing over a crest) does not hit.
+    ``g(t) = ray_z(t) - z(ray_xy(t))`` from the level plane ``start_z_m`` (default: the surface
+    under the origin): exact in one step on a plane, a few on a road's grades and crests. A ray
+    that rises against the surface (above the horizon, or grazing over a crest) does not hit.
     """
     o = np.asarray(origin_m, np.float64).reshape(3)
     d = np.asarray(dirs, np.float64).reshape(-1, 3)
     r_xy = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-12)
     t_far = max_horizontal_m / r_xy
-    z0 = float(surface.height_m(o[None, :2])[0])
+    z0 = float(surface.height_m(o[None, :2])[0]) if start_z_m is None else start_z_m
     down = d[:, 2] < -1e-12
-    t = np.where(down, (z0 - o[2]) / np.where(down, d[:, 2], -1.0), t_far)
-    t = np.clip(t, 0.0, t_far)
+    t = np.clip(np.where(down, (z0 - o[2]) / np.where(down, d[:, 2], -1.0), t_far), 0.0, t_far)
+    hit = np.zeros(len(d), bool)
     alive = down.copy()
     for _ in range(_NEWTON_STEPS):
         idx = np.flatnonzero(alive)
@@ -102,15 +106,18 @@ def intersect_rays(
         p = o + t[idx, None] * d[idx]
         z, grad = surface.height_and_gradient(p[:, :2])
         g = p[:, 2] - z
+        # Converged on height, not on t: near the horizon a millimetre of height is metres of t.
+        on_it = np.abs(g) < _HIT_TOL_M
+        hit[idx[on_it]] = True
         dg = d[idx, 2] - np.einsum("ij,ij->i", grad, d[idx, :2])
         converging = dg < -1e-9  # the ray descends relative to the surface
-        step = np.where(converging, -g / np.where(converging, dg, -1.0), 0.0)
-        t[idx] = np.clip(t[idx] + step, 0.0, t_far[idx])
-        done = ~converging | (np.abs(step) < 1e-4)
-        alive[idx[done]] = False
-    p = o + t[:, None] * d
-    hit = down & (np.abs(p[:, 2] - surface.height_m(p[:, :2])) < _HIT_TOL_M) & (t > 0) & (t < t_far)
-    return p, hit
+        step = np.where(converging & ~on_it, -g / np.where(converging, dg, -1.0), 0.0)
+        t_new = t[idx] + step
+        beyond = t_new >= t_far[idx]  # meets the ground past the far limit, if at all: no hit
+        t[idx] = np.clip(t_new, 0.0, t_far[idx])
+        alive[idx[~converging | on_it | beyond]] = False
+    hit &= (t > 0) & (t < t_far)
+    return o + t[:, None] * d, hit
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ _DISC_SEGMENTS = 16  # per quarter circle
 _FAR_FACTOR = 2.0
 # Longest image edge (px) between projected vertices: at 30 m a pixel row spans about 0.8 m of road.
 _DENSIFY_PX = 6.0
+_ARC_STEP_RAD = np.radians(10.0)  # pinned runs follow the far circle in steps this fine
 
 
 @dataclass
@@ -61,16 +62,58 @@ class FrameGeometry:
 
     def intersect(self, dirs: np.ndarray, surface: Surface | None = None) -> tuple[np.ndarray, np.ndarray]:
         """World rays from the camera -> ``(N, 3)`` ground points and ``(N,)`` flags (hit within range)."""
-        return intersect_rays(surface or self.surface, self.center, dirs, self.max_range_m)
+        return intersect_rays(surface or self.surface, self.center, dirs, self.max_range_m, self.ground_z_m)
 
-    def _ground_xy(self, norm_xy: np.ndarray, surface: Surface) -> np.ndarray:
-        """``(N, 2)`` normalised image points -> ``(N, 2)`` world ground points (far ones pinned)."""
-        m = np.concatenate([norm_xy, np.ones((len(norm_xy), 1))], axis=1)
+    def _rings_to_ground(self, rings_norm: list[np.ndarray], surface: Surface) -> list[np.ndarray]:
+        """Closed rings of normalised image points -> their ground rings (world xy, closed).
+
+        One intersection for all rings' vertices. Vertices whose rays meet the ground past
+        ``far_m`` (or never) are pinned on the circle of that radius; each run of them becomes the
+        arc between its ends (every ``_ARC_STEP_RAD``), since the run's own path along the circle
+        doubles back and would only make the ring invalid. A ring with no hit at all is empty.
+        """
+        pts = [r[:-1] for r in rings_norm]
+        m = np.concatenate([np.concatenate(pts), np.ones((sum(map(len, pts)), 1))], axis=1)
         dirs = m @ self.T_world_from_cam[:3, :3].T
         far_m = _FAR_FACTOR * self.max_range_m
-        p, hit = intersect_rays(surface, self.center, dirs, far_m)
-        bearing = dirs[:, :2] / np.maximum(np.linalg.norm(dirs[:, :2], axis=1, keepdims=True), 1e-12)
-        return np.where(hit[:, None], p[:, :2], self.center[:2] + far_m * bearing)
+        p_all, hit_all = intersect_rays(surface, self.center, dirs, far_m, self.ground_z_m)
+        bearing_all = np.arctan2(dirs[:, 1], dirs[:, 0])
+        out = []
+        for start, end in zip(
+            np.cumsum([0, *map(len, pts)])[:-1], np.cumsum(list(map(len, pts))), strict=True
+        ):
+            p, hit, bearing = p_all[start:end, :2], hit_all[start:end], bearing_all[start:end]
+            if hit.all():
+                out.append(np.vstack([p, p[:1]]))
+            elif not hit.any():
+                out.append(np.zeros((0, 2)))
+            else:
+                out.append(self._pin_runs(p, hit, bearing, far_m))
+        return out
+
+    def _pin_runs(self, p: np.ndarray, hit: np.ndarray, bearing: np.ndarray, far_m: float) -> np.ndarray:
+        """One ring's ground points with its runs of misses replaced by arcs of the far circle (closed)."""
+        order = np.roll(np.arange(len(p)), -int(np.flatnonzero(hit)[0]))  # from a hit: no run wraps
+        pieces: list[np.ndarray] = []
+        k = 0
+        while k < len(order):
+            if hit[order[k]]:
+                j = k
+                while j + 1 < len(order) and hit[order[j + 1]]:
+                    j += 1
+                pieces.append(p[order[k : j + 1]])
+            else:
+                j = k
+                while j + 1 < len(order) and not hit[order[j + 1]]:
+                    j += 1
+                a, b = bearing[order[k]], bearing[order[j]]
+                sweep = (b - a + np.pi) % (2 * np.pi) - np.pi
+                n = max(1, int(np.ceil(abs(sweep) / _ARC_STEP_RAD)))
+                ang = a + sweep * np.linspace(0.0, 1.0, n + 1)
+                pieces.append(self.center[:2] + far_m * np.stack([np.cos(ang), np.sin(ang)], axis=1))
+            k = j + 1
+        ring = np.concatenate(pieces)
+        return np.vstack([ring, ring[:1]])
 
     @cached_property
     def image_region_norm(self) -> Polygon:
@@ -112,11 +155,18 @@ class FrameGeometry:
         if region_norm.is_empty:
             return region_norm
         surface = surface or self.surface
-        step = _DENSIFY_PX / self.camera.focal_px
-        dense = shapely.segmentize(region_norm, step)
-        on_ground = shapely.transform(dense, lambda xy: self._ground_xy(xy, surface))
-        if not on_ground.is_valid:  # far vertices crowd together, pinned ones coincide: repair
-            on_ground = shapely.union_all(_polygonal(shapely.make_valid(on_ground)))
+        dense = shapely.segmentize(region_norm, _DENSIFY_PX / self.camera.focal_px)
+        polys = _polygonal(dense)
+        rings = [np.asarray(r.coords) for poly in polys for r in (poly.exterior, *poly.interiors)]
+        ground = iter(self._rings_to_ground(rings, surface))
+        parts = []
+        for poly in polys:
+            exterior, holes = next(ground), [next(ground) for _ in poly.interiors]
+            if len(exterior) >= 4:
+                parts.append(Polygon(exterior, [r for r in holes if len(r) >= 4]))
+        # Far vertices crowd together and rounding can pinch a ring: repair before the union.
+        parts = [p if p.is_valid else shapely.union_all(_polygonal(shapely.make_valid(p))) for p in parts]
+        on_ground = shapely.union_all(parts) if len(parts) > 1 else (parts[0] if parts else Polygon())
         return on_ground.intersection(self._disc())
 
     def visible_ground(self) -> BaseGeometry:
@@ -145,4 +195,6 @@ class FrameGeometry:
 
 def _polygonal(geom: BaseGeometry) -> list[Polygon]:
     """The polygons of any geometry (a repaired ring can leave lines and points beside them)."""
-    return [g for g in shapely.get_parts(geom) if g.geom_type in ("Polygon", "MultiPolygon")]
+    return [g for g in shapely.get_parts(geom) if g.geom_type == "Polygon"] + [
+        p for g in shapely.get_parts(geom) if g.geom_type == "MultiPolygon" for p in g.geoms
+    ]
