@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import shapely
@@ -54,7 +56,7 @@ def test_surface_from_the_poses_follows_grades_crests_and_the_cross_fall():
     assert (z[0] - z[1]) / 20.0 == pytest.approx(np.interp(x_end, _GRADE_KNOTS_X, _GRADE_VALUES), abs=0.002)
 
 
-def test_left_out_frames_do_not_shape_the_surface_and_short_drives_fall_back():
+def test_left_out_frames_do_not_shape_the_surface_and_short_drives_fall_back(caplog):
     traj = trajectory(60, step_m=1.5, ground=hills)
     bad = traj.copy()
     bad[30, 2, 3] += 3.0  # a GNSS altitude glitch
@@ -65,8 +67,9 @@ def test_left_out_frames_do_not_shape_the_surface_and_short_drives_fall_back():
     assert clean.near(30).height_m(pt)[0] == pytest.approx(hills(*pt.T)[0], abs=0.03)
     glitched = TrajectoryGround.from_poses(bad, IMU_HEIGHT_M)
     assert abs(glitched.near(30).height_m(pt)[0] - hills(*pt.T)[0]) > 0.2
-    with pytest.warns(UserWarning, match="too short to build a ground surface"):
-        assert TrajectoryGround.from_poses(traj[:3], IMU_HEIGHT_M) is None
+    with caplog.at_level(logging.WARNING):
+        assert TrajectoryGround.from_poses(traj[:3], IMU_HEIGHT_M, source="drive_0001") is None
+    assert "drive_0001: the drive covers 3.0 m, too short to build a ground surface" in caplog.text
 
 
 def test_rays_meet_a_grade_where_the_closed_form_says():

@@ -20,13 +20,15 @@ by Newton steps, vectorised over rays.
 
 from __future__ import annotations
 
-import warnings
+import logging
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 from scipy.signal import savgol_filter
 from scipy.spatial import cKDTree
+
+log = logging.getLogger(__name__)
 
 _NEWTON_STEPS = 8
 _HIT_TOL_M = 1e-3
@@ -227,10 +229,12 @@ class TrajectoryGround:
             xy, z, cross = xy[first], z[first], cross[first]
         length = float(s_frames[-1]) if len(xy) >= 2 else 0.0
         if length < MIN_PATH_M:
-            warnings.warn(
-                f"{source}: the drive covers {length:.1f} m, too short to build a ground surface "
-                f"(needs {MIN_PATH_M:.0f} m): using a level plane under the car at each frame",
-                stacklevel=2,
+            log.warning(
+                "%s: the drive covers %.1f m, too short to build a ground surface (needs %.0f m): "
+                "using a level plane under the car at each frame",
+                source,
+                length,
+                MIN_PATH_M,
             )
             return None
         n = max(2, int(np.floor(length / step_m)) + 1)

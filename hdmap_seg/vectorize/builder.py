@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from hdmap_seg.data.roads import read_mask as read_label_png
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.camera import CameraModel
-from hdmap_seg.geo.drivelog import DriveLog
+from hdmap_seg.geo.drivelog import DriveLog, find_log_jumps, smooth_log
 from hdmap_seg.geo.ground import LevelPlane, Raised, TrajectoryGround
 from hdmap_seg.vectorize.config import VectorizeConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
@@ -58,8 +59,8 @@ class MapBuilder:
         for bit, layer in ((1, "pole"), (2, "sign"), (4, "median")):
             for cid in cfg.classes.get(layer, []):
                 self._lut[int(cid)] |= bit
-        self.poles = PoleFuser(cfg.pole) if "pole" in cfg.classes else None
-        self.signs = SignTracker(cfg.sign, cfg.max_range_m) if "sign" in cfg.classes else None
+        self.poles = PoleFuser(cfg.pole, cfg.pose) if "pole" in cfg.classes else None
+        self.signs = SignTracker(cfg.sign, cfg.max_range_m, cfg.pose) if "sign" in cfg.classes else None
         self.ground = GroundVotes(cfg.median)
         self._has_median = "median" in cfg.classes
         self._last_frame: int | None = None
@@ -100,7 +101,7 @@ class MapBuilder:
             inst = pole_instances(
                 (bits & 1) > 0, cfg.pole, blocked=sign_px, min_base_row=geom.top_ground_row_px()
             )
-            self.poles.add(frame_index, timestamp, *pole_observations(inst, geom, cfg.pole))
+            self.poles.add(frame_index, timestamp, *pole_observations(inst, geom, cfg.pole, cfg.pose))
         if self.signs is not None:
             self.signs.add(frame_index, timestamp, sign_instances(sign_px, cfg.sign), geom)
         median = None
@@ -189,13 +190,32 @@ def vectorize_log(
             f"{first}: mask of frame {log[0].stem} not found (masks are PNGs named like the frames)"
         )
     config = config or VectorizeConfig()
-    builder = MapBuilder(log.camera, config, drive_ground(log, config))
+    log, config, good = prepare_poses(log, config)
+    builder = MapBuilder(log.camera, config, drive_ground(log, config, good))
     paths = [log.mask_path(masks_dir, i) for i in range(len(log))]
     with tqdm(total=len(log), desc="vectorize", unit="frame", disable=not progress) as bar:
         for i, mask in enumerate(_prefetch(paths)):
             builder.add_frame(i, mask, log.T_world_from_cam(i), log[i].timestamp, source=str(paths[i]))
             bar.update()
     return builder.finish()
+
+
+def prepare_poses(log: DriveLog, config: VectorizeConfig) -> tuple[DriveLog, VectorizeConfig, np.ndarray]:
+    """The log with the poses mapping uses, the config with their noise, and the frames without GNSS jumps.
+
+    With ``pose.smooth`` the poses are smoothed (:func:`~hdmap_seg.geo.drivelog.smooth_log`) and the
+    noise the smoother leaves becomes ``pose.sigma_m`` and ``pose.sigma_yaw_deg``, which every view's
+    noise includes; without, the poses and those two are used as given. Either way frames of GNSS jumps are reported and left out of the ground.
+    """
+    if not config.pose.smooth:
+        return log, config, find_log_jumps(log, config.pose.max_jump_m)
+    smoothed, report = smooth_log(log, config.pose.max_jump_m)
+    if report.smoothed:
+        pose = replace(
+            config.pose, sigma_m=report.sigma_pos_m, sigma_yaw_deg=float(np.degrees(report.sigma_yaw_rad))
+        )
+        config = replace(config, pose=pose)
+    return smoothed, config, report.good
 
 
 def drive_ground(

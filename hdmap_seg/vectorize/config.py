@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -86,6 +87,20 @@ class GroundConfig:
 
 
 @dataclass
+class PoseConfig:
+    smooth: bool = True  # smooth the drive's poses (GNSS with the unit's velocities) before mapping
+    max_jump_m: float = 2.0  # GNSS jumps larger than this are reported and left out of the fit and the ground
+    # Noise of the poses as mapping uses them, added to every view (1 sigma: metres per horizontal
+    # axis, degrees of heading). With smooth: true the smoother's estimate of what it leaves replaces them.
+    sigma_m: float = 0.0
+    sigma_yaw_deg: float = 0.0
+
+    @property
+    def sigma_yaw_rad(self) -> float:
+        return float(np.radians(self.sigma_yaw_deg))
+
+
+@dataclass
 class VectorizeConfig:
     #: layer -> mask class ids that feed it
     classes: dict[str, list[int]] = field(default_factory=lambda: {"pole": [4], "sign": [5], "median": [3]})
@@ -95,6 +110,7 @@ class VectorizeConfig:
     sign: SignConfig = field(default_factory=SignConfig)
     median: MedianConfig = field(default_factory=MedianConfig)
     ground: GroundConfig = field(default_factory=GroundConfig)
+    pose: PoseConfig = field(default_factory=PoseConfig)
 
     def __post_init__(self) -> None:
         if self.ground.model not in GROUND_MODELS:

@@ -18,7 +18,7 @@ import numpy as np
 from shapely.geometry import Point
 
 from hdmap_seg.vectorize.components import components
-from hdmap_seg.vectorize.config import PoleConfig
+from hdmap_seg.vectorize.config import PoleConfig, PoseConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layers import Feature
 from hdmap_seg.vectorize.tracks import GroundAt, Track, TrackSet, assign, keep_best, sighting_properties
@@ -92,7 +92,7 @@ def pole_instances(
 
 
 def pole_observations(
-    instances: np.ndarray, geom: FrameGeometry, cfg: PoleConfig
+    instances: np.ndarray, geom: FrameGeometry, cfg: PoleConfig, pose: PoseConfig | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Instances -> ground positions ``(K, 2)``, information ``(K, 2, 2)``, views ``(K, 8)``, ground ``(K,)``.
 
@@ -100,8 +100,10 @@ def pole_observations(
     ``[cx_m, cy_m, drop_m, azimuth_rad, front_range_m, radius_m, focal_px, slope]``: the camera's
     horizontal position, its height above the base's ground point, the bearing and horizontal
     distance of that point, the pole's radius, and the ground's rise per metre away from the
-    camera there. ``ground`` is the ground's height at each position.
+    camera there. ``ground`` is the ground's height at each position. ``pose`` adds the noise of
+    the pose: its position error as it is, its heading error times the range across the ray.
     """
+    pose = pose or PoseConfig()
     if len(instances) == 0:
         return np.zeros((0, 2)), np.zeros((0, 2, 2)), np.zeros((0, 8)), np.zeros(0)
     dirs = geom.rays_world(instances[:, :2])
@@ -121,8 +123,9 @@ def pole_observations(
     # Range per pixel of the base row: the depression angle changes by (drop + slope r) / (r^2 + drop^2)
     # per metre; a ground rising away resolves range better, one falling away worse.
     rate = np.maximum(drop + slope * r, 0.1 * drop)
-    sig_r = np.hypot((r**2 + drop**2) / (rate * f) * cfg.sigma_row_px, cfg.sigma_floor_m)
-    sig_l = np.hypot(r / f * cfg.sigma_col_px, cfg.sigma_floor_m)
+    floor = np.hypot(cfg.sigma_floor_m, pose.sigma_m)
+    sig_r = np.hypot((r**2 + drop**2) / (rate * f) * cfg.sigma_row_px, floor)
+    sig_l = np.hypot(np.hypot(r / f * cfg.sigma_col_px, r * pose.sigma_yaw_rad), floor)
     n_hat = np.stack([-u_hat[:, 1], u_hat[:, 0]], axis=1)
     info = (u_hat[:, :, None] * u_hat[:, None, :]) / sig_r[:, None, None] ** 2 + (
         n_hat[:, :, None] * n_hat[:, None, :]
@@ -141,7 +144,9 @@ def pole_observations(
     return xy, info, views, z
 
 
-def refine_pole(xy0: np.ndarray, views: np.ndarray, cfg: PoleConfig) -> tuple[np.ndarray, np.ndarray]:
+def refine_pole(
+    xy0: np.ndarray, views: np.ndarray, cfg: PoleConfig, pose: PoseConfig | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Maximum-likelihood ground point of a pole from its views: position ``(2,)`` and covariance ``(2, 2)``.
 
     Minimises the views' pixel residuals, of the bearing (column) and of the base's depression
@@ -150,7 +155,9 @@ def refine_pole(xy0: np.ndarray, views: np.ndarray, cfg: PoleConfig) -> tuple[np
     offset ``b`` (px, prior ``base_bias_px``) fitted with the point: where the bearings of many
     views fix the point they fix ``b`` too; where they cannot (a short baseline), the rows place it.
     A view's ground is the plane through its base point with the view's slope, so on a grade the
-    depression follows the ground as the point moves.
+    depression follows the ground as the point moves. Pose noise (``pose``) widens each view's
+    pixel noise: its heading error turns the bearing, its position error moves the point, which
+    near views feel most.
 
     The tracks' information sums weigh each view by the range it measured: a base that bled low
     looks near, hence certain, and pulls the sum towards the camera. Here every view is weighed at
@@ -159,7 +166,11 @@ def refine_pole(xy0: np.ndarray, views: np.ndarray, cfg: PoleConfig) -> tuple[np
     C = views[:, :2]
     drop0, az_obs, r_front, radius, f, slope = views[:, 2:].T
     dep_obs = np.arctan2(drop0, r_front)
-    sig_col, sig_row = cfg.sigma_col_px, cfg.sigma_row_px
+    pose = pose or PoseConfig()
+    sig_col = np.hypot(np.hypot(cfg.sigma_col_px, f * pose.sigma_yaw_rad), f * pose.sigma_m / r_front)
+    sig_row = np.hypot(
+        cfg.sigma_row_px, f * pose.sigma_m * np.abs(drop0 + slope * r_front) / (r_front**2 + drop0**2)
+    )
     prior = np.diag([0.0, 0.0, 1.0 / cfg.base_bias_px**2])
     theta = np.r_[np.asarray(xy0, dtype=float), 0.0]  # x_m, y_m, b_px
     for _ in range(_REFINE_ITERATIONS):
@@ -191,9 +202,10 @@ def refine_pole(xy0: np.ndarray, views: np.ndarray, cfg: PoleConfig) -> tuple[np
 class PoleFuser(TrackSet):
     """Fuses pole observations frame by frame into tracks; :meth:`finish` gives Point features."""
 
-    def __init__(self, cfg: PoleConfig) -> None:
+    def __init__(self, cfg: PoleConfig, pose: PoseConfig | None = None) -> None:
         super().__init__(cfg.min_obs, cfg.retire_after_frames, cfg.merge_radius_m)
         self.cfg = cfg
+        self.pose = pose or PoseConfig()
 
     def add(
         self, frame: int, time, xy: np.ndarray, info: np.ndarray, views: np.ndarray, ground: np.ndarray
@@ -223,7 +235,7 @@ class PoleFuser(TrackSet):
         """Point features at the poles' bases, on the ground that ``ground_at`` gives."""
         features = []
         for i, t in enumerate(self.close()):
-            (x, y), cov = refine_pole(t.estimate, np.array(t.kept), self.cfg)
+            (x, y), cov = refine_pole(t.estimate, np.array(t.kept), self.cfg, self.pose)
             props = {"id": i, "type": "pole", **sighting_properties(t, cov)}
             features.append(Feature(Point(x, y, ground_at(t, np.array([x, y]))), props))
         return features

@@ -23,7 +23,7 @@ import numpy as np
 from shapely.geometry import Point
 
 from hdmap_seg.vectorize.components import components
-from hdmap_seg.vectorize.config import SignConfig
+from hdmap_seg.vectorize.config import PoseConfig, SignConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layers import Feature
 from hdmap_seg.vectorize.tracks import GroundAt, Track, TrackSet, assign, keep_best, sighting_properties
@@ -136,9 +136,10 @@ def _union(x1: int, y1: int, a: np.ndarray, x2: int, y2: int, b: np.ndarray) -> 
 class SignTracker(TrackSet):
     """Associates sign rays over frames and triangulates them; :meth:`finish` gives Point features."""
 
-    def __init__(self, cfg: SignConfig, max_range_m: float) -> None:
+    def __init__(self, cfg: SignConfig, max_range_m: float, pose: PoseConfig | None = None) -> None:
         super().__init__(cfg.min_obs, cfg.retire_after_frames, cfg.merge_radius_m)
         self.cfg = cfg
+        self.pose = pose or PoseConfig()
         self.max_range_m = max_range_m
         self._focal_px = 1.0
 
@@ -169,7 +170,7 @@ class SignTracker(TrackSet):
             t = matched.get(o)
             depth = track_depth[t] if t is not None and self.active[t].n_obs >= 2 else prior_depth[o]
             d = dirs[o]
-            s_perp = np.hypot(depth * self.cfg.sigma_px / f, self.cfg.sigma_floor_m)
+            s_perp = _perp_sigma_m(depth, f, self.cfg, self.pose)
             s_depth = 0.5 * prior_depth[o]
             outer = np.outer(d, d)
             info = (np.eye(3) - outer) / s_perp**2 + outer / s_depth**2
@@ -242,7 +243,7 @@ class SignTracker(TrackSet):
             # the height taken from all views, or from the nearest half; the better fit wins.
             near = kept[:, 8] <= np.median(kept[:, 8])
             refs = (np.ones_like(near), near)
-            fits = [_refine(t.estimate, kept, self._focal_px, self.cfg, ref) for ref in refs]
+            fits = [_refine(t.estimate, kept, self._focal_px, self.cfg, self.pose, ref) for ref in refs]
             fits = [f for f in fits if f[2].sum() >= self.cfg.min_obs] or fits
             p, cov, inliers, chi2 = min(fits, key=lambda f: f[3])
             if (
@@ -265,8 +266,20 @@ class SignTracker(TrackSet):
         return features
 
 
+def _perp_sigma_m(depth_m, focal_px: float, cfg: SignConfig, pose: PoseConfig):
+    """1-sigma of a view's miss distance across its ray at ``depth_m``: the centroid's pixel noise and
+    the heading's error grow with the depth, the floor and the pose's position error do not."""
+    angular = np.hypot(cfg.sigma_px / focal_px, pose.sigma_yaw_rad)
+    return np.hypot(np.asarray(depth_m) * angular, np.hypot(cfg.sigma_floor_m, pose.sigma_m))
+
+
 def _refine(
-    p0: np.ndarray, kept: np.ndarray, focal_px: float, cfg: SignConfig, reference: np.ndarray
+    p0: np.ndarray,
+    kept: np.ndarray,
+    focal_px: float,
+    cfg: SignConfig,
+    pose: PoseConfig,
+    reference: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Re-triangulate a sign from its kept (nearest) views, dropping views off its point.
 
@@ -282,7 +295,7 @@ def _refine(
     inliers = np.ones(len(kept), bool)
     p = p0
     for _ in range(_REFINE_ITERATIONS):
-        s_perp = np.hypot(np.linalg.norm(p - C, axis=1) * cfg.sigma_px / focal_px, cfg.sigma_floor_m)
+        s_perp = _perp_sigma_m(np.linalg.norm(p - C, axis=1), focal_px, cfg, pose)
         info = (np.eye(3) - outer) / s_perp[:, None, None] ** 2 + outer / (0.5 * prior[:, None, None]) ** 2
         x = C + d * prior[:, None]
         A = info[inliers].sum(0)
