@@ -10,7 +10,9 @@ so the whole trajectory is known and a smoother (not a filter) is used:
   Without velocities, ``base`` integrates a running median of the frame-to-frame velocities (the
   neighbours' robust motion) for jump detection, and the smoother fits the positions themselves.
 - **yaw**: the same with the yaw rate (``base`` = its integral), else a spline of the unwrapped yaw.
-- **roll, pitch**: a smoothing spline each.
+- **roll, pitch**: kept as recorded. An INS measures attitude to hundredths of a degree, and the
+  body's pitch and roll on its springs are real motion of the camera: smoothing them away put
+  poles and signs of a noise-free drive 0.1-0.3 m off.
 
 **Jumps** (GNSS glitches) are found on ``r = xyz - base`` (what the velocities, or the neighbours'
 motion, do not explain): a frame whose ``r`` is more than ``max_jump_m`` (3D, so altitude counts)
@@ -260,9 +262,9 @@ def smooth_trajectory(
                 pos_var += len(g) * (fit.sigma * fit.hat_norm) ** 2
                 pos_weight += len(g)
     g = np.flatnonzero(good)
-    out_rpy = np.empty_like(rpy_rad)
-    for axis in (0, 1):
-        out_rpy[:, axis] = _spline_fit(t_s[g], rpy_rad[g, axis], t_s).values
+    # Roll and pitch stay as recorded: the unit's gyros and accelerometers give them to hundredths of
+    # a degree, and what they show is the body's real motion on its springs, which the camera rides.
+    out_rpy = rpy_rad.copy()
     yaw = np.unwrap(rpy_rad[:, 2])
     yaw_base = (
         np.zeros(n) if yaw_rate_radps is None else cumulative_trapezoid(yaw_rate_radps, t_s, initial=0.0)
