@@ -10,11 +10,13 @@ import shapely
 from shapely.geometry import Polygon
 from test_vectorize_scene import (
     IMU_HEIGHT_M,
+    ORIGIN,
     default_scene,
     kitti_like_camera,
     level,
     render_mask,
     trajectory,
+    write_kitti_log,
 )
 
 from hdmap_seg.geo.ground import LevelPlane, TrajectoryGround, intersect_rays
@@ -157,3 +159,29 @@ def test_flat_road_maps_the_same_with_either_ground_model():
     a = np.array(sorted((f.geometry.x, f.geometry.y) for f in surface["poles"]))
     b = np.array(sorted((f.geometry.x, f.geometry.y) for f in plane["poles"]))
     assert a.shape == b.shape and np.abs(a - b).max() < 0.05
+
+
+@pytest.mark.slow
+def test_a_gnss_jump_is_reported_by_frame_and_left_out(tmp_path, caplog):
+    """A drive over the sag whose OXTS altitude jumps 3 m at frame 30 (the frame itself saw the true road):
+    the run names the frame, and the map is that of the clean drive."""
+    from hdmap_seg.geo.drivelog import open_drive_log
+    from hdmap_seg.geo.frames import oxts_pose_from_T
+    from hdmap_seg.geo.kitti import OxtsPacket, write_oxts
+    from hdmap_seg.vectorize import vectorize_log
+
+    scene = default_scene()
+    traj = trajectory(60, step_m=1.5, ground=hills)
+    root = write_kitti_log(tmp_path / "drive_0001_sync", kitti_like_camera(), traj, scene, ground=hills)
+    glitch = traj[30].copy()
+    glitch[2, 3] += 3.0
+    write_oxts(root / "oxts" / "data" / "0000000030.txt", OxtsPacket(**oxts_pose_from_T(ORIGIN, glitch)))
+    with caplog.at_level(logging.WARNING):
+        layers = vectorize_log(open_drive_log(root, origin=ORIGIN), progress=False)
+    assert "GNSS position jumps (> 2 m) at frames 30:" in caplog.text
+    seen = (scene.poles[:, 0] > 10.0) & (scene.poles[:, 0] < 80.0)
+    err = _pole_errors(layers, scene)[seen]
+    assert (err < 0.3).all() and err.mean() < 0.1
+    for f in layers["poles"]:
+        if f.geometry.y < 5.0:  # on the near side, where the car's roll is the road's cross-fall
+            assert f.geometry.z == pytest.approx(hills(f.geometry.x, f.geometry.y), abs=0.05)

@@ -249,8 +249,15 @@ def kitti_calib_for(camera: CameraModel):
     )
 
 
-def write_kitti_log(root, camera: CameraModel, traj: np.ndarray, scene: Scene, with_masks: bool = True):
-    """A KITTI raw drive log of ``scene`` (frames are the masks themselves, 10 Hz from 2026-01-01 12:00)."""
+def write_kitti_log(
+    root,
+    camera: CameraModel,
+    traj: np.ndarray,
+    scene: Scene,
+    with_masks: bool = True,
+    ground: Ground | None = None,
+):
+    """A KITTI raw drive log of ``scene`` on ``ground`` (frames are the masks themselves, 10 Hz from 2026-01-01 12:00)."""
     from pathlib import Path
 
     from hdmap_seg.geo.frames import oxts_pose_from_T
@@ -268,7 +275,7 @@ def write_kitti_log(root, camera: CameraModel, traj: np.ndarray, scene: Scene, w
     for i, T in enumerate(traj):
         pose = oxts_pose_from_T(ORIGIN, T)
         write_oxts(root / "oxts" / "data" / f"{i:010d}.txt", OxtsPacket(**pose))
-        mask = render_mask(camera, T, scene)
+        mask = render_mask(camera, T, scene, ground)
         cv2.imwrite(str(root / "image_02" / "data" / f"{i:010d}.png"), mask * 40)
         if with_masks:
             cv2.imwrite(str(root / "label_02" / "data" / f"{i:010d}.png"), mask)
