@@ -74,6 +74,18 @@ def test_left_out_frames_do_not_shape_the_surface_and_short_drives_fall_back(cap
     assert "drive_0001: the drive covers 3.0 m, too short to build a ground surface" in caplog.text
 
 
+def test_ground_past_the_ends_of_the_drive_is_mapped_only_a_little_way():
+    traj = trajectory(200, step_m=1.5, ground=hills)  # 300 m along +x
+    ground = TrajectoryGround.from_poses(traj, IMU_HEIGHT_M, extrapolate_m=10.0, reach_m=70.0)
+    assert ground.known_area(100) is None  # mid-drive: more than reach + 10 m from either end
+    end = ground.known_area(199)
+    x_end = traj[199, 0, 3]
+    assert end.contains(shapely.Point(x_end + 9.0, -2.0)) and end.contains(shapely.Point(x_end - 50.0, 8.0))
+    assert not end.contains(shapely.Point(x_end + 11.0, -2.0))
+    start = ground.known_area(0)
+    assert start.contains(shapely.Point(-9.0, -2.0)) and not start.contains(shapely.Point(-11.0, -2.0))
+
+
 def test_rays_meet_a_grade_where_the_closed_form_says():
     """Rays from 1.65 m over a 6 % grade, and over a level plane: Newton lands on the plane's closed form."""
 

@@ -27,6 +27,7 @@ from typing import Protocol
 import numpy as np
 from scipy.signal import savgol_filter
 from scipy.spatial import cKDTree
+from shapely.geometry import Polygon
 
 log = logging.getLogger(__name__)
 
@@ -167,13 +168,44 @@ class TrajectoryGround:
     """
 
     def __init__(
-        self, s_m: np.ndarray, surface: PathSurface, s_of_frame_m: np.ndarray, reach_m: float
+        self,
+        s_m: np.ndarray,
+        surface: PathSurface,
+        s_of_frame_m: np.ndarray,
+        reach_m: float,
+        extrapolate_m: float = np.inf,
     ) -> None:
         self._s_m = s_m
         self._all = surface
         self.s_of_frame_m = s_of_frame_m
         self.reach_m = reach_m
+        self.extrapolate_m = extrapolate_m
         self._cache: tuple[tuple[int, int], PathSurface] | None = None
+        self._known: Polygon | None = None
+
+    def known_area(self, frame: int) -> Polygon | None:
+        """Where frame ``frame`` may map the ground: up to ``extrapolate_m`` past the path's ends; None: anywhere.
+
+        Past the last contact point the surface is the last grade carried on, a guess that a crest or a
+        sag just beyond the drive's end belies; what lies farther is left unmapped rather than misplaced.
+        """
+        s = self.s_of_frame_m[frame]
+        far = self.reach_m + self.extrapolate_m
+        if not np.isfinite(self.extrapolate_m) or (s - self._s_m[0] > far and self._s_m[-1] - s > far):
+            return None
+        if self._known is None:
+            a = self._all
+            big = 1e4
+
+            def side(end: np.ndarray, outward: np.ndarray) -> Polygon:
+                # the half-plane "at most extrapolate_m past ``end`` along ``outward``", as a big box
+                left = np.array([-outward[1], outward[0]])
+                edge = end + self.extrapolate_m * outward
+                back = edge - big * outward
+                return Polygon([edge + big * left, edge - big * left, back - big * left, back + big * left])
+
+            self._known = side(a.xy_m[-1], a.tangent[-1]).intersection(side(a.xy_m[0], -a.tangent[0]))
+        return self._known
 
     @property
     def length_m(self) -> float:
@@ -205,6 +237,7 @@ class TrajectoryGround:
         height_window_m: float = 9.0,
         cross_window_m: float = 31.0,
         cross_reach_m: float = np.inf,
+        extrapolate_m: float = np.inf,
         reach_m: float = 80.0,
         source: str = "drive",
     ) -> TrajectoryGround | None:
@@ -214,7 +247,8 @@ class TrajectoryGround:
         quadratic Savitzky-Golay window of ``height_window_m`` (exact on grades and on the
         parabolas of crests and sags), cross slopes with a linear one of ``cross_window_m`` (the
         body's roll on its springs is not the road's) that holds up to ``cross_reach_m`` from the
-        path. ``reach_m`` is how far along the path a frame's surface goes.
+        path. Ground more than ``extrapolate_m`` past the path's ends is not mapped (:meth:`known_area`).
+        ``reach_m`` is how far along the path a frame's surface goes.
         """
         T = np.asarray(T_world_from_vehicle, np.float64)
         keep = np.ones(len(T), bool) if good is None else np.asarray(good, bool)
@@ -250,7 +284,7 @@ class TrajectoryGround:
         # Every frame's place along the path, the left-out ones included (they still need a surface).
         all_xy = T[:, :2, 3] - ground_offset_m * up[:, :2]
         _, k = cKDTree(surface.xy_m).query(all_xy)
-        return cls(s, surface, s[k], reach_m)
+        return cls(s, surface, s[k], reach_m, extrapolate_m)
 
 
 def _smooth(values: np.ndarray, window: float, order: int, step: float) -> tuple[np.ndarray, np.ndarray]:

@@ -94,7 +94,8 @@ class MapBuilder:
             if self.ground_model is not None
             else LevelPlane(self.camera.ground_z_m(T_world_from_cam))
         )
-        geom = FrameGeometry(self.camera, T_world_from_cam, surface, cfg.max_range_m)
+        known = self.ground_model.known_area(frame_index) if self.ground_model is not None else None
+        geom = FrameGeometry(self.camera, T_world_from_cam, surface, cfg.max_range_m, known)
         bits = cv2.LUT(mask.astype(np.uint8, copy=False), self._lut)
         sign_px = (bits & 2) > 0 if self.signs is not None else None
         if self.poles is not None:
@@ -232,6 +233,7 @@ def drive_ground(
         height_window_m=cfg.height_window_m,
         cross_window_m=cfg.cross_window_m,
         cross_reach_m=cfg.cross_reach_m,
+        extrapolate_m=cfg.extrapolate_m,
         reach_m=2.0 * config.max_range_m + 20.0,
         source=str(log.root),
     )

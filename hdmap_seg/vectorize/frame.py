@@ -35,12 +35,14 @@ _ARC_STEP_RAD = np.radians(10.0)  # pinned runs follow the far circle in steps t
 
 @dataclass
 class FrameGeometry:
-    """A camera at one pose over the ground ``surface``; only ground within ``max_range_m`` counts."""
+    """A camera at one pose over the ground ``surface``; only ground within ``max_range_m`` counts,
+    and within ``known_area`` where the surface is known only there."""
 
     camera: CameraModel
     T_world_from_cam: np.ndarray
     surface: Surface
     max_range_m: float
+    known_area: BaseGeometry | None = None
 
     @property
     def center(self) -> np.ndarray:
@@ -147,8 +149,9 @@ class FrameGeometry:
             return 0
         return max(0, int(np.floor(uv[in_front, 1].min())) - 2)
 
-    def _disc(self) -> Polygon:
-        return shapely.Point(self.center[:2]).buffer(self.max_range_m, quad_segs=_DISC_SEGMENTS)
+    def _disc(self) -> BaseGeometry:
+        disc = shapely.Point(self.center[:2]).buffer(self.max_range_m, quad_segs=_DISC_SEGMENTS)
+        return disc if self.known_area is None else disc.intersection(self.known_area)
 
     def ground_polygons(self, region_norm: BaseGeometry, surface: Surface | None = None) -> BaseGeometry:
         """Project a region of the normalised image onto the ground (default: the frame's surface)."""
