@@ -99,7 +99,9 @@ def test_commands_end_to_end(tmp_path):
     _write_truth(tmp_path / "gt", scene)
     # The drawn truth holds every pole of the scene, also those this 70-frame drive sees in fewer
     # frames than the default min_obs (5, set for predicted masks).
-    summary = vectorize_main([str(log), "--quiet", "--set", "pole.min_obs=2"])  # world frame at the first OXTS packet
+    summary = vectorize_main(
+        [str(log), "--quiet", "--set", "pole.min_obs=2"]
+    )  # world frame at the first OXTS packet
     assert summary["frames"] == 70 and summary["features"]["medians"] == 2
     for name in ("poles", "signs", "medians", "coverage"):
         assert (log / "map" / f"{name}.geojson").is_file()
@@ -145,3 +147,23 @@ def test_user_errors_exit_2_without_traceback(tmp_path):
         )
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_slivers_the_coverage_clip_leaves_of_a_footprint_do_not_count(tmp_path):
+    """A truth median whose end the coverage's edge just grazes leaves a 0.02 m^2 sliver: no map element."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    strip = Polygon([(0, 0), (40, 0), (40, 2), (0, 2)])
+    grazed = Polygon([(49.99, 0), (70, 0), (70, 2), (49.99, 2)])  # starts 1 cm inside the coverage
+    coverage = Polygon([(-5, -10), (50, -10), (50, 10), (-5, 10)])
+    write_geojson(
+        gt / "medians.geojson",
+        [Feature(strip, {"kind": "footprint"}), Feature(grazed, {"kind": "footprint"})],
+        ORIGIN,
+    )
+    write_geojson(
+        pred / "medians.geojson", [Feature(strip, {"kind": "footprint", "confidence": 0.9})], ORIGIN
+    )
+    write_geojson(pred / "coverage.geojson", [Feature(coverage, {})], ORIGIN)
+    m = evaluate_maps(pred, gt)["medians"]["footprints"]
+    assert m["n_gt"] == 1 and m["AP@1m"] == 1.0
+    assert evaluate_maps(pred, gt, use_roi=False)["medians"]["footprints"]["n_gt"] == 2

@@ -173,6 +173,11 @@ def _split_medians(feats) -> tuple[list, list]:
     return polys, lines
 
 
+# Parts of clipped elements smaller than these are dropped (a footprint's perimeter is no measure of its size).
+_MIN_CLIPPED_AREA_M2 = 0.5
+_MIN_CLIPPED_LENGTH_M = 0.5
+
+
 def _clip(items, roi: BaseGeometry | None, points: bool = False):
     if roi is None:
         return items
@@ -182,7 +187,10 @@ def _clip(items, roi: BaseGeometry | None, points: bool = False):
     for g, p in items:
         c = g.intersection(roi)
         for part in shapely.get_parts(c):
-            if part.geom_type in ("Polygon", "LineString") and (part.area > 0.01 or part.length > 0.5):
+            # Slivers the clip leaves where the region's edge grazes a footprint are no element of a map.
+            if (part.geom_type == "Polygon" and part.area >= _MIN_CLIPPED_AREA_M2) or (
+                part.geom_type == "LineString" and part.length >= _MIN_CLIPPED_LENGTH_M
+            ):
                 out.append((part, p))
     return out
 
