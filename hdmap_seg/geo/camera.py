@@ -1,9 +1,8 @@
-"""Camera model (OpenCV's, with distortion), camera -> vehicle -> world, and the flat ground.
+"""Camera model (OpenCV's, with distortion) and camera -> vehicle -> world.
 
 Pixel coordinates follow OpenCV: ``(u, v)`` with pixel centres on integers, ``u`` to the right,
-``v`` down. The ``cam`` frame is OpenCV's (x right, y down, z forward). The ground is the plane
-``z = ground_z_m`` of the world frame, ``ground_offset_m`` below the vehicle's reference point
-(docs/conventions.md): it stays level when the car pitches or rolls.
+``v`` down. The ``cam`` frame is OpenCV's (x right, y down, z forward). Rays meet the ground in
+:mod:`hdmap_seg.geo.ground`.
 """
 
 from __future__ import annotations
@@ -104,34 +103,3 @@ class CameraModel:
         """World height of the ground under the vehicle that carries the camera at this pose."""
         T_world_from_vehicle = T_world_from_cam @ invert_transform(self.T_vehicle_from_cam)
         return float(T_world_from_vehicle[2, 3] - self.ground_offset_m)
-
-
-def ground_homography(T_world_from_cam: np.ndarray, plane_z_m: float) -> np.ndarray:
-    """3x3 ``H`` mapping normalised camera coordinates ``(x, y, 1)`` to world ``(X, Y, 1)`` on ``z = plane_z_m``.
-
-    ``H @ m = w * (X, Y, 1)`` with ``w = (R @ m)_z``; the ray meets the plane in front of the
-    camera only where ``w`` has the sign of ``plane_z_m - C_z`` (below the horizon for a plane
-    under the camera).
-    """
-    R, C = T_world_from_cam[:3, :3], T_world_from_cam[:3, 3]
-    dz = plane_z_m - C[2]
-    return np.stack([C[0] * R[2] + dz * R[0], C[1] * R[2] + dz * R[1], R[2]])
-
-
-def apply_homography(H: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """``(N, 2)`` -> ``(N, 2)`` through a 3x3 homography."""
-    xy = np.asarray(xy, np.float64).reshape(-1, 2)
-    p = xy @ H[:, :2].T + H[:, 2]
-    return p[:, :2] / p[:, 2:3]
-
-
-def intersect_ground(origin: np.ndarray, dirs: np.ndarray, plane_z_m: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rays ``origin + t * dirs`` (``(N, 3)`` dirs, world) against ``z = plane_z_m``.
-
-    Returns ``(N, 3)`` hit points and ``(N,)`` flags: True where the ray meets the plane at ``t > 0``.
-    """
-    dirs = np.asarray(dirs, np.float64).reshape(-1, 3)
-    dz = dirs[:, 2]
-    ok = dz * (plane_z_m - origin[2]) > 1e-12
-    t = np.where(ok, (plane_z_m - origin[2]) / np.where(ok, dz, 1.0), 0.0)
-    return origin + t[:, None] * dirs, ok

@@ -78,15 +78,13 @@ class MedianConfig:
 
 @dataclass
 class GroundConfig:
-    model: str = (
-        "trajectory"  # trajectory: the road surface from the drive's poses; plane: level under the car
-    )
+    # trajectory: the road surface from the drive's poses; plane: level under the car
+    model: str = "trajectory"
     height_window_m: float = 9.0  # the path's height is smoothed over this length (quadratic: keeps crests)
     cross_window_m: float = 31.0  # the cross slope (from roll) over this length: body roll is not the road's
     cross_reach_m: float = 6.0  # the cross slope holds this far beside the path; beyond, level across
-    extrapolate_m: float = (
-        10.0  # past the drive's ends the ground is a guess: medians and coverage stop this far out
-    )
+    # Past the drive's ends the ground is a guess: medians and coverage stop this far out.
+    extrapolate_m: float = 10.0
 
 
 @dataclass

@@ -54,10 +54,6 @@ class FrameGeometry:
         """Height of the ground under the camera."""
         return float(self.surface.height_m(self.center[None, :2])[0])
 
-    @property
-    def height_above_ground_m(self) -> float:
-        return float(self.center[2] - self.ground_z_m)
-
     def rays_world(self, uv: np.ndarray) -> np.ndarray:
         """``(N, 2)`` pixels -> ``(N, 3)`` unit ray directions in the world."""
         return self.camera.rays_cam(uv) @ self.T_world_from_cam[:3, :3].T
@@ -96,24 +92,17 @@ class FrameGeometry:
     def _pin_runs(self, p: np.ndarray, hit: np.ndarray, bearing: np.ndarray, far_m: float) -> np.ndarray:
         """One ring's ground points with its runs of misses replaced by arcs of the far circle (closed)."""
         order = np.roll(np.arange(len(p)), -int(np.flatnonzero(hit)[0]))  # from a hit: no run wraps
+        runs = np.split(order, np.flatnonzero(np.diff(hit[order].astype(np.int8))) + 1)
         pieces: list[np.ndarray] = []
-        k = 0
-        while k < len(order):
-            if hit[order[k]]:
-                j = k
-                while j + 1 < len(order) and hit[order[j + 1]]:
-                    j += 1
-                pieces.append(p[order[k : j + 1]])
-            else:
-                j = k
-                while j + 1 < len(order) and not hit[order[j + 1]]:
-                    j += 1
-                a, b = bearing[order[k]], bearing[order[j]]
-                sweep = (b - a + np.pi) % (2 * np.pi) - np.pi
-                n = max(1, int(np.ceil(abs(sweep) / _ARC_STEP_RAD)))
-                ang = a + sweep * np.linspace(0.0, 1.0, n + 1)
-                pieces.append(self.center[:2] + far_m * np.stack([np.cos(ang), np.sin(ang)], axis=1))
-            k = j + 1
+        for run in runs:
+            if hit[run[0]]:
+                pieces.append(p[run])
+                continue
+            a, b = bearing[run[0]], bearing[run[-1]]
+            sweep = (b - a + np.pi) % (2 * np.pi) - np.pi
+            n = max(1, int(np.ceil(abs(sweep) / _ARC_STEP_RAD)))
+            ang = a + sweep * np.linspace(0.0, 1.0, n + 1)
+            pieces.append(self.center[:2] + far_m * np.stack([np.cos(ang), np.sin(ang)], axis=1))
         ring = np.concatenate(pieces)
         return np.vstack([ring, ring[:1]])
 
