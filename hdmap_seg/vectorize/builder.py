@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import shapely
 from shapely.geometry import Polygon
 from tqdm import tqdm
 
@@ -38,6 +39,8 @@ from hdmap_seg.vectorize.signs import SignTracker, sign_instances
 from hdmap_seg.vectorize.tracks import Track
 
 _PREFETCH = 16  # masks decoded ahead of the vectorizer
+# A straight edge drawn in pixels steps by half a pixel either side of its line.
+_CONTOUR_TOLERANCE_PX = 0.75
 
 
 class MapBuilder:
@@ -144,16 +147,22 @@ class MapBuilder:
 
 
 def _mask_polygons(binary: np.ndarray, min_pixels: int) -> list[Polygon]:
-    """Pixel-space polygons (with holes) of a binary mask, through its boundary pixels' centres.
+    """Pixel-space polygons (with holes) of a binary mask, along the region's edge.
 
-    Half a pixel inside the region's edge; the ground vote grid's rasterisation marks every cell an
-    edge touches, which gives it back (docs/map.md, "Medians"). Parts and holes smaller than
-    ``min_pixels`` are speckle: dropped before they cost a polygon operation each.
+    OpenCV's contours run through the boundary pixels' centres, in a staircase on slanted edges:
+    the staircase is straightened (Douglas-Peucker, ``_CONTOUR_TOLERANCE_PX``; a fifteenth of the
+    vertices, each a ray to cast) and the result grown by the half pixel between those centres
+    and the region's edge. Parts and holes smaller than ``min_pixels`` are speckle: dropped before
+    they cost a polygon operation each.
     """
     contours, hierarchy = cv2.findContours(binary.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return []
     hierarchy = hierarchy[0]
+
+    def ring(c: np.ndarray) -> np.ndarray:
+        return cv2.approxPolyDP(c, _CONTOUR_TOLERANCE_PX, True).reshape(-1, 2).astype(float)
+
     out = []
     for i, c in enumerate(contours):
         if hierarchy[i][3] != -1 or len(c) < 3 or cv2.contourArea(c) < min_pixels:
@@ -162,9 +171,15 @@ def _mask_polygons(binary: np.ndarray, min_pixels: int) -> list[Polygon]:
         while child != -1:
             h = contours[child]
             if len(h) >= 3 and cv2.contourArea(h) >= min_pixels:
-                holes.append(h.reshape(-1, 2).astype(float))
+                holes.append(ring(h))
             child = hierarchy[child][0]
-        out.append(Polygon(c.reshape(-1, 2).astype(float), holes))
+        outer = ring(c)
+        if len(outer) < 3:
+            continue
+        poly = Polygon(outer, [h for h in holes if len(h) >= 3])
+        if not poly.is_valid:  # a ragged mask's contour touches itself where the region is a pixel wide
+            poly = shapely.make_valid(poly)
+        out.extend(shapely.get_parts(poly.buffer(0.5, join_style="mitre")))
     return out
 
 

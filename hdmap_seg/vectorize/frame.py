@@ -25,7 +25,9 @@ from hdmap_seg.geo.ground import Surface, intersect_rays
 
 # Vertices per image edge when the image border is mapped through the distortion model.
 _BORDER_POINTS = 16
-_DISC_SEGMENTS = 16  # per quarter circle
+_UNIT_CIRCLE = np.stack(  # 16 segments per quarter, as shapely's buffer draws a circle
+    [np.cos(np.linspace(0, 2 * np.pi, 65)), np.sin(np.linspace(0, 2 * np.pi, 65))], axis=1
+)
 # Rays meeting the ground farther than this x max_range_m are pinned there (outside the kept disc).
 _FAR_FACTOR = 2.0
 # Longest image edge (px) between projected vertices: at 30 m a pixel row spans about 0.8 m of road.
@@ -139,7 +141,7 @@ class FrameGeometry:
         return max(0, int(np.floor(uv[in_front, 1].min())) - 2)
 
     def _disc(self) -> BaseGeometry:
-        disc = shapely.Point(self.center[:2]).buffer(self.max_range_m, quad_segs=_DISC_SEGMENTS)
+        disc = Polygon(self.center[:2] + self.max_range_m * _UNIT_CIRCLE)
         return disc if self.known_area is None else disc.intersection(self.known_area)
 
     def ground_polygons(self, region_norm: BaseGeometry, surface: Surface | None = None) -> BaseGeometry:
