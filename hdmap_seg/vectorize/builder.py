@@ -103,7 +103,7 @@ class MapBuilder:
         sign_px = (bits & 2) > 0 if self.signs is not None else None
         if self.poles is not None:
             inst = pole_instances(
-                (bits & 1) > 0, cfg.pole, blocked=sign_px, min_base_row=geom.top_ground_row_px()
+                (bits & 1) > 0, cfg.pole, blocked=sign_px, min_base_row=geom.top_ground_row_px
             )
             self.poles.add(frame_index, timestamp, *pole_observations(inst, geom, cfg.pole, cfg.pose))
         if self.signs is not None:

@@ -23,8 +23,9 @@ from shapely.geometry.base import BaseGeometry
 from hdmap_seg.geo.camera import CameraModel
 from hdmap_seg.geo.ground import Surface, intersect_rays
 
-# Vertices per image edge when the image border is mapped through the distortion model.
-_BORDER_POINTS = 16
+# The image border's vertices (px apart) for the footprint of a frame: its sides on the ground are
+# straight on a plane and bend only gently over a crest.
+_BORDER_STEP_PX = 24.0
 _UNIT_CIRCLE = np.stack(  # 16 segments per quarter, as shapely's buffer draws a circle
     [np.cos(np.linspace(0, 2 * np.pi, 65)), np.sin(np.linspace(0, 2 * np.pi, 65))], axis=1
 )
@@ -109,20 +110,6 @@ class FrameGeometry:
         return np.vstack([ring, ring[:1]])
 
     @cached_property
-    def image_region_norm(self) -> Polygon:
-        """The whole image in undistorted, normalised coordinates."""
-        w, h = self.camera.size
-        t = np.linspace(0.0, 1.0, _BORDER_POINTS, endpoint=False)
-        border_px = np.concatenate(
-            [
-                np.stack([-0.5 + t * w, np.full_like(t, -0.5)], 1),
-                np.stack([np.full_like(t, w - 0.5), -0.5 + t * h], 1),
-                np.stack([w - 0.5 - t * w, np.full_like(t, h - 0.5)], 1),
-                np.stack([np.full_like(t, -0.5), h - 0.5 - t * h], 1),
-            ]
-        )
-        return Polygon(self.camera.normalized_from_pixels(border_px))
-
     def top_ground_row_px(self) -> int:
         """The highest image row (smallest ``v``) that shows ground within range; rows above cannot.
 
@@ -144,12 +131,15 @@ class FrameGeometry:
         disc = Polygon(self.center[:2] + self.max_range_m * _UNIT_CIRCLE)
         return disc if self.known_area is None else disc.intersection(self.known_area)
 
-    def ground_polygons(self, region_norm: BaseGeometry, surface: Surface | None = None) -> BaseGeometry:
-        """Project a region of the normalised image onto the ground (default: the frame's surface)."""
+    def ground_polygons(
+        self, region_norm: BaseGeometry, surface: Surface | None = None, step_px: float = _DENSIFY_PX
+    ) -> BaseGeometry:
+        """Project a region of the normalised image onto the ground (default: the frame's surface),
+        a vertex at least every ``step_px`` along its edges."""
         if region_norm.is_empty:
             return region_norm
         surface = surface or self.surface
-        dense = shapely.segmentize(region_norm, _DENSIFY_PX / self.camera.focal_px)
+        dense = shapely.segmentize(region_norm, step_px / self.camera.focal_px)
         polys = _polygonal(dense)
         rings = [np.asarray(r.coords) for poly in polys for r in (poly.exterior, *poly.interiors)]
         ground = iter(self._rings_to_ground(rings, surface))
@@ -164,8 +154,26 @@ class FrameGeometry:
         return on_ground.intersection(self._disc())
 
     def visible_ground(self) -> BaseGeometry:
-        """The ground this frame sees within range (its footprint)."""
-        return self.ground_polygons(self.image_region_norm)
+        """The ground this frame sees within range (its footprint).
+
+        The image below :attr:`top_ground_row_px` (the rest shows no ground within range), its
+        border mapped through the distortion model. Its sides are the only edges that are not
+        pinned on the far circle: ``_BORDER_STEP_PX`` follows a crest's bend there.
+        """
+        w, h = self.camera.size
+        top = min(self.top_ground_row_px, h - 2) - 0.5
+        across = np.linspace(-0.5, w - 0.5, int(np.ceil(w / _BORDER_STEP_PX)) + 1)
+        down = np.linspace(top, h - 0.5, int(np.ceil((h - 0.5 - top) / _BORDER_STEP_PX)) + 1)
+        border_px = np.concatenate(
+            [
+                np.stack([across, np.full_like(across, top)], 1)[:-1],
+                np.stack([np.full_like(down, w - 0.5), down], 1)[:-1],
+                np.stack([across[::-1], np.full_like(across, h - 0.5)], 1)[:-1],
+                np.stack([np.full_like(down, -0.5), down[::-1]], 1)[:-1],
+            ]
+        )
+        region = Polygon(self.camera.normalized_from_pixels(border_px))
+        return self.ground_polygons(region, step_px=_BORDER_STEP_PX)
 
     def image_polygons_to_ground(
         self, polygons_px: list[Polygon], surface: Surface | None = None
