@@ -112,12 +112,13 @@ def intersect_rays(
         # Converged on height, not on t: near the horizon a millimetre of height is metres of t.
         on_it = np.abs(g) < _HIT_TOL_M
         hit[idx[on_it]] = True
-        dg = d[idx, 2] - np.einsum("ij,ij->i", grad, d[idx, :2])
+        di = d[idx]
+        dg = di[:, 2] - grad[:, 0] * di[:, 0] - grad[:, 1] * di[:, 1]
         converging = dg < -1e-9  # the ray descends relative to the surface
         step = np.where(converging & ~on_it, -g / np.where(converging, dg, -1.0), 0.0)
         t_new = t[idx] + step
         beyond = t_new >= t_far[idx]  # meets the ground past the far limit, if at all: no hit
-        t[idx] = np.clip(t_new, 0.0, t_far[idx])
+        t[idx] = np.minimum(np.maximum(t_new, 0.0), t_far[idx])
         alive[idx[~converging | on_it | beyond]] = False
     hit &= (t > 0) & (t < t_far)
     return o + t[:, None] * d, hit
@@ -146,15 +147,18 @@ class PathSurface:
     def height_and_gradient(self, xy_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         xy = np.asarray(xy_m, np.float64).reshape(-1, 2)
         _, k = self._tree.query(xy)
-        t = self.tangent[k]
-        left = np.stack([-t[:, 1], t[:, 0]], axis=1)
-        rel = xy - self.xy_m[k]
-        ds = np.einsum("ij,ij->i", rel, t)
-        dn = np.einsum("ij,ij->i", rel, left)
+        # Written out per axis: this runs for every Newton step of every frame's rays.
+        tx, ty = self.tangent[k, 0], self.tangent[k, 1]  # along the path; (-ty, tx) is its left
+        rx, ry = xy[:, 0] - self.xy_m[k, 0], xy[:, 1] - self.xy_m[k, 1]
+        ds, dn = rx * tx + ry * ty, ry * tx - rx * ty
         grade, cross = self.grade[k], self.cross_slope[k]
-        within = np.abs(dn) < self.cross_reach_m
-        z = self.z_m[k] + grade * ds + cross * np.clip(dn, -self.cross_reach_m, self.cross_reach_m)
-        return z, grade[:, None] * t + (cross * within)[:, None] * left
+        reach = self.cross_reach_m
+        z = self.z_m[k] + grade * ds + cross * np.minimum(np.maximum(dn, -reach), reach)
+        cross = np.where(np.abs(dn) < reach, cross, 0.0)
+        grad = np.empty((len(xy), 2))
+        grad[:, 0] = grade * tx - cross * ty
+        grad[:, 1] = grade * ty + cross * tx
+        return z, grad
 
     def height_m(self, xy_m: np.ndarray) -> np.ndarray:
         return self.height_and_gradient(xy_m)[0]
