@@ -31,7 +31,7 @@ from hdmap_seg.errors import HdmapError
 from hdmap_seg.export import write_layers
 from hdmap_seg.geo.drivelog import DriveLog, open_drive_log
 from hdmap_seg.io import atomic_path, write_text_atomic
-from hdmap_seg.module import load_segmenter
+from hdmap_seg.runtime import load_model
 from hdmap_seg.vectorize.builder import vectorize_log
 from hdmap_seg.vectorize.config import VectorizeConfig, layer_classes
 
@@ -229,7 +229,8 @@ def run_inference(cfg: DictConfig) -> dict:
     other ranks return an empty dict once their frames are written).
     """
     out_root = Path(cfg.out_dir)
-    model, classes = load_segmenter(cfg.ckpt_path)
+    # An exported model's runtime gets as many threads as PyTorch would (one process per core group under DDP).
+    model, classes = load_model(cfg.ckpt_path, cfg.backend, threads=torch.get_num_threads())
     vectorize_keys = OmegaConf.to_container(cfg.vectorize, resolve=True)
     if vectorize_keys.pop("classes", None) is not None:
         raise HdmapError(
@@ -274,6 +275,7 @@ def run_inference(cfg: DictConfig) -> dict:
 
     summary = {
         "checkpoint": str(cfg.ckpt_path),
+        "backend": cfg.backend,
         "frames_predicted": len(jobs),
         "predict_s": round(predict_s, 2),
         "frames_per_s": round(len(jobs) / predict_s, 2) if jobs and predict_s > 0 else None,

@@ -46,7 +46,8 @@ class MaskedLocallyGroupedAttn(nn.Module):
         qkv = self.qkv(x).view(B * nh * nw, ws * ws, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         key_mask = None
-        if pad_b or pad_r:
+        # While exporting, shapes are symbolic: the mask must be in the graph for every size.
+        if pad_b or pad_r or torch.onnx.is_in_onnx_export():
             real = torch.zeros(Hp, Wp, dtype=torch.bool, device=x.device)
             real[:H, :W] = True
             # (B*windows, 1, 1, ws*ws): True where the key is a real token. Every window starts inside

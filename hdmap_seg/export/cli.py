@@ -1,0 +1,118 @@
+"""``hdmap-export``: a training checkpoint -> a self-contained ``.onnx`` (README, "Deploy").
+
+hdmap-export CKPT [--out MODEL.onnx] [--check 375x1242 512x1024 ...]
+
+After writing, the exported model is run in onnxruntime beside the checkpoint in PyTorch on random
+frames of each ``--check`` size: the largest logit difference and the share of pixels whose label
+agrees are printed, and a file that misses the bars (``MAX_LOGIT_DIFF``, ``MIN_AGREEMENT``) is
+removed again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hdmap_seg.errors import HdmapError, exit_on_user_error
+from hdmap_seg.export.onnx import export_onnx
+
+MAX_LOGIT_DIFF = 1e-4
+MIN_AGREEMENT = 0.999
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"375x1242"`` -> ``(375, 1242)`` (height x width)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise HdmapError(f"size {text!r}: expected HEIGHTxWIDTH, e.g. 375x1242") from None
+    if h < 1 or w < 1:
+        raise HdmapError(f"size {text!r}: height and width must be positive")
+    return h, w
+
+
+def parity(
+    model: torch.nn.Module, exported: torch.nn.Module, size_hw: tuple[int, int], seed: int = 0
+) -> dict[str, float]:
+    """Largest absolute logit difference and label agreement of two models on one random frame."""
+    x = torch.randn(1, 3, *size_hw, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        ref, out = model(x), exported(x)
+    return {
+        "max_abs_logit_diff": float((ref - out).abs().max()),
+        "label_agreement": float((ref.argmax(1) == out.argmax(1)).float().mean()),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hdmap-export",
+        description="Export a training checkpoint to ONNX (opset 17, any batch and frame size, classes and "
+        "normalisation in the file's metadata), checked against PyTorch.",
+    )
+    p.add_argument("ckpt", type=Path, help="training checkpoint (.ckpt)")
+    p.add_argument("--out", type=Path, help="output .onnx (default: beside the checkpoint)")
+    p.add_argument(
+        "--check",
+        nargs="*",
+        default=["375x1242"],
+        metavar="HxW",
+        help="frame sizes to check against PyTorch (default: 375x1242; none: no check)",
+    )
+    return p
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> dict:
+    from hdmap_seg.module import load_segmenter
+    from hdmap_seg.runtime import load_model
+
+    args = build_parser().parse_args(argv)
+    sizes = [parse_size(s) for s in args.check]
+    out = args.out or args.ckpt.with_suffix(".onnx")
+    if out.suffix != ".onnx":
+        raise HdmapError(f"{out}: the exported model's file name must end in .onnx")
+    model, classes = load_segmenter(args.ckpt)
+    ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
+    start = time.perf_counter()
+    export_onnx(model, classes, out, model_config=ckpt["hyper_parameters"]["model_config"])
+    summary = {
+        "checkpoint": str(args.ckpt),
+        "onnx": str(out),
+        "export_s": round(time.perf_counter() - start, 1),
+    }
+    print(f"{out}: {out.stat().st_size / 1e6:.1f} MB, {classes.num_classes} classes {classes.names}")
+    if sizes:
+        exported, _ = load_model(out, "onnxruntime")
+        checks = {}
+        for h, w in sizes:
+            checks[f"{h}x{w}"] = r = parity(model, exported, (h, w))
+            print(
+                f"  {h}x{w}: max |logit diff| {r['max_abs_logit_diff']:.2e}, labels agree {r['label_agreement']:.5f}"
+            )
+        summary["parity"] = checks
+        bad = [s for s, r in checks.items() if not _passes(r)]
+        if bad:
+            out.unlink()
+            # Not the user's mistake: the exporter or the runtime got the graph wrong.
+            raise RuntimeError(
+                f"{out}: onnxruntime disagrees with PyTorch at {', '.join(bad)} "
+                f"(bars: logits within {MAX_LOGIT_DIFF}, labels {MIN_AGREEMENT:.1%}); the file was removed"
+            )
+    print(json.dumps(summary))
+    return summary
+
+
+def _passes(r: dict[str, float]) -> bool:
+    return bool(np.isfinite(r["max_abs_logit_diff"])) and (
+        r["max_abs_logit_diff"] <= MAX_LOGIT_DIFF and r["label_agreement"] >= MIN_AGREEMENT
+    )
+
+
+if __name__ == "__main__":
+    main()

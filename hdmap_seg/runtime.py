@@ -1,0 +1,150 @@
+"""Inference backends: the network's forward on PyTorch, onnxruntime, OpenVINO or TensorRT.
+
+Every backend gives an ``nn.Module`` whose ``forward(images (B, 3, H, W) float32) -> logits
+(B, C, H, W)`` is all that changes: batching, sharding, sliding windows, flips, resume and the
+writers around it are the same Lightning predict path (:mod:`hdmap_seg.inference`) and the same
+evaluation (:mod:`hdmap_seg.evaluate.segmentation`).
+
+- ``torch``: a training checkpoint (``.ckpt``).
+- ``onnxruntime``: an exported model (``.onnx``, ``hdmap-export``); CPU, or CUDA where
+  ``onnxruntime-gpu`` is installed and the images are on a GPU.
+- ``openvino``: an exported model on OpenVINO's CPU device.
+- ``tensorrt``: an exported model through onnxruntime's TensorRT execution provider, fp16.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hdmap_seg.data.classes import ClassSet
+from hdmap_seg.errors import HdmapError
+from hdmap_seg.export.onnx import INPUT, check_normalisation, classes_of, read_metadata
+
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+#: what to install for each backend (the pip extras of pyproject.toml)
+INSTALL = {
+    "onnxruntime": 'pip install -e ".[deploy]"  (onnxruntime)',
+    "openvino": 'pip install -e ".[deploy]"  (openvino)',
+    "tensorrt": "pip install onnxruntime-gpu tensorrt  (on a machine with an NVIDIA GPU)",
+}
+
+
+class ExportedModel(nn.Module):
+    """Base of the exported-model runtimes: numpy in, numpy out, tensors on the caller's device."""
+
+    backend = ""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def run(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.run(np.ascontiguousarray(images.detach().float().cpu().numpy()))
+        return torch.from_numpy(logits).to(images.device)
+
+    def extra_repr(self) -> str:
+        return f"{self.backend}: {self.path}"
+
+
+class OnnxRuntimeModel(ExportedModel):
+    """An ``.onnx`` in an onnxruntime session (``providers`` in order of preference)."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, providers: list, threads: int | None = None) -> None:
+        super().__init__(path)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # onnxruntime's own exception types
+            raise HdmapError(f"{path}: onnxruntime cannot load it ({type(err).__name__}: {err})") from None
+        self.providers = self.session.get_providers()
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {INPUT: images})[0]
+
+
+class OpenVinoModel(ExportedModel):
+    """An ``.onnx`` compiled by OpenVINO for its CPU device (latency hint: one frame at a time)."""
+
+    backend = "openvino"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        super().__init__(path)
+        import openvino as ov
+
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        except Exception as err:  # OpenVINO raises RuntimeError subclasses for a bad model
+            raise HdmapError(f"{path}: OpenVINO cannot compile it ({type(err).__name__}: {err})") from None
+        self.request = self.compiled.create_infer_request()
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return self.request.infer({0: images})[0].copy()
+
+
+def _require(module: str, backend: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise HdmapError(f"backend={backend} needs {module}, which is not installed: {INSTALL[backend]}")
+
+
+def load_model(
+    path: str | os.PathLike, backend: str = "torch", threads: int | None = None
+) -> tuple[nn.Module, ClassSet]:
+    """The network of ``path`` on ``backend``, in eval mode, and its classes.
+
+    ``threads`` caps the CPU threads of the exported-model runtimes (default: theirs, all cores).
+    """
+    path = Path(path)
+    if backend not in BACKENDS:
+        raise HdmapError(f"backend={backend}: unknown; choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        if path.suffix == ".onnx":
+            raise HdmapError(
+                f"{path}: an exported model runs on backend=onnxruntime, openvino or tensorrt, not torch"
+            )
+        from hdmap_seg.module import load_segmenter
+
+        return load_segmenter(path)
+    if path.suffix != ".onnx":
+        raise HdmapError(
+            f"{path}: backend={backend} runs an exported model (.onnx); export the checkpoint first: "
+            f"hdmap-export {path}"
+        )
+    _require("onnxruntime" if backend != "openvino" else "openvino", backend)
+    meta = read_metadata(path)
+    classes = classes_of(meta, str(path))
+    check_normalisation(meta, str(path))
+    if backend == "openvino":
+        return OpenVinoModel(path, threads).eval(), classes
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if backend == "tensorrt":
+        if "TensorrtExecutionProvider" not in available:
+            raise HdmapError(
+                f"backend=tensorrt needs onnxruntime's TensorRT execution provider (this onnxruntime has "
+                f"{', '.join(available)}): {INSTALL['tensorrt']}"
+            )
+        providers = [("TensorrtExecutionProvider", {"trt_fp16_enable": True}), "CUDAExecutionProvider"]
+    else:
+        providers = ["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []
+    return OnnxRuntimeModel(path, [*providers, "CPUExecutionProvider"], threads).eval(), classes
