@@ -148,3 +148,25 @@ def load_model(
     else:
         providers = ["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []
     return OnnxRuntimeModel(path, [*providers, "CPUExecutionProvider"], threads).eval(), classes
+
+
+def compare_backends(
+    models: dict[str, nn.Module], images: torch.Tensor, reference: str = "torch", repeats: int = 3
+) -> dict[str, dict[str, float]]:
+    """Seconds per frame (median of ``repeats``, after a warm-up) and label agreement with
+    ``reference`` of each model on ``images (B, 3, H, W)``, one frame at a time."""
+    import time
+
+    labels, stats = {}, {}
+    for name, model in models.items():
+        with torch.inference_mode():
+            model(images[:1])  # warm-up: graph optimisation, memory pools
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                labels[name] = torch.cat([model(x[None]).argmax(1) for x in images])
+                times.append((time.perf_counter() - start) / len(images))
+        stats[name] = {"s_per_frame": float(np.median(times))}
+    for name in models:
+        stats[name]["agreement"] = float((labels[name] == labels[reference]).float().mean())
+    return stats

@@ -2,9 +2,11 @@
 
 1. generate a synthetic world: a training data set and a held-out drive log (tools/make_synthetic.py);
 2. train the tiny Twins (train.py experiment=demo; a GPU is used when present);
-3. batch inference on the held-out log: masks, overlays, GeoJSON layers (tools/infer.py);
-4. evaluate the layers against the log's ground truth (tools/eval_map.py);
-5. write a report (HTML with PNGs) and print the bar.
+3. export the model to ONNX (tools/export.py) and time each installed backend on a few frames of the
+   held-out log: the fastest whose labels agree with PyTorch on >= 99.9 % of pixels runs step 4;
+4. batch inference on the held-out log: masks, overlays, GeoJSON layers (tools/infer.py);
+5. evaluate the layers against the log's ground truth (tools/eval_map.py);
+6. write a report (HTML with PNGs) and print the bar.
 
 Every step prints the command it runs; a rerun resumes (data and masks already written are kept,
 training continues from its last checkpoint).
@@ -24,6 +26,38 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hdmap_seg.report import check_bar, overlay_strip, write_report  # noqa: E402
+
+# A backend runs the demo's inference only if its labels agree with PyTorch's this well.
+MIN_AGREEMENT = 0.999
+
+
+def pick_backend(ckpt: Path, onnx_path: Path, log: Path, n_frames: int = 4) -> tuple[str, Path, dict]:
+    """The fastest backend on ``n_frames`` of ``log`` whose labels agree with PyTorch's."""
+    import importlib.util
+
+    import torch
+
+    from hdmap_seg.geo.drivelog import open_drive_log
+    from hdmap_seg.inference import FrameDataset, FrameJob
+    from hdmap_seg.runtime import compare_backends, load_model
+
+    drive = open_drive_log(log)
+    step = max(1, len(drive) // n_frames)
+    frames = FrameDataset([FrameJob(f.image_path, Path()) for f in drive.frames[::step][:n_frames]])
+    images = torch.stack([frames[i]["image"] for i in range(len(frames))])
+    paths = {"torch": ckpt, "onnxruntime": onnx_path, "openvino": onnx_path}
+    models = {
+        name: load_model(path, name)[0]
+        for name, path in paths.items()
+        if name == "torch" or importlib.util.find_spec(name) is not None
+    }
+    stats = compare_backends(models, images)
+    ok = [name for name, r in stats.items() if r["agreement"] >= MIN_AGREEMENT]
+    best = min(ok, key=lambda name: stats[name]["s_per_frame"])
+    for name, r in stats.items():
+        mark = "<- runs the inference" if name == best else ""
+        print(f"  {name:<12} {r['s_per_frame']:.3f} s/frame, labels agree {r['agreement']:.4%} {mark}")
+    return best, paths[best], stats
 
 
 def run(cmd: list[str]) -> float:
@@ -90,12 +124,18 @@ def main() -> None:
     best = [c for c in sorted((train_dir / "checkpoints").glob("*.ckpt")) if c.name != "last.ckpt"]
     ckpt = best[-1] if best else last
 
+    onnx_path = args.out / "model.onnx"
+    timings["3 export"] = run([py, "tools/export.py", str(ckpt), "--out", str(onnx_path)])
+    print("\nBackends on frames of the held-out log:", flush=True)
+    backend, model_path, backend_stats = pick_backend(ckpt, onnx_path, log)
+
     infer_dir = args.out / "infer"
-    timings["3 infer"] = run(
+    timings["4 infer"] = run(
         [
             py,
             "tools/infer.py",
-            f"ckpt_path={ckpt}",
+            f"ckpt_path={model_path}",
+            f"backend={backend}",
             f"logs={log}",
             f"out_dir={infer_dir}",
             "overlays=true",
@@ -105,7 +145,7 @@ def main() -> None:
     )
 
     eval_dir = args.out / "eval"
-    timings["4 eval"] = run(
+    timings["5 eval"] = run(
         [py, "tools/eval_map.py", str(infer_dir / log.name / "map"), str(log / "gt"), "--out", str(eval_dir)]
     )
 
@@ -123,9 +163,12 @@ def main() -> None:
     facts = {
         "checkpoint": str(ckpt),
         "held-out log": f"{log} ({summary['frames']} frames)",
-        "inference": f"{summary['run']['frames_per_s']} frames/s"
+        "inference": f"{summary['run']['frames_per_s']} frames/s on {backend}"
         if summary["run"]["frames_per_s"]
         else "resumed",
+        "backends (s per frame, labels agreeing with torch)": ", ".join(
+            f"{k} {v['s_per_frame']:.3f} s, {v['agreement']:.2%}" for k, v in backend_stats.items()
+        ),
         "features": json.dumps(summary["features"]),
         **{f"time: {k}": f"{v:.0f} s" for k, v in timings.items()},
         "time: total": f"{time.perf_counter() - start:.0f} s",
