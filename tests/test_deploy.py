@@ -22,7 +22,7 @@ from hdmap_seg.data.transforms import IMAGENET_MEAN
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.export.cli import parity
 from hdmap_seg.export.onnx import META_CLASSES, META_DIVISOR, META_MEAN, META_MODEL, export_onnx
-from hdmap_seg.runtime import load_model
+from hdmap_seg.runtime import compare_backends, load_model
 
 # Two blocks a stage: each stage has a locally-grouped (windowed) and a global sub-sampled attention.
 TWO_BLOCKS = {
@@ -75,6 +75,19 @@ def test_batch_is_dynamic_and_openvino_agrees(exported):
         out = load_model(path, backend)[0](x)
         assert out.shape == ref.shape
         assert float((out - ref).abs().max()) <= 1e-4, backend
+
+
+def test_compare_backends_times_each_and_measures_agreement_with_the_reference(exported):
+    model, path = exported
+    flipped = lambda x: -model(x)  # noqa: E731 - the opposite ranking: labels rarely agree
+    stats = compare_backends(
+        {"torch": model, "onnxruntime": load_model(path, "onnxruntime")[0], "wrong": flipped},
+        torch.randn(2, 3, 40, 56),
+        repeats=1,
+    )
+    assert stats["torch"]["agreement"] == 1.0 and stats["onnxruntime"]["agreement"] >= 0.999
+    assert stats["wrong"]["agreement"] < 0.5
+    assert all(r["s_per_frame"] > 0 for r in stats.values())
 
 
 def test_the_file_carries_checked_graph_and_metadata(exported):
