@@ -200,3 +200,25 @@ def test_export_and_infer_errors_exit_2(drive_log, tmp_path):  # noqa: F811
     corrupt.write_bytes(b"\x08\x07garbage")
     proc = run_infer(*common(corrupt, drive_log, tmp_path / "out2"), "backend=onnxruntime")
     assert proc.returncode == 2 and "corrupt.onnx" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _tensorrt_missing() -> str | None:
+    import onnxruntime as ort
+
+    if not torch.cuda.is_available():
+        return "no GPU on this machine: TensorRT runs only on NVIDIA GPUs (the CPU path is tested through onnxruntime)"
+    if "TensorrtExecutionProvider" not in ort.get_available_providers():
+        return "onnxruntime has no TensorRT provider here (pip install onnxruntime-gpu tensorrt)"
+    return None
+
+
+@pytest.mark.skipif(_tensorrt_missing() is not None, reason=str(_tensorrt_missing()))
+def test_tensorrt_fp16_agrees_with_pytorch_on_gpu(exported):
+    model, path = exported
+    trt, _ = load_model(path, "tensorrt")
+    x = torch.randn(1, 3, 375, 1242)
+    with torch.inference_mode():
+        ref = model(x)
+    out = trt(x)
+    # fp16: logits differ in the third digit; labels still agree almost everywhere.
+    assert float((ref.argmax(1) == out.argmax(1)).float().mean()) >= 0.99
