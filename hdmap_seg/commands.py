@@ -1,4 +1,5 @@
-"""Hydra entry points: ``train.py`` / ``hdmap-train`` and ``tools/infer.py`` / ``hdmap-infer``."""
+"""Hydra entry points: ``train.py`` / ``hdmap-train``, ``tools/infer.py`` / ``hdmap-infer`` and
+``eval.py`` / ``hdmap-eval``."""
 
 from __future__ import annotations
 
@@ -37,3 +38,18 @@ def infer_main(cfg: DictConfig) -> None:
         print(f"{summary['frames_predicted']} frames predicted" + (f" at {fps} frames/s" if fps else ""))
         for name, log in summary["logs"].items():
             print(f"  {name}: {log['features']} -> {Path(log['outputs'][0]).parent}")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+@exit_on_user_error
+def eval_main(cfg: DictConfig) -> float | None:
+    """``python eval.py ckpt_path=CKPT data=camvid split=test [key=value ...]`` (conf/eval.yaml)."""
+    from hdmap_seg.evaluate.segmentation import evaluate, format_table
+
+    metrics = evaluate(cfg)
+    if not metrics:  # not global rank 0
+        return None
+    print(f"{metrics['frames']} frames of {metrics['data_root']} ({metrics['split']}), {metrics['backend']}")
+    print(format_table(metrics))
+    print(f"outputs: {cfg.out_dir}")
+    return metrics["mIoU"]

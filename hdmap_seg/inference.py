@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hdmap_seg.data.class_map import load_class_map
 from hdmap_seg.data.classes import ClassSet
-from hdmap_seg.data.roads import read_image
+from hdmap_seg.data.roads import Sample, read_image
 from hdmap_seg.data.transforms import build_transform
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.export import write_layers
@@ -49,10 +49,11 @@ class FrameDataset(Dataset):
     """Frames normalised as in training and optionally rescaled by ``scale``.
 
     Returns ``{"image": (3, h, w) float, "index": int, "size": (H, W)}``; ``(H, W)`` is the frame's own
-    size, to which its mask is resized back, and ``index`` points into ``jobs``.
+    size, to which its mask is resized back, and ``index`` points into ``jobs`` (anything with an
+    ``image_path``: inference's jobs, or a data set's samples for evaluation).
     """
 
-    def __init__(self, jobs: Sequence[FrameJob], scale: float = 1.0) -> None:
+    def __init__(self, jobs: Sequence[FrameJob | Sample], scale: float = 1.0) -> None:
         self.jobs = list(jobs)
         self.scale = scale
         self.normalize = build_transform([])  # the training pipeline's normalisation, nothing else
@@ -265,7 +266,7 @@ def run_inference(cfg: DictConfig) -> dict:
             FrameDataset(jobs, scale=cfg.scale),
             batch_size=cfg.batch_size,
             num_workers=cfg.num_workers,
-            collate_fn=_stack,
+            collate_fn=stack_frames,
         )
         trainer.predict(module, loader, return_predictions=False)
     predict_s = time.perf_counter() - start
@@ -302,7 +303,7 @@ def run_inference(cfg: DictConfig) -> dict:
     return summary
 
 
-def _stack(batch: list[dict]) -> dict:
+def stack_frames(batch: list[dict]) -> dict:
     """Frames of one batch share a size when they come from one camera; stack them."""
     sizes = {tuple(b["image"].shape) for b in batch}
     if len(sizes) > 1:

@@ -6,7 +6,8 @@ A layout answers three questions about a data-set folder ``root``:
 - ``native_classes(root)``: the classes a model learns when no class map is given (ids ``0..n-1``);
 - ``label_lut(root)``: ``(256,)`` int16, mask file value -> native id, the ignore index (255), or
   :data:`~hdmap_seg.data.roads.INVALID` for a value the format does not have (a bad mask);
-- ``list_split(root, split)``: the (frame, mask) pairs of one split.
+- ``list_split(root, split)``: the (frame, mask) pairs of one split;
+- ``splits(root)``: the names of the splits that have both a frame and a mask folder.
 
 :class:`~hdmap_seg.data.datamodule.SegDataModule` takes one (``conf/data/<name>.yaml``, ``layout:``)
 and composes its table with a class map. docs/real_data.md describes each format.
@@ -15,6 +16,7 @@ and composes its table with a class map. docs/real_data.md describes each format
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +34,8 @@ class Layout(Protocol):
 
     def list_split(self, root: Path, split: str) -> list[Sample]: ...
 
+    def splits(self, root: Path) -> list[str]: ...
+
 
 def lut_from_pairs(pairs: dict[int, int]) -> np.ndarray:
     """``{file value: training id}`` -> ``(256,)`` int16 table, :data:`INVALID` elsewhere."""
@@ -39,6 +43,24 @@ def lut_from_pairs(pairs: dict[int, int]) -> np.ndarray:
     for value, train_id in pairs.items():
         lut[value] = train_id
     return lut
+
+
+def folders(path: Path) -> list[str]:
+    """Sorted names of the sub-folders of ``path`` (none when it is not a folder)."""
+    return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+
+
+def require_split(layout: Layout, root: str | os.PathLike, split: str) -> None:
+    """Stop with a one-line error naming the splits there are when ``root`` has no ``split``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise HdmapError(f"{root}: data set folder not found")
+    found = layout.splits(root)
+    if split not in found:
+        raise HdmapError(
+            f"{root}: no split {split!r} in this {type(layout).__name__} data set; "
+            f"its splits: {', '.join(found) or 'none'}"
+        )
 
 
 def classes_from(table: list[tuple[str, tuple[int, int, int]]]) -> ClassSet:
@@ -58,6 +80,10 @@ class RoadsLayout:
 
     def list_split(self, root: Path, split: str) -> list[Sample]:
         return list_split(root, split)
+
+    def splits(self, root: Path) -> list[str]:
+        masks = set(folders(Path(root) / "masks"))
+        return [s for s in folders(Path(root) / "images") if s in masks]
 
 
 #: CamVid as the SegNet tutorial ships it (../shared/data/camvid/README.md); file value 11 is Unlabelled.
@@ -92,6 +118,11 @@ class CamVidLayout:
     def list_split(self, root: Path, split: str) -> list[Sample]:
         image_dir, mask_dir = Path(root) / split, Path(root) / f"{split}annot"
         return pair_samples(image_dir, split, image_files(image_dir, split), lambda p: mask_dir / p.name)
+
+    def splits(self, root: Path) -> list[str]:
+        # Every folder beside its ``annot`` twin: train, val and test in the SegNet release.
+        names = set(folders(Path(root)))
+        return sorted(n for n in names if f"{n}annot" in names)
 
 
 #: Cityscapes' 19 training classes (cityscapesScripts' labels.py: name, trainId order, colour).
@@ -146,6 +177,10 @@ class CityscapesLayout:
             return gt_dir / p.parent.name / f"{stem}_gtFine_labelIds.png"
 
         return pair_samples(image_dir, split, image_files(image_dir, split, "*/*_leftImg8bit.png"), mask_of)
+
+    def splits(self, root: Path) -> list[str]:
+        gt = set(folders(Path(root) / "gtFine"))
+        return [s for s in folders(Path(root) / "leftImg8bit") if s in gt]
 
 
 class VistasLayout:
@@ -202,3 +237,11 @@ class VistasLayout:
         return pair_samples(
             image_dir, split, image_files(image_dir, split), lambda p: label_dir / f"{p.stem}.png"
         )
+
+    def splits(self, root: Path) -> list[str]:
+        # "testing" has images but no labels: not a split to evaluate on.
+        return [
+            s
+            for s in folders(Path(root))
+            if (Path(root) / s / "images").is_dir() and (Path(root) / s / self.version / "labels").is_dir()
+        ]
