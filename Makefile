@@ -10,7 +10,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,deploy]"
 	touch $(STAMP)
 
 demo: $(STAMP)
