@@ -222,3 +222,36 @@ def test_tensorrt_fp16_agrees_with_pytorch_on_gpu(exported):
     out = trt(x)
     # fp16: logits differ in the third digit; labels still agree almost everywhere.
     assert float((ref.argmax(1) == out.argmax(1)).float().mean()) >= 0.99
+
+
+def test_export_command_writes_an_int8_copy_beside_the_model(tmp_path, toy_dataset):
+    ckpt = write_checkpoint(tmp_path / "tiny.ckpt", ROAD_CLASSES)
+    export = [sys.executable, str(REPO_ROOT / "tools/export.py"), str(ckpt), "--check", "40x56"]
+    proc = subprocess.run([*export, "--int8", "static"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "name their data config with --data" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [
+            *export,
+            "--int8",
+            "static",
+            "--data",
+            "roads",
+            "--data-root",
+            str(toy_dataset),
+            "--calib-frames",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])["int8"]
+    int8 = tmp_path / "tiny.int8.onnx"
+    assert report["onnx"] == str(int8) and report["mode"] == "static"
+    assert int8.stat().st_size < (tmp_path / "tiny.onnx").stat().st_size
+    model, classes = load_model(int8, "onnxruntime")
+    assert classes == ROAD_CLASSES and model(torch.zeros(1, 3, 40, 56)).shape == (1, 6, 40, 56)
+    proc = subprocess.run([*export, "--int8", "static", "--data", "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--data nope: no such data config" in proc.stderr

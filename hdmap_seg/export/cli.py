@@ -1,11 +1,17 @@
 """``hdmap-export``: a training checkpoint -> a self-contained ``.onnx`` (README, "Deploy").
 
 hdmap-export CKPT [--out MODEL.onnx] [--check 375x1242 512x1024 ...]
+hdmap-export CKPT --int8 static --data roads --data-root data/roads [--calib-frames 32]   # + MODEL.int8.onnx
+hdmap-export CKPT --int8 dynamic                                                          # no calibration
 
 After writing, the exported model is run in onnxruntime beside the checkpoint in PyTorch on random
 frames of each ``--check`` size: the largest logit difference and the share of pixels whose label
 agrees are printed, and a file that misses the bars (``MAX_LOGIT_DIFF``, ``MIN_AGREEMENT``) is
-removed again.
+removed again. An int8 copy (``--int8``, :mod:`hdmap_seg.export.quantize`) is written beside it as
+``<name>.int8.onnx``; static quantization calibrates on ``--calib-frames`` frames of the training split
+of a data config (``conf/data/<name>.yaml``, as ``train.py data=<name>`` reads it), and its label
+agreement with the fp32 file is printed at each ``--check`` size (no bar: measure its accuracy with
+``eval.py backend=onnxruntime``).
 """
 
 from __future__ import annotations
@@ -64,7 +70,40 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HxW",
         help="frame sizes to check against PyTorch (default: 375x1242; none: no check)",
     )
+    p.add_argument(
+        "--int8",
+        choices=("static", "dynamic"),
+        help="also write an int8 copy: static (QDQ, calibrated on --data) or dynamic (no calibration)",
+    )
+    p.add_argument(
+        "--data", help="static int8: data config to calibrate on (conf/data/<name>.yaml), e.g. roads"
+    )
+    p.add_argument(
+        "--data-root", type=Path, help="static int8: the data set's folder (default: the config's)"
+    )
+    p.add_argument(
+        "--calib-split", default="train", help="static int8: split to calibrate on (default: train)"
+    )
+    p.add_argument("--calib-frames", type=int, default=32, help="static int8: frames (default: 32)")
     return p
+
+
+def calibration_datamodule(name: str, root: Path | None):
+    """The data module of ``conf/data/<name>.yaml`` (with ``root`` instead of the config's folder)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
+    from hydra.utils import instantiate
+
+    from hdmap_seg.commands import CONF_DIR
+
+    overrides = [f"data={name}", *([f"data.root={root.resolve()}"] if root else [])]
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides)
+    except MissingConfigException:
+        names = sorted(q.stem for q in (Path(CONF_DIR) / "data").glob("*.yaml"))
+        raise HdmapError(f"--data {name}: no such data config; there are {', '.join(names)}") from None
+    return instantiate(cfg.data, _convert_="all")
 
 
 @exit_on_user_error
@@ -104,8 +143,38 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{out}: onnxruntime disagrees with PyTorch at {', '.join(bad)} "
                 f"(bars: logits within {MAX_LOGIT_DIFF}, labels {MIN_AGREEMENT:.1%}); the file was removed"
             )
+    if args.int8:
+        summary["int8"] = _int8(args, out, sizes)
     print(json.dumps(summary))
     return summary
+
+
+def _int8(args: argparse.Namespace, fp32: Path, sizes: list[tuple[int, int]]) -> dict:
+    from hdmap_seg.export.quantize import calibration_frames, quantize_dynamic_onnx, quantize_static_onnx
+    from hdmap_seg.runtime import load_model
+
+    dst = fp32.with_suffix(".int8.onnx")
+    start = time.perf_counter()
+    if args.int8 == "dynamic":
+        quantize_dynamic_onnx(fp32, dst)
+    else:
+        if not args.data:
+            raise HdmapError(
+                "--int8 static calibrates on training frames: name their data config with --data"
+            )
+        frames = calibration_frames(
+            calibration_datamodule(args.data, args.data_root), args.calib_frames, args.calib_split
+        )
+        quantize_static_onnx(fp32, dst, frames)
+    print(f"{dst}: {dst.stat().st_size / 1e6:.1f} MB, int8 {args.int8}")
+    report = {"onnx": str(dst), "mode": args.int8, "seconds": round(time.perf_counter() - start, 1)}
+    reference, _ = load_model(fp32, "onnxruntime")
+    int8, _ = load_model(dst, "onnxruntime")
+    for h, w in sizes:
+        r = parity(reference, int8, (h, w))
+        report[f"{h}x{w}"] = r
+        print(f"  {h}x{w}: labels agree with fp32 {r['label_agreement']:.5f} (random frame)")
+    return report
 
 
 def _passes(r: dict[str, float]) -> bool:
