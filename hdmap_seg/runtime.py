@@ -67,6 +67,8 @@ class OnnxRuntimeModel(ExportedModel):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        # Idle threads sleep rather than spin: frames are decoded by DataLoader workers on the same cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # onnxruntime's own exception types
