@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +46,7 @@ sys.path[:0] = [
     str(Path(__file__).resolve().parent),
 ]  # the project, and bench/ (peers, bench_infer)
 
-from bench_infer import bare_forward_fps, make_checkpoint  # noqa: E402
+from bench_infer import bare_forward_fps, make_checkpoint, run_infer  # noqa: E402
 from bench_models import cpu_name  # noqa: E402
 
 from hdmap_seg.data.classes import ROAD_CLASSES  # noqa: E402
@@ -238,31 +236,6 @@ def table(
     return "\n".join(rows)
 
 
-def run_infer(
-    model: Path, backend: str, log: Path, out: Path, batch_size: int, workers: int, threads: int
-) -> dict:
-    """tools/infer.py on ``log`` with ``backend``; its run summary (``frames_per_s``: the predict phase)."""
-    cmd = [
-        sys.executable,
-        str(ROOT / "tools/infer.py"),
-        f"ckpt_path={model}",
-        f"backend={backend}",
-        f"logs={log}",
-        f"out_dir={out}",
-        f"hydra.run.dir={out}/hydra",
-        "trainer.accelerator=cpu",
-        "trainer.devices=1",
-        f"batch_size={batch_size}",
-        f"num_workers={workers}",
-    ]
-    # tools/infer.py gives the exported-model runtimes torch's thread count, which OMP_NUM_THREADS sets
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"tools/infer.py backend={backend} failed: {proc.stderr[-1000:]}")
-    return json.loads((out / "summary.json").read_text())
-
-
 def end_to_end(work: Path, threads: int, frames: int, scale: float, batch_size: int, workers: int) -> str:
     """tools/infer.py frames/s per backend against the bare forward of that backend, as a Markdown table."""
     from hdmap_seg.data.synthetic.writers import SynthConfig, write_drive_log
@@ -281,7 +254,9 @@ def end_to_end(work: Path, threads: int, frames: int, scale: float, batch_size: 
     for backend, path in (("torch", ckpt), ("onnxruntime", onnx_path), ("openvino", onnx_path)):
         try:
             out = work / f"e2e_out_{backend}"
-            summary = run_infer(path, backend, log, out, batch_size, workers, threads)
+            # tools/infer.py gives the exported-model runtimes torch's thread count, which OMP_NUM_THREADS sets
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            summary, _ = run_infer(path, log, out, batch_size, workers, f"backend={backend}", env=env)
             bare, _ = load_model(path, backend, threads=threads)
             bare_fps = bare_forward_fps(bare, log, batch_size)
             rows.append(

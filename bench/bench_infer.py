@@ -51,8 +51,17 @@ def make_checkpoint(model_name: str, path: Path) -> torch.nn.Module:
     return model
 
 
-def run_infer(ckpt: Path, log: Path, out: Path, batch_size: int, workers: int) -> tuple[dict, float]:
-    """Run tools/infer.py; returns its run summary and the child's peak RSS in MiB."""
+def run_infer(
+    ckpt: Path,
+    log: Path,
+    out: Path,
+    batch_size: int,
+    workers: int,
+    *overrides: str,
+    env: dict[str, str] | None = None,
+) -> tuple[dict, float]:
+    """Run tools/infer.py (with further ``key=value`` overrides, in ``env``); returns its run summary and
+    the child's peak RSS in MiB."""
     cmd = [
         sys.executable,
         str(ROOT / "tools/infer.py"),
@@ -64,11 +73,14 @@ def run_infer(ckpt: Path, log: Path, out: Path, batch_size: int, workers: int) -
         "trainer.devices=1",
         f"batch_size={batch_size}",
         f"num_workers={workers}",
+        *overrides,
     ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
-        raise SystemExit(f"infer failed: {proc.stderr.read().decode()[-2000:]}")
+        raise RuntimeError(
+            f"tools/infer.py {' '.join(overrides)} failed: {proc.stderr.read().decode()[-2000:]}"
+        )
     return json.loads((out / "summary.json").read_text()), usage.ru_maxrss / 1024
 
 

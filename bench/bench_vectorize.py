@@ -119,7 +119,9 @@ def bench_memory(camera, cycle: list[np.ndarray], n_frames: int, ground_model: s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--log", type=Path, help="also time a drive log's own masks (label_02/data)")
-    ap.add_argument("--frames", type=int, nargs="*", default=[1000, 10000], help="memory runs (none: speed only)")
+    ap.add_argument(
+        "--frames", type=int, nargs="*", default=[1000, 10000], help="memory runs (none: speed only)"
+    )
     ap.add_argument(
         "--ground", choices=GROUND_MODELS, default="trajectory", help="ground model (default: %(default)s)"
     )
