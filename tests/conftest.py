@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -12,6 +14,18 @@ from hdmap_seg.data.classes import ROAD_CLASSES, save_classes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
+
+
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``python <script> <args>`` from the repository root (``train.py``, ``tools/infer.py``, ...), output captured."""
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO_ROOT,
+    )
+
 
 # Tiny widths keep every model test to seconds on two cores.
 TINY_TWINS = {

@@ -4,8 +4,6 @@ masks and map layers through tools/infer.py, and one-line errors for bad models 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from test_infer import FRAMES, common, drive_log, read_masks, run_infer, write_checkpoint  # noqa: F401
 
-from conftest import REPO_ROOT
+from conftest import run_script
 from hdmap_seg.data.classes import ROAD_CLASSES
 from hdmap_seg.data.layouts import CAMVID_CLASSES
 from hdmap_seg.data.transforms import IMAGENET_MEAN
@@ -142,12 +140,7 @@ def test_bad_models_and_backends_are_one_line_errors(exported, tmp_path, monkeyp
 @pytest.mark.slow
 def test_export_command_then_infer_with_onnxruntime_gives_torch_masks_and_layers(drive_log, tmp_path):  # noqa: F811
     ckpt = write_checkpoint(tmp_path / "tiny.ckpt", ROAD_CLASSES)
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tools/export.py"), str(ckpt), "--check", "375x1242", "93x311"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_script("tools/export.py", str(ckpt), "--check", "375x1242", "93x311")
     assert proc.returncode == 0, proc.stderr[-3000:]
     onnx_path = tmp_path / "tiny.onnx"
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -176,16 +169,10 @@ def test_export_command_then_infer_with_onnxruntime_gives_torch_masks_and_layers
 def test_export_and_infer_errors_exit_2(drive_log, tmp_path):  # noqa: F811
     bogus = tmp_path / "bogus.ckpt"
     bogus.write_text("nope")
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tools/export.py"), str(bogus)], capture_output=True, text=True
-    )
+    proc = run_script("tools/export.py", str(bogus))
     assert proc.returncode == 2 and "bogus.ckpt: not a loadable checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "bogus.onnx").exists()
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tools/export.py"), str(bogus), "--check", "12by5"],
-        capture_output=True,
-        text=True,
-    )
+    proc = run_script("tools/export.py", str(bogus), "--check", "12by5")
     assert proc.returncode == 2 and "expected HEIGHTxWIDTH" in proc.stderr
 
     # An exported model of CamVid's classes: which ids feed the layers needs CamVid's class map.
@@ -226,26 +213,12 @@ def test_tensorrt_fp16_agrees_with_pytorch_on_gpu(exported):
 
 def test_export_command_writes_an_int8_copy_beside_the_model(tmp_path, toy_dataset):
     ckpt = write_checkpoint(tmp_path / "tiny.ckpt", ROAD_CLASSES)
-    export = [sys.executable, str(REPO_ROOT / "tools/export.py"), str(ckpt), "--check", "40x56"]
-    proc = subprocess.run([*export, "--int8", "static"], capture_output=True, text=True, timeout=600)
+    export = [str(ckpt), "--check", "40x56"]
+    proc = run_script("tools/export.py", *export, "--int8", "static")
     assert proc.returncode == 2 and "name their data config with --data" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = subprocess.run(
-        [
-            *export,
-            "--int8",
-            "static",
-            "--data",
-            "roads",
-            "--data-root",
-            str(toy_dataset),
-            "--calib-frames",
-            "4",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    calib = ["--data", "roads", "--data-root", str(toy_dataset), "--calib-frames", "4"]
+    proc = run_script("tools/export.py", *export, "--int8", "static", *calib)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])["int8"]
     int8 = tmp_path / "tiny.int8.onnx"
@@ -253,5 +226,5 @@ def test_export_command_writes_an_int8_copy_beside_the_model(tmp_path, toy_datas
     assert int8.stat().st_size < (tmp_path / "tiny.onnx").stat().st_size
     model, classes = load_model(int8, "onnxruntime")
     assert classes == ROAD_CLASSES and model(torch.zeros(1, 3, 40, 56)).shape == (1, 6, 40, 56)
-    proc = subprocess.run([*export, "--int8", "static", "--data", "nope"], capture_output=True, text=True)
+    proc = run_script("tools/export.py", *export, "--int8", "static", "--data", "nope")
     assert proc.returncode == 2 and "--data nope: no such data config" in proc.stderr

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -16,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from test_infer import write_checkpoint
 
-from conftest import REPO_ROOT, write_toy_dataset
+from conftest import REPO_ROOT, run_script, write_toy_dataset
 from hdmap_seg.data.classes import IGNORE_INDEX, ROAD_CLASSES
 from hdmap_seg.data.layouts import (
     CAMVID_CLASSES,
@@ -45,13 +44,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def run_eval(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "eval.py"), *overrides],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO_ROOT,
-    )
+    return run_script("eval.py", *overrides)
 
 
 def common(checkpoint: Path, data: Path, out: Path, split: str = "val") -> list[str]:

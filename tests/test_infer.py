@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -14,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from conftest import REPO_ROOT, TINY_TWINS
+from conftest import TINY_TWINS, run_script
 from hdmap_seg.data.classes import ROAD_CLASSES, ClassSet
 from hdmap_seg.data.layouts import CAMVID_CLASSES
 from hdmap_seg.data.synthetic.writers import SynthConfig, write_drive_log
@@ -54,14 +53,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def run_infer(*overrides: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tools/infer.py"), *overrides],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO_ROOT,
-    )
-    return proc
+    return run_script("tools/infer.py", *overrides)
 
 
 def common(checkpoint: Path, log: Path, out: Path) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_object
 from omegaconf import OmegaConf, open_dict
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_script
 from hdmap_seg.data.classes import ROAD_CLASSES
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.module import load_segmenter
@@ -73,13 +72,7 @@ def test_every_config_group_composes(override, tmp_path):
 
 
 def run_train_cli(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train.py"), *overrides],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO_ROOT,
-    )
+    return run_script("train.py", *overrides)
 
 
 @pytest.mark.slow
