@@ -140,12 +140,9 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def load_segmenter(ckpt_path: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.Module, ClassSet]:
-    """Rebuild the trained network and its classes from a training checkpoint (``weights_only=True``).
-
-    Pretrained-weight options of the recorded model config are switched off: the checkpoint holds
-    every weight already.
-    """
+def read_checkpoint(ckpt_path: str | os.PathLike, map_location: str = "cpu") -> dict:
+    """A training checkpoint's contents (``weights_only=True``), checked to hold what
+    :func:`segmenter_from_checkpoint` rebuilds the network from."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise HdmapError(f"{path}: checkpoint not found")
@@ -158,8 +155,22 @@ def load_segmenter(ckpt_path: str | os.PathLike, map_location: str = "cpu") -> t
         raise HdmapError(
             f"{path}: not a hdmap_seg training checkpoint (no model_config/classes hyper-parameters)"
         )
-    model_config = {**hparams["model_config"], "pretrained": False, "weights": None}
-    model = instantiate(model_config)
+    return ckpt
+
+
+def segmenter_from_checkpoint(ckpt: dict, source: str) -> tuple[nn.Module, ClassSet]:
+    """The trained network (eval mode) and its classes from :func:`read_checkpoint`'s contents.
+
+    Pretrained-weight options of the recorded model config are switched off: the checkpoint holds
+    every weight already.
+    """
+    hparams = ckpt["hyper_parameters"]
+    model = instantiate({**hparams["model_config"], "pretrained": False, "weights": None})
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
-    return model.eval(), ClassSet.from_dict(hparams["classes"], source=str(path))
+    return model.eval(), ClassSet.from_dict(hparams["classes"], source=source)
+
+
+def load_segmenter(ckpt_path: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.Module, ClassSet]:
+    """Rebuild the trained network and its classes from a training checkpoint."""
+    return segmenter_from_checkpoint(read_checkpoint(ckpt_path, map_location), str(ckpt_path))

@@ -108,7 +108,7 @@ def calibration_datamodule(name: str, root: Path | None):
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> dict:
-    from hdmap_seg.module import load_segmenter
+    from hdmap_seg.module import read_checkpoint, segmenter_from_checkpoint
     from hdmap_seg.runtime import load_model
 
     args = build_parser().parse_args(argv)
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or args.ckpt.with_suffix(".onnx")
     if out.suffix != ".onnx":
         raise HdmapError(f"{out}: the exported model's file name must end in .onnx")
-    model, classes = load_segmenter(args.ckpt)
-    ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(args.ckpt)
+    model, classes = segmenter_from_checkpoint(ckpt, str(args.ckpt))
     start = time.perf_counter()
     export_onnx(model, classes, out, model_config=ckpt["hyper_parameters"]["model_config"])
     summary = {
