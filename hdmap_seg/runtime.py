@@ -15,6 +15,7 @@ evaluation (:mod:`hdmap_seg.evaluate.segmentation`).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ from hdmap_seg.errors import HdmapError
 from hdmap_seg.export.onnx import INPUT, check_normalisation, classes_of, read_metadata
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+# the Python package each exported-model backend runs on
+_PACKAGE = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "onnxruntime"}
 #: what to install for each backend (the pip extras of pyproject.toml)
 INSTALL = {
     "onnxruntime": 'pip install -e ".[deploy]"  (onnxruntime)',
@@ -101,11 +104,11 @@ class OpenVinoModel(ExportedModel):
         return self.request.infer({0: images})[0].copy()
 
 
-def _require(module: str, backend: str) -> None:
+def installed(backend: str) -> bool:
+    """Whether the package that runs ``backend`` is importable here (providers are checked on loading)."""
     import importlib.util
 
-    if importlib.util.find_spec(module) is None:
-        raise HdmapError(f"backend={backend} needs {module}, which is not installed: {INSTALL[backend]}")
+    return backend == "torch" or importlib.util.find_spec(_PACKAGE[backend]) is not None
 
 
 def load_model(
@@ -131,7 +134,9 @@ def load_model(
             f"{path}: backend={backend} runs an exported model (.onnx); export the checkpoint first: "
             f"hdmap-export {path}"
         )
-    _require("onnxruntime" if backend != "openvino" else "openvino", backend)
+    if not installed(backend):
+        package = _PACKAGE[backend]
+        raise HdmapError(f"backend={backend} needs {package}, which is not installed: {INSTALL[backend]}")
     meta = read_metadata(path)
     classes = classes_of(meta, str(path))
     check_normalisation(meta, str(path))
@@ -157,8 +162,6 @@ def compare_backends(
 ) -> dict[str, dict[str, float]]:
     """Seconds per frame (median of ``repeats``, after a warm-up) and label agreement with
     ``reference`` of each model on ``images (B, 3, H, W)``, one frame at a time."""
-    import time
-
     labels, stats = {}, {}
     for name, model in models.items():
         with torch.inference_mode():

@@ -33,24 +33,18 @@ MIN_AGREEMENT = 0.999
 
 def pick_backend(ckpt: Path, onnx_path: Path, log: Path, n_frames: int = 4) -> tuple[str, Path, dict]:
     """The fastest backend on ``n_frames`` of ``log`` whose labels agree with PyTorch's."""
-    import importlib.util
-
     import torch
 
     from hdmap_seg.geo.drivelog import open_drive_log
     from hdmap_seg.inference import FrameDataset, FrameJob
-    from hdmap_seg.runtime import compare_backends, load_model
+    from hdmap_seg.runtime import compare_backends, installed, load_model
 
     drive = open_drive_log(log)
     step = max(1, len(drive) // n_frames)
     frames = FrameDataset([FrameJob(f.image_path, Path()) for f in drive.frames[::step][:n_frames]])
     images = torch.stack([frames[i]["image"] for i in range(len(frames))])
     paths = {"torch": ckpt, "onnxruntime": onnx_path, "openvino": onnx_path}
-    models = {
-        name: load_model(path, name)[0]
-        for name, path in paths.items()
-        if name == "torch" or importlib.util.find_spec(name) is not None
-    }
+    models = {name: load_model(path, name)[0] for name, path in paths.items() if installed(name)}
     stats = compare_backends(models, images)
     ok = [name for name, r in stats.items() if r["agreement"] >= MIN_AGREEMENT]
     best = min(ok, key=lambda name: stats[name]["s_per_frame"])
