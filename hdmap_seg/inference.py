@@ -4,9 +4,13 @@ is written once, by the process that predicted it."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import hashlib
+import importlib.metadata
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -15,22 +19,24 @@ from pathlib import Path
 import cv2
 import lightning as L
 import numpy as np
+import PIL.Image
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hdmap_seg.data.class_map import load_class_map
 from hdmap_seg.data.classes import ClassSet
-from hdmap_seg.data.roads import Sample, read_image
+from hdmap_seg.data.roads import Sample, read_image, read_mask
 from hdmap_seg.data.transforms import build_transform
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.export import write_layers
 from hdmap_seg.geo.drivelog import DriveLog, open_drive_log
-from hdmap_seg.io import atomic_path, write_text_atomic
+from hdmap_seg.io import exclusive_lock, remove_stale_temps, write_image_atomic, write_text_atomic
 from hdmap_seg.runtime import load_model
 from hdmap_seg.vectorize.builder import vectorize_log
 from hdmap_seg.vectorize.config import VectorizeConfig, layer_classes
@@ -143,10 +149,18 @@ def colour_overlay(rgb: np.ndarray, mask: np.ndarray, classes: ClassSet, alpha: 
     return out
 
 
+def write_overlay(job: FrameJob, mask: np.ndarray, classes: ClassSet) -> None:
+    """The colour overlay JPEG of ``job``'s frame and its ``mask``."""
+    overlay = colour_overlay(read_image(job.image_path), mask, classes)
+    write_image_atomic(
+        job.overlay_path, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
+    )
+
+
 class MaskWriter(BasePredictionWriter):
     """Writes each frame's mask PNG (class ids) and optional colour overlay JPEG, atomically, as soon
-    as its batch is done. At the end every process records which frames it wrote in
-    ``<manifest_dir>/rank<N>.json``, so a cluster run can be audited."""
+    as its batch is done. At the end every process adds a record of the frames it wrote to
+    ``<manifest_dir>/rank<N>.json`` (one record per run), so a cluster run can be audited."""
 
     def __init__(self, jobs: Sequence[FrameJob], classes: ClassSet, manifest_dir: Path) -> None:
         super().__init__(write_interval="batch")
@@ -154,28 +168,27 @@ class MaskWriter(BasePredictionWriter):
         self.classes = classes
         self.manifest_dir = Path(manifest_dir)
         self.written: list[str] = []
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%S")
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
     ):
         for index, mask in zip(prediction["index"], prediction["mask"], strict=True):
             job = self.jobs[index]
-            with atomic_path(job.mask_path) as tmp:
-                # Class-id masks compress well at the fastest level; level 3 costs a third more time.
-                cv2.imwrite(str(tmp), mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+            # Class-id masks compress well at the fastest level; level 3 costs a third more time.
+            write_image_atomic(job.mask_path, mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
             if job.overlay_path is not None:
-                overlay = colour_overlay(read_image(job.image_path), mask, self.classes)
-                with atomic_path(job.overlay_path) as tmp:
-                    cv2.imwrite(
-                        str(tmp), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
-                    )
+                write_overlay(job, mask, self.classes)
             self.written.append(str(job.mask_path))
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        manifest = {"rank": trainer.global_rank, "world_size": trainer.world_size, "frames": self.written}
-        write_text_atomic(
-            self.manifest_dir / f"rank{trainer.global_rank}.json", json.dumps(manifest, indent=1) + "\n"
-        )
+        path = self.manifest_dir / f"rank{trainer.global_rank}.json"
+        try:
+            runs = json.loads(path.read_text())["runs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            runs = []  # none yet, or one from a version that kept a single run: start the record afresh
+        runs.append({"started": self.started, "world_size": trainer.world_size, "frames": self.written})
+        write_text_atomic(path, json.dumps({"rank": trainer.global_rank, "runs": runs}, indent=1) + "\n")
 
 
 class FramesPerSecondBar(TQDMProgressBar):
@@ -209,25 +222,154 @@ def expand_logs(logs: str | Sequence[str]) -> list[Path]:
     return list(found)
 
 
-def plan_jobs(log: DriveLog, out_dir: Path, overlays: bool) -> tuple[list[FrameJob], int]:
-    """The frames of ``log`` whose mask is not written yet (a rerun resumes), and how many are done."""
-    jobs, done = [], 0
+#: Frames larger than this (after ``scale``) are refused before any prediction: the logits of a
+#: 36-megapixel frame alone take about a gigabyte. Resize them with ``scale=`` (README, "Failure behaviour").
+MAX_FRAME_PIXELS = 4096 * 4096
+#: The smallest frame side the network can segment (its coarsest stage is 1/32 of the input).
+MIN_FRAME_SIDE_PX = 32
+
+
+def check_frame_sizes(log: DriveLog, scale: float) -> None:
+    """Every frame of ``log`` has its camera's size, within the limits above: checked from the image
+    headers, before any frame is predicted."""
+    expected = (log.camera.width, log.camera.height)
+    for frame in log.frames:
+        try:
+            with PIL.Image.open(frame.image_path) as img:
+                size = img.size
+        except (OSError, PIL.UnidentifiedImageError):
+            raise HdmapError(f"{frame.image_path}: cannot be read as an image") from None
+        if size != expected:
+            raise HdmapError(
+                f"{frame.image_path}: the frame is {size[0]}x{size[1]} pixels but its camera is "
+                f"{expected[0]}x{expected[1]} (the log's calibration)"
+            )
+    w, h = round(expected[0] * scale), round(expected[1] * scale)
+    if min(w, h) < MIN_FRAME_SIDE_PX or w * h > MAX_FRAME_PIXELS:
+        raise HdmapError(
+            f"{log.root}: frames of {w}x{h} pixels (scale={scale}) are outside what inference takes: "
+            f"sides of at least {MIN_FRAME_SIDE_PX} px, at most {MAX_FRAME_PIXELS / 1e6:.1f} megapixels; set scale="
+        )
+
+
+def mask_is_good(path: Path, size_hw: tuple[int, int], num_classes: int) -> bool:
+    """Whether a mask written earlier decodes completely, has the frame's size and holds only class ids."""
+    try:
+        mask = read_mask(path)
+    except HdmapError:
+        return False
+    return mask.shape == size_hw and int(mask.max(initial=0)) < num_classes
+
+
+def overlay_is_good(path: Path, size_hw: tuple[int, int]) -> bool:
+    """Whether an overlay JPEG written earlier is complete (ends with the end-of-image marker) and has
+    the frame's size."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-2, os.SEEK_END)
+            if f.read(2) != b"\xff\xd9":
+                return False
+        with PIL.Image.open(path) as img:
+            return img.size[::-1] == size_hw
+    except (OSError, PIL.UnidentifiedImageError):
+        return False
+
+
+@dataclass
+class LogPlan:
+    """What a run does for one log: frames to predict, and overlays to draw from masks already written."""
+
+    predict: list[FrameJob]
+    overlays_only: list[FrameJob]
+    resumed: int
+    redone: int
+
+
+def plan_jobs(
+    log: DriveLog, out_dir: Path, overlays: bool, num_classes: int, overwrite: bool = False
+) -> LogPlan:
+    """The frames of ``log`` to predict. A rerun keeps each mask that decodes to the frame's size and
+    redoes the rest (absent, torn or foreign); overlays are checked on their own, and a missing one
+    of a good mask is drawn from that mask without predicting again. ``overwrite`` redoes everything."""
+    size_hw = (log.camera.height, log.camera.width)
+    plan = LogPlan([], [], 0, 0)
     for frame in log.frames:
         mask_path = out_dir / "masks" / f"{frame.stem}.png"
-        if mask_path.is_file():
-            done += 1
-            continue
         overlay = out_dir / "overlays" / f"{frame.stem}.jpg" if overlays else None
-        jobs.append(FrameJob(frame.image_path, mask_path, overlay))
-    return jobs, done
+        job = FrameJob(frame.image_path, mask_path, overlay)
+        if overwrite or not mask_path.exists():
+            plan.predict.append(job)
+        elif not mask_is_good(mask_path, size_hw, num_classes):
+            plan.predict.append(job)
+            plan.redone += 1
+        else:
+            plan.resumed += 1
+            if overlay is not None and not overlay_is_good(overlay, size_hw):
+                plan.overlays_only.append(job)
+    return plan
+
+
+def run_manifest(cfg: DictConfig, classes: ClassSet) -> dict:
+    """What decides the masks of a run: a rerun into the same ``out_dir`` must match it to reuse them."""
+    digest = hashlib.sha256()
+    with open(cfg.ckpt_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {
+        "model_sha256": digest.hexdigest(),
+        "backend": cfg.backend,
+        "classes": list(classes.names),
+        "options": {
+            "scale": cfg.scale,
+            "flip": cfg.flip,
+            "window": None if cfg.window is None else list(cfg.window),
+            "stride": None if cfg.stride is None else list(cfg.stride),
+            "camera": cfg.camera,
+            "precision": str(cfg.trainer.get("precision")),
+        },
+        "hdmap_seg": importlib.metadata.version("hdmap_seg"),
+    }
+
+
+def check_manifest(out_root: Path, manifest: dict, model_path: str) -> None:
+    """Refuse to mix masks of two runs: one line naming what differs from ``out_root/run.json``."""
+    path = out_root / "run.json"
+    if not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text())
+    except ValueError:
+        raise HdmapError(
+            f"{path}: not valid JSON; rerun with overwrite=true to start this out_dir clean"
+        ) from None
+    differ = []
+    for key, now in manifest.items():
+        if key == "options":
+            differ += [
+                f"{k}: {before.get('options', {}).get(k)!r} -> {v!r}"
+                for k, v in now.items()
+                if before.get("options", {}).get(k) != v
+            ]
+        elif before.get(key) != now:
+            differ.append(
+                f"model: {before.get('model_path')} -> {model_path} (another file content)"
+                if key == "model_sha256"
+                else f"{key}: {before.get(key)!r} -> {now!r}"
+            )
+    if differ:
+        raise HdmapError(
+            f"{out_root}: holds the outputs of another run ({'; '.join(differ)}); "
+            "rerun with overwrite=true to redo them, or choose another out_dir"
+        )
 
 
 def run_inference(cfg: DictConfig) -> dict:
     """Segment every frame of every log with ``trainer.predict``, then vectorize each log's masks.
 
     Outputs per log under ``cfg.out_dir/<log name>/``: ``masks/``, ``overlays/`` (optional), ``map/``
-    (GeoJSON layers + GeoPackage) and ``summary.json``. Returns the run summary (on global rank 0;
-    other ranks return an empty dict once their frames are written).
+    (GeoJSON layers + GeoPackage) and ``summary.json``; ``cfg.out_dir/run.json`` records what made
+    the masks (:func:`run_manifest`) and ``.lock`` keeps a second run out. Returns the run summary
+    (on global rank 0; other ranks return an empty dict once their frames are written).
     """
     out_root = Path(cfg.out_dir)
     # An exported model's runtime gets as many threads as PyTorch would (one process per core group under DDP).
@@ -247,11 +389,39 @@ def run_inference(cfg: DictConfig) -> dict:
     names = [log.root.name for log in logs]
     if len(set(names)) != len(names):
         raise HdmapError(f"drive logs must have distinct folder names, got {names}")
-
-    jobs, done = [], {}
     for log in logs:
-        log_jobs, done[log.root.name] = plan_jobs(log, out_root / log.root.name, cfg.overlays)
-        jobs += log_jobs
+        check_frame_sizes(log, cfg.scale)
+
+    with contextlib.ExitStack() as held:
+        # One run per out_dir at a time. Under DDP the launching process (global rank 0) holds the
+        # lock for all ranks; the others run only inside its run.
+        if rank_zero_only.rank == 0:
+            held.enter_context(exclusive_lock(out_root, "hdmap-infer"))
+        return _run_locked(cfg, model, classes, vectorize_config, logs)
+
+
+def _run_locked(cfg: DictConfig, model: nn.Module, classes: ClassSet, vectorize_config, logs) -> dict:
+    out_root = Path(cfg.out_dir)
+    manifest = run_manifest(cfg, classes)
+    if not cfg.overwrite:
+        check_manifest(out_root, manifest, str(cfg.ckpt_path))
+    plans = {
+        log.root.name: plan_jobs(
+            log, out_root / log.root.name, cfg.overlays, classes.num_classes, cfg.overwrite
+        )
+        for log in logs
+    }
+    if rank_zero_only.rank == 0:
+        for log in logs:
+            log_out = out_root / log.root.name
+            for folder in ("masks", "overlays", "map"):
+                remove_stale_temps(log_out / folder)  # of a killed run; the lock says none is live
+            if cfg.overwrite and not cfg.overlays:
+                shutil.rmtree(log_out / "overlays", ignore_errors=True)  # no longer of these masks
+        write_text_atomic(
+            out_root / "run.json", json.dumps({**manifest, "model_path": str(cfg.ckpt_path)}, indent=2) + "\n"
+        )
+    jobs = [job for plan in plans.values() for job in plan.predict]
 
     module = InferenceModule(model, flip=cfg.flip, window=cfg.window, stride=cfg.stride)
     trainer: L.Trainer = instantiate(
@@ -285,13 +455,18 @@ def run_inference(cfg: DictConfig) -> dict:
     }
     for log in logs:
         log_out = out_root / log.root.name
+        plan = plans[log.root.name]
+        for job in plan.overlays_only:
+            write_overlay(job, read_mask(job.mask_path), classes)
         start = time.perf_counter()
         layers = vectorize_log(log, log_out / "masks", vectorize_config, progress=True)
         paths = write_layers(layers, log_out / "map", log.origin)
         log_summary = {
             "log": str(log.root),
             "frames": len(log),
-            "frames_resumed": done[log.root.name],
+            "frames_resumed": plan.resumed,
+            "frames_redone": plan.redone,
+            "overlays_redrawn": len(plan.overlays_only),
             "vectorize_s": round(time.perf_counter() - start, 2),
             "features": {name: len(features) for name, features in layers.items()},
             "outputs": [str(p) for p in paths],

@@ -1,17 +1,31 @@
 """File I/O shared by every stage: atomic output (a reader never sees a half-written file, a crash
-never leaves one) and YAML mappings read with errors that name the file."""
+never leaves one, a full disk never publishes one), encoded images, an exclusive lock on an output
+folder, and YAML mappings read with errors that name the file."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
+import shutil
+import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import cv2
+import numpy as np
 import yaml
 
 from hdmap_seg.errors import HdmapError
+
+#: The name every temporary file of :func:`atomic_path` carries, so that a rerun can find the ones
+#: a killed process left behind (:func:`remove_stale_temps`).
+TEMP_MARK = ".tmp"
+
+#: errno values that mean "no room": the user's disk, not our bug.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _current_umask() -> int:
@@ -23,16 +37,57 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def free_space(path: str | os.PathLike) -> str:
+    """Free space on the file system holding ``path`` (or its nearest existing parent), for messages."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 2**20:.1f} MiB free"
+
+
+def _disk_is_full(path: Path) -> bool:
+    """Whether ``path``'s file system has no room left: libraries (pyogrio, matplotlib) report a full
+    disk with their own errors, which do not carry ENOSPC."""
+    try:
+        return shutil.disk_usage(path.parent).free < 2**16
+    except OSError:
+        return False
+
+
+def disk_full_error(path: str | os.PathLike) -> HdmapError:
+    """The one-line error of a write that ran out of space."""
+    return HdmapError(f"{path}: no space left on the device ({free_space(path)}); nothing was written there")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+    """Yield a temporary path beside ``path``; publish it as ``path`` only if the block succeeds.
 
-    The temporary file keeps ``path``'s suffix, so writers that pick a format from the
-    suffix (OpenCV, pyogrio) still work.
+    The temporary file keeps ``path``'s suffix, so writers that pick a format from the suffix
+    (OpenCV, pyogrio, matplotlib) still work. Before the rename the file is fsynced: a write that
+    the disk could not hold fails here, not later under the final name. Running out of space
+    anywhere in the block is an :class:`HdmapError` naming ``path`` and the free space.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.stem}.", suffix=f"{TEMP_MARK}{path.suffix}", dir=path.parent
+        )
+    except OSError as err:
+        raise _user_error(err, path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -40,21 +95,103 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # mkstemp makes the file private (0600); outputs are for map builders, so give them the
         # permissions an ordinary write would (0666 less the umask).
         os.chmod(tmp_path, 0o666 & ~_UMASK)
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
+    except HdmapError:
+        raise
+    except Exception as err:
+        if getattr(err, "errno", None) in _NO_SPACE or _disk_is_full(path):
+            raise disk_full_error(path) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (UTF-8)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+def _user_error(err: OSError, path: Path) -> HdmapError | OSError:
+    """A folder we cannot create or write into is the user's to fix; anything else stays an OSError."""
+    if err.errno in _NO_SPACE:
+        return disk_full_error(path)
+    if isinstance(err, FileExistsError | NotADirectoryError):
+        return HdmapError(
+            f"{path}: cannot write here, a file stands where a folder is needed ({err.strerror})"
+        )
+    if isinstance(err, PermissionError):
+        return HdmapError(f"{path}: cannot write here ({err.strerror})")
+    return err
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    """Write ``data`` to ``path`` atomically; the write is checked to have reached the disk."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def encode_image(image: np.ndarray, suffix: str, params: Sequence[int] = ()) -> bytes:
+    """``image`` (OpenCV's channel order) encoded in memory as ``suffix`` (``.png``, ``.jpg``)."""
+    ok, buf = cv2.imencode(suffix, image, list(params))
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {image.shape} {image.dtype} image as {suffix}")
+    return buf.tobytes()
+
+
+def write_image_atomic(path: str | os.PathLike, image: np.ndarray, params: Sequence[int] = ()) -> None:
+    """Encode ``image`` (BGR or single channel) in the format of ``path``'s suffix and write it atomically.
+
+    Encoding in memory first means a failed write is an exception, never a half file (``cv2.imwrite``
+    only returns False).
+    """
+    write_bytes_atomic(path, encode_image(image, Path(path).suffix, params))
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Delete the temporary files that killed writers left directly in ``folder``; returns how many.
+
+    Only call this while holding the folder's lock (:func:`exclusive_lock`): a live writer's
+    temporary file looks the same.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.glob(f".*{TEMP_MARK}*") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
+    """Hold ``folder/.lock`` for the block, so that a second ``command`` writing there stops at once.
+
+    An advisory ``flock``: the kernel drops it when the holder exits, even on ``kill -9``, so a rerun
+    after a crash never finds a stale lock. (On network file systems ``flock`` may not be shared
+    between machines; give each machine its own output folder there.)
+    """
+    folder = Path(folder)
+    lock_path = folder / ".lock"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as err:
+        raise _user_error(err, lock_path) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise HdmapError(
+                f"{folder}: another {command} is writing here ({holder}); wait for it or choose another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield lock_path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:

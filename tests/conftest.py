@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny road data set drawn with OpenCV, and paths to ../shared."""
+"""Shared fixtures: a tiny road data set drawn with OpenCV, a small synthetic drive log with a tiny
+checkpoint to run inference on, and paths to ../shared."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
+from hydra.utils import instantiate
 
-from hdmap_seg.data.classes import ROAD_CLASSES, save_classes
+from hdmap_seg.data.classes import ROAD_CLASSES, ClassSet, save_classes
+from hdmap_seg.data.synthetic.writers import SynthConfig, write_drive_log
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -93,3 +97,79 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent: the shared data sets are not available here")
     return SHARED
+
+
+# ------------------------------------------------------------------------------ inference
+
+#: Frames of the ``drive_log`` fixture.
+FRAMES = 8
+
+
+@pytest.fixture(scope="module")
+def drive_log(tmp_path_factory) -> Path:
+    cfg = SynthConfig(seed=3, camera="kitti", scale=0.25, train=0, val=0, logs=1, frames_per_log=FRAMES)
+    return write_drive_log(cfg, 0, tmp_path_factory.mktemp("logs"), workers=1)
+
+
+def write_checkpoint(path: Path, classes: ClassSet, seed: int = 0) -> Path:
+    """A checkpoint in the layout training writes (hyper-parameters + ``model.``-prefixed state)."""
+    torch.manual_seed(seed)
+    model_config = {
+        "_target_": "hdmap_seg.models.Segmenter",
+        "num_classes": classes.num_classes,
+        **TINY_TWINS,
+    }
+    model = instantiate(model_config)
+    torch.save(
+        {
+            "hyper_parameters": {"model_config": model_config, "classes": classes.to_dict()},
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        },
+        path,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", ROAD_CLASSES)
+
+
+def run_infer(*overrides: str) -> subprocess.CompletedProcess:
+    """``python tools/infer.py <overrides>``."""
+    return run_script("tools/infer.py", *overrides)
+
+
+def common(checkpoint: Path, log: Path, out: Path) -> list[str]:
+    """The overrides of a small, quiet CPU inference run of ``checkpoint`` on ``log`` into ``out``."""
+    return [
+        f"ckpt_path={checkpoint}",
+        f"logs={log}",
+        f"out_dir={out}",
+        f"hydra.run.dir={out}/hydra",
+        "trainer.accelerator=cpu",
+        "batch_size=2",
+        "num_workers=0",
+        "vectorize=road",
+    ]
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def tiny_overrides(data_root: Path, out: Path) -> list[str]:
+    """``train.py`` overrides of a tiny, quick CPU run on ``data_root``, writing under ``out``."""
+    return [
+        f"data.root={data_root}",
+        "model=twins_svt_tiny",
+        "trainer=cpu",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "data.train_transforms.1.height=32",
+        "data.train_transforms.1.width=32",
+        "module.lr=1e-3",
+        "module.warmup_steps=2",
+        f"paths.log_dir={out}/logs",
+        f"hydra.run.dir={out}/run",
+        "trainer.log_every_n_steps=1",
+    ]

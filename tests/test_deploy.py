@@ -11,9 +11,9 @@ import onnx
 import pytest
 import torch
 from hydra.utils import instantiate
-from test_infer import FRAMES, common, drive_log, read_masks, run_infer, write_checkpoint  # noqa: F401
+from test_infer import read_masks
 
-from conftest import run_script
+from conftest import FRAMES, common, run_infer, run_script, write_checkpoint
 from hdmap_seg.data.classes import ROAD_CLASSES
 from hdmap_seg.data.layouts import CAMVID_CLASSES
 from hdmap_seg.data.transforms import IMAGENET_MEAN

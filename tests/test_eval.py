@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from test_infer import write_checkpoint
 
-from conftest import REPO_ROOT, run_script, write_toy_dataset
+from conftest import REPO_ROOT, run_script, write_checkpoint, write_toy_dataset
 from hdmap_seg.data.classes import IGNORE_INDEX, ROAD_CLASSES
 from hdmap_seg.data.layouts import (
     CAMVID_CLASSES,

@@ -91,8 +91,8 @@ def _write_truth(gt_dir: Path, scene) -> None:
 @pytest.mark.slow
 def test_commands_end_to_end(tmp_path):
     """hdmap-vectorize then hdmap-eval-map on a drawn KITTI log; a second world origin changes nothing."""
-    from hdmap_seg.evaluate.cli import main as eval_main
-    from hdmap_seg.vectorize.cli import main as vectorize_main
+    from hdmap_seg.evaluate.cli import run as eval_main
+    from hdmap_seg.vectorize.cli import run as vectorize_main
 
     scene = default_scene()
     log = write_kitti_log(tmp_path / "drive", kitti_like_camera(), trajectory(70), scene)
@@ -167,3 +167,48 @@ def test_slivers_the_coverage_clip_leaves_of_a_footprint_do_not_count(tmp_path):
     m = evaluate_maps(pred, gt)["medians"]["footprints"]
     assert m["n_gt"] == 1 and m["AP@1m"] == 1.0
     assert evaluate_maps(pred, gt, use_roi=False)["medians"]["footprints"]["n_gt"] == 2
+
+
+@pytest.mark.slow
+def test_console_scripts_exit_0_and_report_on_stdout(tmp_path):
+    """``hdmap-vectorize`` and ``hdmap-eval-map`` as installed (``sys.exit(main())``): exit 0 on success,
+    the summary on stdout; stderr holds warnings at most, not the summary dict (as ``sys.exit(dict)`` printed)."""
+    scene = default_scene()
+    log = write_kitti_log(tmp_path / "drive", kitti_like_camera(), trajectory(20), scene)
+    _write_truth(tmp_path / "gt", scene)
+    bin_dir = Path(sys.executable).parent
+    for cmd in (
+        [bin_dir / "hdmap-vectorize", log, "--quiet", "--no-gpkg"],
+        [bin_dir / "hdmap-eval-map", log / "map", tmp_path / "gt"],
+    ):
+        proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "{" not in proc.stderr and "Traceback" not in proc.stderr and proc.stdout.strip()
+
+
+def test_a_missing_predicted_layer_is_left_out_with_a_warning_not_scored_empty(tmp_path, caplog):
+    scene = default_scene()
+    _write_truth(tmp_path / "gt", scene)
+    _write_truth(tmp_path / "pred", scene)
+    (tmp_path / "pred" / "signs.geojson").unlink()
+    metrics = evaluate_maps(tmp_path / "pred", tmp_path / "gt", use_roi=False)
+    assert "signs" not in metrics and metrics["poles"]["@0.5m"]["f1"] == 1.0
+    assert f"{tmp_path / 'pred' / 'signs.geojson'}: not found; the signs layer is left out" in caplog.text
+
+
+def test_a_non_finite_coordinate_in_a_layer_is_one_line_exit_2(tmp_path):
+    scene = default_scene()
+    _write_truth(tmp_path / "gt", scene)
+    _write_truth(tmp_path / "pred", scene)
+    poles = tmp_path / "pred" / "poles.geojson"
+    data = json.loads(poles.read_text())
+    data["features"][1]["geometry"]["coordinates"][0] = float("nan")
+    poles.write_text(json.dumps(data))  # json writes NaN, as a careless writer would
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools/eval_map.py"), str(tmp_path / "pred"), str(tmp_path / "gt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: {poles}: feature 1 has a coordinate that is not a finite number"

@@ -3,70 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
-from conftest import TINY_TWINS, run_script
-from hdmap_seg.data.classes import ROAD_CLASSES, ClassSet
+from conftest import FRAMES, common, run_infer, write_checkpoint
 from hdmap_seg.data.layouts import CAMVID_CLASSES
-from hdmap_seg.data.synthetic.writers import SynthConfig, write_drive_log
 from hdmap_seg.inference import sliding_window_logits
-
-FRAMES = 8
-
-
-@pytest.fixture(scope="module")
-def drive_log(tmp_path_factory) -> Path:
-    cfg = SynthConfig(seed=3, camera="kitti", scale=0.25, train=0, val=0, logs=1, frames_per_log=FRAMES)
-    return write_drive_log(cfg, 0, tmp_path_factory.mktemp("logs"), workers=1)
-
-
-def write_checkpoint(path: Path, classes: ClassSet) -> Path:
-    """A checkpoint in the layout training writes (hyper-parameters + ``model.``-prefixed state)."""
-    torch.manual_seed(0)
-    model_config = {
-        "_target_": "hdmap_seg.models.Segmenter",
-        "num_classes": classes.num_classes,
-        **TINY_TWINS,
-    }
-    model = instantiate(model_config)
-    torch.save(
-        {
-            "hyper_parameters": {"model_config": model_config, "classes": classes.to_dict()},
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        },
-        path,
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt", ROAD_CLASSES)
-
-
-def run_infer(*overrides: str) -> subprocess.CompletedProcess:
-    return run_script("tools/infer.py", *overrides)
-
-
-def common(checkpoint: Path, log: Path, out: Path) -> list[str]:
-    return [
-        f"ckpt_path={checkpoint}",
-        f"logs={log}",
-        f"out_dir={out}",
-        f"hydra.run.dir={out}/hydra",
-        "trainer.accelerator=cpu",
-        "batch_size=2",
-        "num_workers=0",
-        "vectorize=road",
-    ]
 
 
 def read_masks(folder: Path) -> dict[str, np.ndarray]:
@@ -119,9 +66,9 @@ def test_ddp_on_two_cpu_processes_writes_every_frame_once_and_the_same_layers(
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads(p.read_text()) for p in sorted((ddp / "ranks").glob("rank*.json"))]
     assert [r["rank"] for r in ranks] == [0, 1]
-    written = [f for r in ranks for f in r["frames"]]
+    written = [f for r in ranks for f in r["runs"][-1]["frames"]]
     assert len(written) == FRAMES and len(set(written)) == FRAMES, "every frame exactly once"
-    assert all(r["frames"] for r in ranks), "both processes did work"
+    assert all(r["runs"][-1]["frames"] for r in ranks), "both processes did work"
     a, b = read_masks(single / drive_log.name / "masks"), read_masks(ddp / drive_log.name / "masks")
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
     for layer in ("poles", "signs", "medians"):

@@ -67,7 +67,13 @@ def format_table(m: dict) -> str:
 
 
 @exit_on_user_error
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
+    """The console script: exits 0 when done (the summary goes to stdout and a file), 2 on a user error."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse ``argv`` and do the work; returns the summary."""
     args = build_parser().parse_args(argv)
     metrics = evaluate_maps(args.pred, args.gt, use_roi=not args.no_roi)
     out = args.out or args.pred / "eval"

@@ -21,6 +21,7 @@ missing; both sides are clipped to it. Distances are metres in a local frame at 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from shapely.geometry.base import BaseGeometry
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.export.geojson import read_geojson
 from hdmap_seg.geo.frames import LocalFrame
+
+log = logging.getLogger(__name__)
 
 POINT_THRESHOLDS_M = (0.5, 1.0, 2.0)
 CHAMFER_THRESHOLDS_M = (0.5, 1.0, 1.5)
@@ -143,15 +146,21 @@ def polygon_iou(pred: list[BaseGeometry], gt: list[BaseGeometry]) -> float | Non
 
 
 def _load(folder: Path, name: str, frame: LocalFrame) -> list[tuple[BaseGeometry, dict]]:
+    """A layer in the world frame (none when its file is absent: :func:`evaluate_maps` decides what
+    that means); a feature with a non-finite coordinate is an error, not a miss."""
     path = folder / f"{name}.geojson"
     if not path.is_file():
         return []
+    features = read_geojson(path)
+    for i, (g, _) in enumerate(features):
+        if not np.isfinite(shapely.get_coordinates(g, include_z=g.has_z)).all():
+            raise HdmapError(f"{path}: feature {i} has a coordinate that is not a finite number")
 
     def to_world(lonlat: np.ndarray) -> np.ndarray:
         padded = np.c_[lonlat, np.zeros(len(lonlat))] if lonlat.shape[1] == 2 else lonlat
         return frame.world_from_wgs84_points(padded)[:, : lonlat.shape[1]]
 
-    return [(shapely.transform(g, to_world, include_z=g.has_z), props) for g, props in read_geojson(path)]
+    return [(shapely.transform(g, to_world, include_z=g.has_z), props) for g, props in features]
 
 
 def _frame_of(gt_dir: Path) -> LocalFrame:
@@ -206,18 +215,27 @@ def evaluate_maps(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, use_ro
     if use_roi and (pred_dir / "coverage.geojson").is_file():
         cover = [g for g, _ in _load(pred_dir, "coverage", frame)]
         roi = shapely.union_all(cover) if cover else None
+    scored = []
+    for name in (*POINT_LAYERS, "medians"):
+        if not (gt_dir / f"{name}.geojson").is_file():
+            continue
+        if (pred_dir / f"{name}.geojson").is_file():
+            scored.append(name)
+        else:
+            # Not scored as empty: a missing file is a model without that class or a misdirected run.
+            log.warning(
+                "%s: not found; the %s layer is left out of the metrics", pred_dir / f"{name}.geojson", name
+            )
     result: dict = {
         "pred": str(pred_dir),
         "gt": str(gt_dir),
         "roi": "coverage" if roi is not None else "none",
     }
-    for name in POINT_LAYERS:
+    for name in (n for n in POINT_LAYERS if n in scored):
         gt = _clip(_load(gt_dir, name, frame), roi, points=True)
-        if not (gt_dir / f"{name}.geojson").is_file():
-            continue
         pred = _clip(_load(pred_dir, name, frame), roi, points=True)
         result[name] = point_metrics(_coords(pred), _coords(gt), [p for _, p in pred], [p for _, p in gt])
-    if (gt_dir / "medians.geojson").is_file():
+    if "medians" in scored:
         gt_polys, gt_lines = (_clip(x, roi) for x in _split_medians(_load(gt_dir, "medians", frame)))
         pr_polys, pr_lines = (_clip(x, roi) for x in _split_medians(_load(pred_dir, "medians", frame)))
         result["medians"] = {

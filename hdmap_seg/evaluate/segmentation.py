@@ -48,7 +48,7 @@ from hdmap_seg.inference import (
     colour_overlay,
     stack_frames,
 )
-from hdmap_seg.io import atomic_path, write_text_atomic
+from hdmap_seg.io import atomic_path, write_image_atomic, write_text_atomic
 from hdmap_seg.module import iou_from_confusion
 from hdmap_seg.runtime import load_model
 
@@ -316,8 +316,9 @@ def evaluate(cfg: DictConfig) -> dict:
         panel = overlay_panel(
             rgb, lut[read_mask(sample.mask_path)], result["worst_masks"][index], classes, caption
         )
-        with atomic_path(overlay_dir / f"{rank:03d}_{sample.image_path.stem}.png") as tmp:
-            cv2.imwrite(str(tmp), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+        write_image_atomic(
+            overlay_dir / f"{rank:03d}_{sample.image_path.stem}.png", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)
+        )
     return metrics
 
 

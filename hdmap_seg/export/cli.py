@@ -107,7 +107,13 @@ def calibration_datamodule(name: str, root: Path | None):
 
 
 @exit_on_user_error
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
+    """The console script: exits 0 when done (the summary goes to stdout and a file), 2 on a user error."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse ``argv`` and do the work; returns the summary."""
     from hdmap_seg.module import read_checkpoint, segmenter_from_checkpoint
     from hdmap_seg.runtime import load_model
 

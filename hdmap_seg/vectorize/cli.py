@@ -55,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @exit_on_user_error
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
+    """The console script: exits 0 when done (the summary goes to stdout and a file), 2 on a user error."""
+    run(argv)
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse ``argv`` and do the work; returns the summary."""
     args = build_parser().parse_args(argv)
     config = load_vectorize_config(args.config, args.overrides)
     if args.class_map:

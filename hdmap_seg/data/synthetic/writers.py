@@ -32,7 +32,7 @@ from hdmap_seg.errors import HdmapError
 from hdmap_seg.export.geojson import write_geojson
 from hdmap_seg.geo.frames import LocalFrame, invert_transform
 from hdmap_seg.geo.kitti import write_oxts, write_timestamps
-from hdmap_seg.io import atomic_path, write_bytes_atomic, write_text_atomic
+from hdmap_seg.io import encode_image, write_bytes_atomic, write_image_atomic, write_text_atomic
 from hdmap_seg.vectorize.layers import Feature
 
 _SPLIT_CODE = {"train": 1, "val": 2, "log": 3}
@@ -97,10 +97,7 @@ def _renderer(camera: str, scale: float) -> Renderer:
 
 
 def png_bytes(img: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise HdmapError("could not encode a PNG")
-    return buf.tobytes()
+    return encode_image(img, ".png", [cv2.IMWRITE_PNG_COMPRESSION, 1])
 
 
 def rgb_png_bytes(rgb: np.ndarray) -> bytes:
@@ -426,8 +423,7 @@ def write_contact_sheet(
     sheet = np.vstack(rows)
     scale = min(1.0, width / sheet.shape[1])
     sheet = cv2.resize(sheet, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    with atomic_path(path) as tmp:
-        cv2.imwrite(str(tmp), sheet)
+    write_image_atomic(path, sheet)
 
 
 # ---------------------------------------------------------------------------------- plumbing
