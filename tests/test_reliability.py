@@ -223,7 +223,10 @@ def preloaded():
     so the kill points land in inference rather than in Python's start-up. (Not forked from this
     process: its OpenMP threads would deadlock a child.)"""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["hdmap_seg.inference", "hdmap_seg.models"])
+    ctx.set_forkserver_preload(["hdmap_seg.inference", "hdmap_seg.models", "hdmap_seg.vectorize.cli"])
+    warm_up = ctx.Process(target=os.getpid)  # starts the server, so that no run below times its imports
+    warm_up.start()
+    warm_up.join()
     return ctx
 
 
@@ -263,4 +266,33 @@ def test_infer_killed_at_20_random_points_then_rerun_gives_the_same_outputs(
     proc = run_infer(*common(checkpoint, drive_log, out), "overlays=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert outputs(out / drive_log.name) == outputs(reference / drive_log.name)
+    assert not temp_files(out)
+
+
+@pytest.mark.slow
+def test_vectorize_killed_at_random_points_then_rerun_gives_the_same_layers(drive_log, preloaded, tmp_path):
+    from hdmap_seg.vectorize.cli import run as vectorize
+
+    def run_vectorize(out: Path, after_s: float) -> bool:
+        proc = preloaded.Process(target=vectorize, args=([str(drive_log), "--quiet", "--out", str(out)],))
+        proc.start()
+        proc.join(timeout=after_s)
+        if proc.exitcode is not None:
+            assert proc.exitcode == 0
+            return False
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        return True
+
+    start = time.perf_counter()
+    assert not run_vectorize(tmp_path / "reference", 600)
+    full_s = time.perf_counter() - start
+    rng = random.Random(1)
+    out, kills = tmp_path / "out", 0
+    while kills < 6:
+        kills += run_vectorize(out, rng.uniform(0.0, full_s))
+    assert not run_vectorize(out, 600)
+    layers = {p.name: p.read_bytes() for p in sorted(out.glob("*.geojson"))}
+    assert layers == {p.name: p.read_bytes() for p in sorted((tmp_path / "reference").glob("*.geojson"))}
+    assert gpkg_contents(out / "map.gpkg") == gpkg_contents(tmp_path / "reference" / "map.gpkg")
     assert not temp_files(out)

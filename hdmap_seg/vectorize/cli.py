@@ -16,7 +16,7 @@ from hdmap_seg.errors import exit_on_user_error
 from hdmap_seg.export import write_layers
 from hdmap_seg.geo.drivelog import open_drive_log
 from hdmap_seg.geo.frames import LocalFrame
-from hdmap_seg.io import write_text_atomic
+from hdmap_seg.io import exclusive_lock, remove_stale_temps, write_text_atomic
 from hdmap_seg.vectorize.builder import vectorize_log
 from hdmap_seg.vectorize.config import layer_classes, load_vectorize_config
 
@@ -70,22 +70,24 @@ def run(argv: list[str] | None = None) -> dict:
     origin = LocalFrame(*args.origin) if args.origin else None
     log = open_drive_log(args.log, camera=args.camera, calib_dir=args.calib, origin=origin)
     out = args.out or args.log / "map"
-    start = time.perf_counter()
-    layers = vectorize_log(log, args.masks, config, progress=not args.quiet)
-    seconds = time.perf_counter() - start
-    paths = write_layers(layers, out, log.origin, gpkg=not args.no_gpkg)
-    summary = {
-        "log": str(args.log),
-        "masks": str(args.masks or log.default_masks_dir),
-        "frames": len(log),
-        "seconds": round(seconds, 2),
-        "frames_per_s": round(len(log) / max(seconds, 1e-9), 1),
-        "origin": log.origin.to_dict(),
-        "features": {name: _count(name, feats) for name, feats in layers.items()},
-        "outputs": [str(p) for p in paths],
-        "config": asdict(config),
-    }
-    write_text_atomic(out / "vectorize.json", json.dumps(summary, indent=2) + "\n")
+    with exclusive_lock(out, "hdmap-vectorize"):
+        remove_stale_temps(out)  # of a killed run; the lock says none is live
+        start = time.perf_counter()
+        layers = vectorize_log(log, args.masks, config, progress=not args.quiet)
+        seconds = time.perf_counter() - start
+        paths = write_layers(layers, out, log.origin, gpkg=not args.no_gpkg)
+        summary = {
+            "log": str(args.log),
+            "masks": str(args.masks or log.default_masks_dir),
+            "frames": len(log),
+            "seconds": round(seconds, 2),
+            "frames_per_s": round(len(log) / max(seconds, 1e-9), 1),
+            "origin": log.origin.to_dict(),
+            "features": {name: _count(name, feats) for name, feats in layers.items()},
+            "outputs": [str(p) for p in paths],
+            "config": asdict(config),
+        }
+        write_text_atomic(out / "vectorize.json", json.dumps(summary, indent=2) + "\n")
     print(f"{len(log)} frames in {seconds:.1f} s ({summary['frames_per_s']} frames/s) -> {out}")
     for name, n in summary["features"].items():
         print(f"  {name:<10} {n}")
