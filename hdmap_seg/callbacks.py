@@ -1,4 +1,5 @@
-"""Lightning callbacks of our own: the learning-curve picture."""
+"""Lightning callbacks and plugins of our own: the learning-curve picture, and checkpoints written
+through a temporary file (a full disk or a crash never leaves a torn ``.ckpt`` under its name)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import os
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
@@ -70,3 +73,21 @@ class LearningCurvePlot(L.Callback):
         metrics_csv = Path(csv_loggers[0].log_dir) / "metrics.csv"
         if metrics_csv.is_file():
             log.info("learning curve: %s", plot_learning_curve(metrics_csv, self.path))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``torch.save`` checkpoints, written to a temporary file beside the target, flushed
+    and fsynced, then renamed onto it (:func:`hdmap_seg.io.atomic_path`).
+
+    Lightning's own IO truncates the target and writes it in place: a full disk or a kill half-way
+    through leaves a torn ``last.ckpt`` that no run can resume from. Here the previous checkpoint
+    stays whole until the new one is complete. Remote (fsspec URL) paths go through Lightning's IO.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        from hdmap_seg.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)

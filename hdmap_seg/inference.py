@@ -22,13 +22,13 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from hdmap_seg.checks import check_window, instantiate_configured
 from hdmap_seg.data.class_map import load_class_map
 from hdmap_seg.data.classes import ClassSet
 from hdmap_seg.data.roads import Sample, read_image, read_mask
@@ -115,6 +115,7 @@ class InferenceModule(L.LightningModule):
         stride: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        check_window(window, stride, getattr(model, "size_divisor", 1))
         self.model = model.eval()
         self.flip = flip
         self.window = tuple(window) if window else None
@@ -424,8 +425,9 @@ def _run_locked(cfg: DictConfig, model: nn.Module, classes: ClassSet, vectorize_
     jobs = [job for plan in plans.values() for job in plan.predict]
 
     module = InferenceModule(model, flip=cfg.flip, window=cfg.window, stride=cfg.stride)
-    trainer: L.Trainer = instantiate(
+    trainer: L.Trainer = instantiate_configured(
         cfg.trainer,
+        "trainer",
         logger=False,
         enable_checkpointing=False,
         callbacks=[MaskWriter(jobs, classes, out_root / "ranks"), FramesPerSecondBar()],

@@ -5,7 +5,6 @@ folder, and YAML mappings read with errors that name the file."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import shutil
@@ -18,14 +17,11 @@ import cv2
 import numpy as np
 import yaml
 
-from hdmap_seg.errors import HdmapError
+from hdmap_seg.errors import NO_SPACE_ERRNOS, HdmapError, free_space_of
 
 #: The name every temporary file of :func:`atomic_path` carries, so that a rerun can find the ones
 #: a killed process left behind (:func:`remove_stale_temps`).
 TEMP_MARK = ".tmp"
-
-#: errno values that mean "no room": the user's disk, not our bug.
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _current_umask() -> int:
@@ -35,18 +31,6 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
-
-
-def free_space(path: str | os.PathLike) -> str:
-    """Free space on the file system holding ``path`` (or its nearest existing parent), for messages."""
-    probe = Path(path)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        free = shutil.disk_usage(probe).free
-    except OSError:
-        return "free space unknown"
-    return f"{free / 2**20:.1f} MiB free"
 
 
 def _disk_is_full(path: Path) -> bool:
@@ -60,7 +44,9 @@ def _disk_is_full(path: Path) -> bool:
 
 def disk_full_error(path: str | os.PathLike) -> HdmapError:
     """The one-line error of a write that ran out of space."""
-    return HdmapError(f"{path}: no space left on the device ({free_space(path)}); nothing was written there")
+    return HdmapError(
+        f"{path}: no space left on the device ({free_space_of(path)}); nothing was written there"
+    )
 
 
 def _fsync(path: Path) -> None:
@@ -100,7 +86,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except HdmapError:
         raise
     except Exception as err:
-        if getattr(err, "errno", None) in _NO_SPACE or _disk_is_full(path):
+        if getattr(err, "errno", None) in NO_SPACE_ERRNOS or _disk_is_full(path):
             raise disk_full_error(path) from None
         raise
     finally:
@@ -109,7 +95,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def _user_error(err: OSError, path: Path) -> HdmapError | OSError:
     """A folder we cannot create or write into is the user's to fix; anything else stays an OSError."""
-    if err.errno in _NO_SPACE:
+    if err.errno in NO_SPACE_ERRNOS:
         return disk_full_error(path)
     if isinstance(err, FileExistsError | NotADirectoryError):
         return HdmapError(

@@ -140,9 +140,47 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def state_dict_mismatch(expected: dict, found: dict, limit: int = 3) -> str | None:
+    """How the state dict ``found`` (a checkpoint's) does not fit ``expected`` (a model's), in one line:
+    the first ``limit`` missing, unexpected and differently shaped parameters; None if it fits."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [
+        f"{k} is {tuple(found[k].shape)} there but {tuple(expected[k].shape)} here"
+        for k in expected
+        if k in found and hasattr(found[k], "shape") and tuple(found[k].shape) != tuple(expected[k].shape)
+    ]
+
+    def first(items: list[str]) -> str:
+        more = f" and {len(items) - limit} more" if len(items) > limit else ""
+        return ", ".join(items[:limit]) + more
+
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} parameters differ in shape ({first(shapes)})")
+    if missing:
+        parts.append(f"{len(missing)} missing ({first(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({first(unexpected)})")
+    return "; ".join(parts) or None
+
+
+def config_differences(theirs: dict, ours: dict, limit: int = 3, prefix: str = "") -> list[str]:
+    """``"key: A there, B here"`` for the first ``limit`` keys (nested dotted) in which two model
+    configs differ."""
+    out: list[str] = []
+    for key in [*theirs, *(k for k in ours if k not in theirs)]:
+        a, b = theirs.get(key, "unset"), ours.get(key, "unset")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, limit, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a} there, {b} here")
+    return out[:limit]
+
+
 def read_checkpoint(ckpt_path: str | os.PathLike, map_location: str = "cpu") -> dict:
     """A training checkpoint's contents (``weights_only=True``), checked to hold what
-    :func:`segmenter_from_checkpoint` rebuilds the network from."""
+    :func:`segmenter_from_checkpoint` rebuilds the network from, with as many classes as outputs."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise HdmapError(f"{path}: checkpoint not found")
@@ -151,9 +189,18 @@ def read_checkpoint(ckpt_path: str | os.PathLike, map_location: str = "cpu") -> 
     except Exception as err:  # torch raises many types for a file that is no checkpoint
         raise HdmapError(f"{path}: not a loadable checkpoint ({type(err).__name__}: {err})") from None
     hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if not hparams.get("model_config") or "classes" not in hparams:
+    if not hparams.get("model_config") or "classes" not in hparams or "state_dict" not in ckpt:
         raise HdmapError(
-            f"{path}: not a hdmap_seg training checkpoint (no model_config/classes hyper-parameters)"
+            f"{path}: not a hdmap_seg training checkpoint (no state_dict, or no model_config/classes "
+            "hyper-parameters)"
+        )
+    classes = ClassSet.from_dict(hparams["classes"], source=str(path))
+    outputs = hparams["model_config"].get("num_classes")
+    if outputs is not None and outputs != classes.num_classes:
+        # Masks would hold ids past the class list: the layers of the missing names would silently vanish.
+        raise HdmapError(
+            f"{path}: its class list has {classes.num_classes} classes ({', '.join(classes.names)}) but "
+            f"its model has {outputs} outputs (model_config.num_classes); the checkpoint is inconsistent"
         )
     return ckpt
 
@@ -167,6 +214,9 @@ def segmenter_from_checkpoint(ckpt: dict, source: str) -> tuple[nn.Module, Class
     hparams = ckpt["hyper_parameters"]
     model = instantiate({**hparams["model_config"], "pretrained": False, "weights": None})
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise HdmapError(f"{source}: its weights do not fit the model of its own model_config: {mismatch}")
     model.load_state_dict(state)
     return model.eval(), ClassSet.from_dict(hparams["classes"], source=source)
 
@@ -174,3 +224,22 @@ def segmenter_from_checkpoint(ckpt: dict, source: str) -> tuple[nn.Module, Class
 def load_segmenter(ckpt_path: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.Module, ClassSet]:
     """Rebuild the trained network and its classes from a training checkpoint."""
     return segmenter_from_checkpoint(read_checkpoint(ckpt_path, map_location), str(ckpt_path))
+
+
+def check_resume(ckpt_path: str | os.PathLike, module: SegmentationModule, model_config: dict) -> None:
+    """Before ``trainer.fit(ckpt_path=...)``: the checkpoint exists, is a training checkpoint, and its
+    weights fit ``module`` (Lightning would otherwise stop inside ``fit`` with a RuntimeError from
+    ``load_state_dict``). Lightning's special paths (``last``, ``best``, ``hpc``, URLs) are left to it."""
+    if str(ckpt_path).split(":")[0] in ("last", "best", "hpc", "registry") or "://" in str(ckpt_path):
+        return
+    if not Path(ckpt_path).is_file():
+        raise HdmapError(f"ckpt_path={ckpt_path}: checkpoint not found (the run to resume from)")
+    ckpt = read_checkpoint(ckpt_path)
+    mismatch = state_dict_mismatch(module.state_dict(), ckpt["state_dict"], limit=2)
+    if mismatch:
+        differences = config_differences(ckpt["hyper_parameters"]["model_config"], model_config, limit=2)
+        other = f" ({'; '.join(differences)})" if differences else ""
+        raise HdmapError(
+            f"{ckpt_path}: cannot resume: it was trained with another model config{other}; its weights do "
+            f"not fit this one: {mismatch}"
+        )

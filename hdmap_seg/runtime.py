@@ -24,7 +24,7 @@ from torch import nn
 
 from hdmap_seg.data.classes import ClassSet
 from hdmap_seg.errors import HdmapError
-from hdmap_seg.export.onnx import INPUT, check_normalisation, classes_of, read_metadata
+from hdmap_seg.export.onnx import INPUT, META_DIVISOR, check_normalisation, classes_of, read_metadata
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 # the Python package each exported-model backend runs on
@@ -42,9 +42,10 @@ class ExportedModel(nn.Module):
 
     backend = ""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, size_divisor: int) -> None:
         super().__init__()
         self.path = path
+        self.size_divisor = size_divisor  # as Segmenter's: frames are padded to multiples of it
 
     def run(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -62,8 +63,8 @@ class OnnxRuntimeModel(ExportedModel):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, providers: list, threads: int | None = None) -> None:
-        super().__init__(path)
+    def __init__(self, path: Path, size_divisor: int, providers: list, threads: int | None = None) -> None:
+        super().__init__(path, size_divisor)
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -87,8 +88,8 @@ class OpenVinoModel(ExportedModel):
 
     backend = "openvino"
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
-        super().__init__(path)
+    def __init__(self, path: Path, size_divisor: int, threads: int | None = None) -> None:
+        super().__init__(path, size_divisor)
         import openvino as ov
 
         config = {"PERFORMANCE_HINT": "LATENCY"}
@@ -140,8 +141,9 @@ def load_model(
     meta = read_metadata(path)
     classes = classes_of(meta, str(path))
     check_normalisation(meta, str(path))
+    size_divisor = int(meta.get(META_DIVISOR, "1"))
     if backend == "openvino":
-        return OpenVinoModel(path, threads).eval(), classes
+        return OpenVinoModel(path, size_divisor, threads).eval(), classes
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -154,7 +156,7 @@ def load_model(
         providers = [("TensorrtExecutionProvider", {"trt_fp16_enable": True}), "CUDAExecutionProvider"]
     else:
         providers = ["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []
-    return OnnxRuntimeModel(path, [*providers, "CPUExecutionProvider"], threads).eval(), classes
+    return OnnxRuntimeModel(path, size_divisor, [*providers, "CPUExecutionProvider"], threads).eval(), classes
 
 
 def compare_backends(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from hdmap_seg.checks import instantiate_configured
 from hdmap_seg.data.datamodule import SegDataModule
+from hdmap_seg.io import remove_stale_temps
+from hdmap_seg.module import check_resume
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +29,21 @@ def build(cfg: DictConfig) -> tuple[SegDataModule, L.LightningModule, L.Trainer]
     module = make_module(
         model=instantiate(model_config), classes=datamodule.classes.to_dict(), model_config=model_config
     )
-    # A group entry set to null (callbacks.progress_bar=null) switches that part off.
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # A group entry set to null (callbacks.progress_bar=null) switches that part off. Options these
+    # objects reject are the config's mistake: one line naming the entry (hdmap_seg.checks).
+    callbacks = [
+        instantiate_configured(c, f"callbacks.{name}")
+        for name, c in (cfg.get("callbacks") or {}).items()
+        if c is not None
+    ]
+    loggers = [
+        instantiate_configured(lg, f"logger.{name}")
+        for name, lg in (cfg.get("logger") or {}).items()
+        if lg is not None
+    ]
+    trainer: L.Trainer = instantiate_configured(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False
+    )
     return datamodule, module, trainer
 
 
@@ -36,7 +51,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (resuming from ``cfg.ckpt_path`` if set) and return the final metrics."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module, trainer = build(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        # Lightning would load it inside fit, and stop on a checkpoint of another model with a traceback.
+        check_resume(ckpt_path, module, module.hparams.model_config)
+        # A run killed while saving left its temporary file beside the checkpoint it is resumed from.
+        remove_stale_temps(Path(ckpt_path).parent)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
     if cfg.get("validate_best") and best and not trainer.fast_dev_run:

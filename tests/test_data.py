@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_toy_dataset
 from hdmap_seg.data.classes import ROAD_CLASSES, ClassSet, load_classes
 from hdmap_seg.data.datamodule import SegDataModule
 from hdmap_seg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, pad_collate
@@ -142,3 +143,15 @@ def test_atomic_writes_leave_no_temporary_and_ordinary_permissions(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("crash mid-write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_the_check_leaves_torch_random_state_alone(tmp_path):
+    """A seeded run initialises its model after the check: the check must not draw from torch's generator."""
+    root = write_toy_dataset(tmp_path / "roads", n_train=32, n_val=1)  # enough to decode in workers
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    dm = make_dm(root)
+    dm.num_workers = 2
+    dm.check()
+    assert torch.equal(torch.rand(3), expected)

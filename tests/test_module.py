@@ -47,3 +47,15 @@ def test_param_groups_follow_the_recipe():
         assert g["lr"] == pytest.approx(1e-3 if id(p) in head_ids else 1e-4), name
         expect_decay = p.ndim > 1 and "pos_block" not in name
         assert g["weight_decay"] == (0.01 if expect_decay else 0.0), name
+
+
+def test_state_dict_mismatch_names_the_first_parameters_of_each_kind():
+    from hdmap_seg.module import state_dict_mismatch
+
+    model = {"a": torch.zeros(2, 3), "b": torch.zeros(4), "c": torch.zeros(1)}
+    assert state_dict_mismatch(model, dict(model)) is None
+    found = {"a": torch.zeros(3, 3), "b": torch.zeros(4), "d": torch.zeros(1), "e": torch.zeros(1)}
+    assert state_dict_mismatch(model, found, limit=1) == (
+        "1 parameters differ in shape (a is (3, 3) there but (2, 3) here); 1 missing (c); "
+        "2 unexpected (d and 1 more)"
+    )

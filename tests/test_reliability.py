@@ -188,7 +188,7 @@ def test_a_full_disk_stops_with_one_line_and_publishes_no_torn_file(
     with small_disk(tmp_path / "disk", f"{need // 2 // 1024}k") as disk:
         out = disk / "out"
         line = one_line_error(run_infer(*common(checkpoint, drive_log, out), "overlays=true"))
-        assert "no space left on the device" in line and "MiB free" in line
+        assert "no space left on the device" in line and " free" in line
         log_out = out / drive_log.name
         assert list((log_out / "masks").glob("*.png")), "the disk filled part-way through"
         for mask in (log_out / "masks").glob("*.png"):

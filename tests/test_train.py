@@ -11,30 +11,13 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_object
 from omegaconf import OmegaConf, open_dict
 
-from conftest import REPO_ROOT, run_script
+from conftest import REPO_ROOT, run_script, tiny_overrides
 from hdmap_seg.data.classes import ROAD_CLASSES
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.module import load_segmenter
 from hdmap_seg.training import train
 
 CONF = REPO_ROOT / "conf"
-
-
-def tiny_overrides(data_root: Path, out: Path) -> list[str]:
-    return [
-        f"data.root={data_root}",
-        "model=twins_svt_tiny",
-        "trainer=cpu",
-        "data.batch_size=2",
-        "data.num_workers=0",
-        "data.train_transforms.1.height=32",
-        "data.train_transforms.1.width=32",
-        "module.lr=1e-3",
-        "module.warmup_steps=2",
-        f"paths.log_dir={out}/logs",
-        f"hydra.run.dir={out}/run",
-        "trainer.log_every_n_steps=1",
-    ]
 
 
 def all_group_options(group: str) -> list[str]:

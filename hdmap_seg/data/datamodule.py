@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from hdmap_seg.data.class_map import ClassMap, load_class_map
 from hdmap_seg.data.classes import ClassSet
 from hdmap_seg.data.layouts import Layout, RoadsLayout
-from hdmap_seg.data.roads import INVALID, Sample, SegmentationDataset, check_split
+from hdmap_seg.data.roads import INVALID, Sample, SegmentationDataset, find_problems, problems_error
 from hdmap_seg.data.transforms import build_transform, pad_collate
 from hdmap_seg.errors import HdmapError
 
@@ -91,18 +91,37 @@ class SegDataModule(L.LightningDataModule):
         return self._lut
 
     def samples(self, split: str) -> list[Sample]:
-        """The checked (frame, mask) pairs of ``split``; the first call reads and checks every mask."""
+        """The checked (frame, mask) pairs of ``split``; the first call decodes and checks every frame
+        and mask, in ``num_workers`` processes."""
         if split not in self._samples:
-            lut = self.label_lut  # first: a missing classes file or config is the more basic error
-            samples = self.layout.list_split(self.root, split)
-            check_split(samples, lut, description=f"checking {split} masks")
-            self._samples[split] = samples
+            samples, problems = self._check_split(split)
+            if problems:
+                raise problems_error(problems, len(samples), f" of split {split!r}")
         return self._samples[split]
 
+    def _check_split(self, split: str) -> tuple[list[Sample], list[str]]:
+        lut = self.label_lut  # first: a missing classes file or config is the more basic error
+        samples = self.layout.list_split(self.root, split)
+        problems = find_problems(samples, lut, f"checking {split} frames and masks", self.num_workers)
+        if not problems:
+            self._samples[split] = samples
+        return samples, problems
+
     def check(self) -> None:
-        """Read every split once and stop on the first bad file, before any training starts."""
-        for split in (self.train_split, self.val_split):
-            self.samples(split)
+        """Decode every frame and mask of the train and val splits once, before any training starts;
+        one error reports the bad files of both."""
+        problems, total, bad_splits = [], 0, []
+        for split in dict.fromkeys((self.train_split, self.val_split)):
+            if split in self._samples:
+                continue
+            samples, found = self._check_split(split)
+            if found:
+                problems += found
+                total += len(samples)
+                bad_splits.append(repr(split))
+        if problems:
+            where = f" of split{'s' if len(bad_splits) > 1 else ''} {' and '.join(bad_splits)}"
+            raise problems_error(problems, total, where)
 
     def setup(self, stage: str | None = None) -> None:
         self.check()

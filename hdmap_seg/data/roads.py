@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 import PIL.Image
 import torch
 from rich.progress import track
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from hdmap_seg.errors import HdmapError
 
@@ -78,6 +77,10 @@ def read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+#: What PIL raises for a file it cannot decode in full (a truncated PNG or JPEG raises OSError).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, PIL.Image.DecompressionBombError)
+
+
 def read_mask(path: Path) -> np.ndarray:
     """``(H, W)`` uint8 label values of a grey or palette PNG.
 
@@ -90,17 +93,25 @@ def read_mask(path: Path) -> np.ndarray:
                     f"{path}: a mask must be a single-channel 8-bit PNG of class ids, got PIL mode {img.mode}"
                 )
             return np.asarray(img)
-    except (OSError, PIL.UnidentifiedImageError):
-        raise HdmapError(f"{path}: cannot be read as a mask") from None
+    except DECODE_ERRORS as err:
+        raise HdmapError(f"{path}: cannot be read as a mask ({err})") from None
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` of an image file, from its header alone."""
+def decoded_image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file that decodes in full.
+
+    The header alone does not tell a truncated file (a copy cut short, a full disk), and OpenCV, which
+    training reads with, returns a truncated JPEG with grey rows and only a warning: PIL raises. A JPEG
+    is decoded at 1/8 scale (every byte of it is still read and entropy-decoded), a third faster.
+    """
     try:
         with PIL.Image.open(path) as img:
             width, height = img.size
-    except (OSError, PIL.UnidentifiedImageError):
-        raise HdmapError(f"{path}: cannot be read as an image") from None
+            if img.format == "JPEG":
+                img.draft(img.mode, (max(width // 8, 1), max(height // 8, 1)))
+            img.load()
+    except DECODE_ERRORS as err:
+        raise HdmapError(f"{path}: cannot be decoded as an image ({err})") from None
     return height, width
 
 
@@ -122,7 +133,7 @@ def describe_values(values: np.ndarray) -> str:
 def _check_sample(sample: Sample, lut: np.ndarray) -> str | None:
     try:
         mask = read_mask(sample.mask_path)
-        hw = image_size(sample.image_path)
+        hw = decoded_image_size(sample.image_path)
     except HdmapError as err:
         return str(err)
     if hw != mask.shape:
@@ -139,20 +150,65 @@ def _check_sample(sample: Sample, lut: np.ndarray) -> str | None:
     return None
 
 
-def check_split(samples: list[Sample], lut: np.ndarray, description: str = "checking masks") -> None:
-    """Stop on the first bad pair: unreadable files, size mismatch, or label values that ``lut``
-    (``(256,)``, file value -> training id or :data:`INVALID`) does not accept.
+class _SampleCheck(Dataset):
+    """Item ``i``: what is wrong with sample ``i`` (decoded in full), or None."""
 
-    Reads every mask once, in threads (decoding releases the GIL), with a progress bar.
+    def __init__(self, samples: list[Sample], lut: np.ndarray) -> None:
+        self.samples, self.lut = samples, lut
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> str | None:
+        return _check_sample(self.samples[index], self.lut)
+
+
+#: Problems named in the error of :func:`check_split`; the rest are counted.
+MAX_NAMED_PROBLEMS = 10
+
+#: Below this many samples the check decodes in the calling process (starting workers costs more).
+_MIN_SAMPLES_FOR_WORKERS = 32
+
+
+def find_problems(
+    samples: list[Sample], lut: np.ndarray, description: str = "checking masks", num_workers: int = 0
+) -> list[str]:
+    """What is wrong with each bad pair of ``samples``, decoding every frame and mask in full:
+    unreadable or truncated files, size mismatch, or label values that ``lut`` (``(256,)``, file value
+    -> training id or :data:`INVALID`) does not accept.
+
+    Decodes in ``num_workers`` DataLoader worker processes (as training reads), with a progress bar.
     """
-    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
-    try:
-        results = pool.map(lambda s: _check_sample(s, lut), samples)
-        for error in track(results, description=description, total=len(samples), transient=True):
-            if error is not None:
-                raise HdmapError(error)
-    finally:
-        pool.shutdown(cancel_futures=True)
+    workers = num_workers if len(samples) >= _MIN_SAMPLES_FOR_WORKERS else 0
+    # A generator of its own: the loader draws its workers' base seed from it, not from torch's global
+    # generator, so that the check leaves a seeded run's model initialisation and data order as they were.
+    loader = DataLoader(
+        _SampleCheck(samples, lut), batch_size=None, num_workers=workers, generator=torch.Generator()
+    )
+    return [p for p in track(loader, description=description, total=len(samples), transient=True) if p]
+
+
+def problems_error(problems: list[str], total: int, where: str = "") -> HdmapError:
+    """One error for all ``problems`` of ``total`` samples: the first :data:`MAX_NAMED_PROBLEMS`
+    named, the rest counted."""
+    if len(problems) == 1:
+        return HdmapError(problems[0])
+    named = "; ".join(problems[:MAX_NAMED_PROBLEMS])
+    more = f"; and {len(problems) - MAX_NAMED_PROBLEMS} more" if len(problems) > MAX_NAMED_PROBLEMS else ""
+    return HdmapError(f"{len(problems)} of {total} samples{where} are bad: {named}{more}")
+
+
+def check_split(
+    samples: list[Sample],
+    lut: np.ndarray,
+    description: str = "checking masks",
+    num_workers: int = 0,
+    split: str | None = None,
+) -> None:
+    """:func:`find_problems`, raised as one :class:`HdmapError` (:func:`problems_error`)."""
+    problems = find_problems(samples, lut, description, num_workers)
+    if problems:
+        raise problems_error(problems, len(samples), f" of split {split!r}" if split else "")
 
 
 class SegmentationDataset(Dataset):

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
+from hdmap_seg.checks import instantiate_configured
 from hdmap_seg.data.classes import ClassSet
 from hdmap_seg.data.datamodule import SegDataModule
 from hdmap_seg.data.layouts import require_split
@@ -254,8 +255,8 @@ def evaluate(cfg: DictConfig) -> dict:
         stride=cfg.stride,
         keep_worst=overlays,
     )
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=False, enable_checkpointing=False, callbacks=[FramesPerSecondBar()]
+    trainer: L.Trainer = instantiate_configured(
+        cfg.trainer, "trainer", logger=False, enable_checkpointing=False, callbacks=[FramesPerSecondBar()]
     )
     loader = DataLoader(
         LabelledFrames(samples, lut, scale=cfg.scale),
