@@ -173,3 +173,15 @@ def tiny_overrides(data_root: Path, out: Path) -> list[str]:
         f"hydra.run.dir={out}/run",
         "trainer.log_every_n_steps=1",
     ]
+
+
+def compose_train(data_root: Path, out: Path, *extra: str):
+    """conf/train.yaml with :func:`tiny_overrides` and ``extra``, composed as ``train.py`` composes it."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*tiny_overrides(data_root, out), *extra])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out / "run")  # Hydra sets it inside a real run
+    return cfg

@@ -22,7 +22,7 @@ import numpy as np
 import pyogrio
 import pytest
 
-from conftest import FRAMES, common, run_infer, write_checkpoint
+from conftest import FRAMES, common, compose_train, run_infer, write_checkpoint
 from hdmap_seg.data.classes import ROAD_CLASSES
 from hdmap_seg.io import TEMP_MARK, exclusive_lock
 
@@ -223,7 +223,9 @@ def preloaded():
     so the kill points land in inference rather than in Python's start-up. (Not forked from this
     process: its OpenMP threads would deadlock a child.)"""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["hdmap_seg.inference", "hdmap_seg.models", "hdmap_seg.vectorize.cli"])
+    ctx.set_forkserver_preload(
+        ["hdmap_seg.inference", "hdmap_seg.models", "hdmap_seg.vectorize.cli", "hdmap_seg.training"]
+    )
     warm_up = ctx.Process(target=os.getpid)  # starts the server, so that no run below times its imports
     warm_up.start()
     warm_up.join()
@@ -296,3 +298,54 @@ def test_vectorize_killed_at_random_points_then_rerun_gives_the_same_layers(driv
     assert layers == {p.name: p.read_bytes() for p in sorted((tmp_path / "reference").glob("*.geojson"))}
     assert gpkg_contents(out / "map.gpkg") == gpkg_contents(tmp_path / "reference" / "map.gpkg")
     assert not temp_files(out)
+
+
+@pytest.mark.slow
+def test_train_killed_at_random_points_resumes_from_a_whole_checkpoint(toy_dataset, preloaded, tmp_path):
+    """Checkpoints every step, kills anywhere (also inside a save): every checkpoint on disk loads, and
+    resuming from ``last.ckpt`` each time reaches the last step."""
+    import torch
+
+    from hdmap_seg.training import train
+
+    steps = 8
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+
+    def run_train(after_s: float) -> bool:
+        resume = [f"ckpt_path={last}"] if last.is_file() else []
+        cfg = compose_train(
+            toy_dataset,
+            tmp_path,
+            f"trainer.max_steps={steps}",
+            "+callbacks.model_checkpoint.every_n_train_steps=1",
+            "callbacks.progress_bar=null",
+            "validate_best=false",
+            *resume,
+        )
+        proc = preloaded.Process(target=train, args=(cfg,))
+        proc.start()
+        proc.join(timeout=after_s)
+        if proc.exitcode is not None:
+            assert proc.exitcode == 0
+            return False
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join()
+        return True
+
+    start = time.perf_counter()
+    assert not run_train(600)
+    full_s = time.perf_counter() - start
+    shutil.rmtree(run_dir)
+    rng = random.Random(2)
+    kills = 0
+    while kills < 4:
+        if run_train(rng.uniform(0.0, full_s)):
+            kills += 1
+            for ckpt in run_dir.glob("checkpoints/*.ckpt"):
+                torch.load(ckpt, weights_only=True, map_location="cpu")  # whole, never torn
+        else:
+            shutil.rmtree(run_dir)
+    assert not run_train(600)
+    assert torch.load(last, weights_only=True, map_location="cpu")["global_step"] == steps
+    assert not temp_files(run_dir)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_object
 from omegaconf import OmegaConf, open_dict
 
-from conftest import REPO_ROOT, run_script, tiny_overrides
+from conftest import REPO_ROOT, compose_train, run_script, tiny_overrides
 from hdmap_seg.data.classes import ROAD_CLASSES
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.module import load_segmenter
@@ -73,17 +72,9 @@ def test_bad_data_set_exits_2_with_one_line_and_no_traceback(toy_dataset, tmp_pa
     assert "Traceback" not in proc.stderr
 
 
-def compose_tiny(data_root: Path, out: Path, *extra: str):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[*tiny_overrides(data_root, out), *extra])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out / "run")  # Hydra sets it inside a real run
-    return cfg
-
-
 @pytest.mark.slow
 def test_resume_continues_from_the_checkpoint(toy_dataset, tmp_path):
-    cfg = compose_tiny(toy_dataset, tmp_path, "trainer.max_steps=3", "callbacks.progress_bar=null")
+    cfg = compose_train(toy_dataset, tmp_path, "trainer.max_steps=3", "callbacks.progress_bar=null")
     train(cfg)
     last = tmp_path / "run/checkpoints/last.ckpt"
     ckpt = torch.load(last, weights_only=True, map_location="cpu")
@@ -92,7 +83,7 @@ def test_resume_continues_from_the_checkpoint(toy_dataset, tmp_path):
     assert (tmp_path / "run/csv/metrics.csv").is_file()
 
     out2 = tmp_path / "second"
-    cfg2 = compose_tiny(
+    cfg2 = compose_train(
         toy_dataset, out2, "trainer.max_steps=6", f"ckpt_path={last}", "callbacks.progress_bar=null"
     )
     train(cfg2)
@@ -105,7 +96,7 @@ def test_resume_continues_from_the_checkpoint(toy_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_load_segmenter_rebuilds_the_trained_network(toy_dataset, tmp_path):
-    cfg = compose_tiny(toy_dataset, tmp_path, "trainer.max_steps=2", "callbacks.progress_bar=null")
+    cfg = compose_train(toy_dataset, tmp_path, "trainer.max_steps=2", "callbacks.progress_bar=null")
     train(cfg)
     last = tmp_path / "run/checkpoints/last.ckpt"
     model, classes = load_segmenter(last)
@@ -120,7 +111,7 @@ def test_load_segmenter_rebuilds_the_trained_network(toy_dataset, tmp_path):
 @pytest.mark.slow
 def test_weight_averaging_is_what_checkpoints_and_inference_get(toy_dataset, tmp_path):
     """experiment=demo's EMA callback: the checkpoint's weights are the average, and so are the loaded ones."""
-    cfg = compose_tiny(
+    cfg = compose_train(
         toy_dataset,
         tmp_path,
         "trainer.max_steps=3",
