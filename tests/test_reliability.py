@@ -22,7 +22,7 @@ import numpy as np
 import pyogrio
 import pytest
 
-from conftest import FRAMES, common, compose_train, run_infer, write_checkpoint
+from conftest import FRAMES, common, compose_train, run_infer, run_script, write_checkpoint
 from hdmap_seg.data.classes import ROAD_CLASSES
 from hdmap_seg.io import TEMP_MARK, exclusive_lock
 
@@ -90,6 +90,8 @@ def test_rerun_redoes_torn_and_foreign_masks_and_redraws_lost_overlays(
     summary = json.loads((log_out / "summary.json").read_text())
     assert summary["run"]["frames_predicted"] == 3 and summary["frames_redone"] == 3
     assert summary["frames_resumed"] == FRAMES - 3 and summary["overlays_redrawn"] == 2
+    runs = json.loads((out / "ranks" / "rank0.json").read_text())["runs"]
+    assert [len(r["frames"]) for r in runs] == [FRAMES, 3], "each run keeps its own record"
     assert outputs(log_out) == outputs(reference / drive_log.name)
     assert not temp_files(out)
 
@@ -158,6 +160,16 @@ def test_a_frame_of_the_wrong_size_stops_before_any_prediction(checkpoint, drive
 def test_frames_beyond_the_size_limit_are_refused_with_the_way_out(checkpoint, drive_log, tmp_path):
     line = one_line_error(run_infer(*common(checkpoint, drive_log, tmp_path / "out"), "scale=40"))
     assert "outside what inference takes" in line and "set scale=" in line
+
+
+def test_vectorize_out_that_is_a_file_is_one_line(drive_log, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    proc = run_script("tools/vectorize.py", str(drive_log), "--out", str(afile / "map"))
+    line = one_line_error(proc)
+    assert line.startswith(
+        f"error: {afile / 'map' / '.lock'}: cannot write here, a file stands where a folder is needed"
+    )
 
 
 # ------------------------------------------------------------------------------ a full disk
