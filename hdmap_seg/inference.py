@@ -392,16 +392,23 @@ def run_inference(cfg: DictConfig) -> dict:
         raise HdmapError(f"drive logs must have distinct folder names, got {names}")
     for log in logs:
         check_frame_sizes(log, cfg.scale)
+    module = InferenceModule(model, flip=cfg.flip, window=cfg.window, stride=cfg.stride)
 
     with contextlib.ExitStack() as held:
         # One run per out_dir at a time. Under DDP the launching process (global rank 0) holds the
         # lock for all ranks; the others run only inside its run.
         if rank_zero_only.rank == 0:
             held.enter_context(exclusive_lock(out_root, "hdmap-infer"))
-        return _run_locked(cfg, model, classes, vectorize_config, logs)
+        return _run_locked(cfg, module, classes, vectorize_config, logs)
 
 
-def _run_locked(cfg: DictConfig, model: nn.Module, classes: ClassSet, vectorize_config, logs) -> dict:
+def _run_locked(
+    cfg: DictConfig,
+    module: InferenceModule,
+    classes: ClassSet,
+    vectorize_config: VectorizeConfig,
+    logs: list[DriveLog],
+) -> dict:
     out_root = Path(cfg.out_dir)
     manifest = run_manifest(cfg, classes)
     if not cfg.overwrite:
@@ -424,7 +431,6 @@ def _run_locked(cfg: DictConfig, model: nn.Module, classes: ClassSet, vectorize_
         )
     jobs = [job for plan in plans.values() for job in plan.predict]
 
-    module = InferenceModule(model, flip=cfg.flip, window=cfg.window, stride=cfg.stride)
     trainer: L.Trainer = instantiate_configured(
         cfg.trainer,
         "trainer",

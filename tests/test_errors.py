@@ -447,3 +447,10 @@ def test_an_unquoted_non_ascii_override_is_one_line_with_the_way_out(tmp_path):
     assert_one_line_error(proc, f"cannot parse the override 'ckpt_path={tmp_path}/straße/model.ckpt'", "quote")
     proc = run_infer(f"ckpt_path='{tmp_path}/straße/model.ckpt'", "logs=x", f"hydra.run.dir={tmp_path}/run")
     assert_one_line_error(proc, f"{tmp_path}/straße/model.ckpt: checkpoint not found")
+
+
+def test_infer_window_under_the_models_size_divisor_leaves_nothing_behind(checkpoint, drive_log, tmp_path):
+    out = tmp_path / "out"
+    proc = run_infer(*common(checkpoint, drive_log, out), "window=[16,64]")
+    assert_one_line_error(proc, "window=[16, 64]: each side must be at least the model's size divisor 32")
+    assert not (out / "run.json").exists(), "a refused run records nothing that a rerun would be held to"
