@@ -167,12 +167,12 @@ def test_onnx_backend_gives_the_torch_metrics(torch_run, checkpoint, dataset, tm
 
 def test_scale_flip_and_window_score_every_labelled_pixel_at_the_label_size(checkpoint, dataset, tmp_path):
     out = tmp_path / "tta"
-    metrics = evaluate(compose_eval(checkpoint, dataset, out, "scale=0.5", "flip=true", "window=[16,16]"))
+    metrics = evaluate(compose_eval(checkpoint, dataset, out, "scale=0.8", "flip=true", "window=[32,32]"))
     assert metrics["options"] | {"precision": None} == {
-        "scale": 0.5,
+        "scale": 0.8,
         "flip": True,
-        "window": [16, 16],
-        "stride": [10, 10],
+        "window": [32, 32],  # the model's size divisor; frames of 32x45 take two windows
+        "stride": [21, 21],
         "precision": None,
         "batch_size": 2,
     }
