@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import shapely
-from shapely.geometry import mapping, shape
+from shapely.geometry import LineString, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from hdmap_seg.errors import HdmapError
@@ -29,14 +29,60 @@ ALT_DECIMALS = 3
 
 
 def to_wgs84(geom: BaseGeometry, origin: LocalFrame) -> BaseGeometry:
-    """A world-frame geometry -> WGS84 lon/lat(/alt), snapped to 7 decimals, valid, CCW exteriors."""
-    out = shapely.transform(geom, origin.wgs84_from_world_points, include_z=geom.has_z)
-    if out.geom_type in ("Point", "MultiPoint"):
+    """A world-frame geometry -> WGS84 lon/lat(/alt), snapped to 7 decimals, valid, CCW exteriors.
+
+    Lines and polygons that cross the antimeridian are cut there into a Multi- geometry (RFC 7946,
+    3.1.9), never drawn the long way round the Earth. Lines stay lines and polygons polygons: what
+    snapping collapses (a sliver narrower than the grid) is dropped, and the result may be empty.
+    """
+    if geom.geom_type in ("Point", "MultiPoint"):
+        return shapely.transform(geom, origin.wgs84_from_world_points, include_z=geom.has_z)
+
+    def lonlat_unwrapped(xyz: np.ndarray) -> np.ndarray:
+        # longitudes continuous across the origin's meridian (pyproj wraps them to [-180, 180])
+        out = origin.wgs84_from_world_points(xyz)
+        out[:, 0] = origin.lon0 + (out[:, 0] - origin.lon0 + 180.0) % 360.0 - 180.0
         return out
-    out = shapely.set_precision(out, GRID_DEG)
+
+    dim = 2 if geom.geom_type.endswith("Polygon") else 1
+    out = _cut_at_antimeridian(shapely.transform(geom, lonlat_unwrapped, include_z=geom.has_z), dim)
+    try:
+        out = shapely.set_precision(out, GRID_DEG)
+    except shapely.errors.GEOSException:
+        # GEOS's snap-rounding gives up on some rings that nearly touch ("unable to assign free hole to
+        # a shell"): round the vertices alone, then repair what the rounding made invalid.
+        out = shapely.set_precision(out, GRID_DEG, mode="pointwise")
     if not out.is_valid:
-        out = shapely.make_valid(out)
+        out = _collect(shapely.make_valid(out), dim)
     return shapely.orient_polygons(out, exterior_cw=False)
+
+
+def _cut_at_antimeridian(geom: BaseGeometry, dim: int) -> BaseGeometry:
+    """A lon/lat line (``dim`` 1) or polygon (2) reaching past longitude +-180 -> its pieces moved into
+    [-180, 180]."""
+    x0, _, x1, _ = geom.bounds
+    if geom.is_empty or (x0 >= -180.0 and x1 <= 180.0):
+        return geom
+    pieces = []
+    for shift in (-360.0, 0.0, 360.0):
+        piece = geom.intersection(shapely.box(-180.0 - shift, -90.0, 180.0 - shift, 90.0))
+        pieces.append(shapely.transform(piece, lambda p, s=shift: p + [s, 0.0]))
+    return _collect(shapely.GeometryCollection(pieces), dim)
+
+
+def _collect(geom: BaseGeometry, dim: int) -> BaseGeometry:
+    """The parts of ``geom`` of dimension ``dim`` (1: lines, 2: polygons) as one geometry: a single part
+    as it is, several as a Multi- geometry, none as an empty one."""
+    parts = [
+        g
+        for g in shapely.get_parts(shapely.get_parts(shapely.get_parts(geom)))  # collections, then multis
+        if shapely.get_dimensions(g) == dim and not g.is_empty
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    if dim == 2:
+        return shapely.multipolygons(parts) if parts else Polygon()
+    return shapely.multilinestrings(parts) if parts else LineString()
 
 
 def _round(coords):

@@ -25,17 +25,24 @@ columns of ``poses.csv``), are kept per frame for :func:`smooth_log`: world velo
 ``(ve, vn, vu)`` turned from true to grid north by the grid convergence at the vehicle, as yaw is.
 KITTI packets always hold the fields; a log whose ``vn, ve, vu`` (or ``wu``) are all exactly zero
 was written without them and has none.
+
+A bad file stops with an :class:`~hdmap_seg.errors.HdmapError` of one line that names it (and the
+line or frame): not UTF-8 text, a missing key or column, NaN, a latitude beyond 90 deg, values
+beyond any drive on Earth (``_LIMITS``: altitude 100 km, angles 1000 rad, velocities 1000 m/s), a
+calibration that is no camera (a singular ``P_rect``, a rotation that is none, an image size of 0).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.camera import CameraModel
@@ -49,13 +56,16 @@ from hdmap_seg.geo.frames import (
 )
 from hdmap_seg.geo.kitti import (
     KITTI_IMU_HEIGHT_M,
+    MAX_IMAGE_SIDE_PX,
     KittiCalib,
-    parse_oxts_line,
+    check_lat_lon,
+    is_rotation,
+    read_oxts,
+    read_text,
     read_timestamps,
     seconds_since,
 )
 from hdmap_seg.geo.trajectory import TrajectoryReport, find_jumps, smooth_trajectory
-from hdmap_seg.io import read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +73,20 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 POSES_COLUMNS = ("frame", "timestamp", "lat", "lon", "alt", "roll", "pitch", "yaw")
 VELOCITY_COLUMNS = ("vn", "ve", "vu")
 YAW_RATE_COLUMN = "wu"
+# Times a datetime64[ns] holds: within 292 years of 1970.
+_MAX_ABS_TIME_S = 9.0e9
+# Magnitudes beyond any drive on Earth (unwrapped angles included): a broken file, not a pose, and
+# arithmetic on them overflows. Name -> (limit, unit).
+_LIMITS = {
+    "alt": (1e5, "m"),
+    "roll": (1e3, "rad"),
+    "pitch": (1e3, "rad"),
+    "yaw": (1e3, "rad"),
+    "vn": (1e3, "m/s"),
+    "ve": (1e3, "m/s"),
+    "vu": (1e3, "m/s"),
+    "wu": (1e3, "rad/s"),
+}
 
 
 @dataclass(frozen=True)
@@ -156,9 +180,32 @@ def _check_times(timestamps: np.ndarray, source: Path) -> None:
         )
 
 
-def _poses(origin: LocalFrame, rows: np.ndarray) -> np.ndarray:
-    """``(N, 6)`` lat, lon, alt, roll, pitch, yaw -> ``(N, 4, 4)`` T_world_from_vehicle."""
-    return np.stack([T_world_from_imu(origin, *r) for r in rows]) if len(rows) else np.zeros((0, 4, 4))
+def _origin(origin: LocalFrame | None, rows: np.ndarray, source: str) -> LocalFrame:
+    """The given world origin, else the first frame's position (``source`` names where it comes from)."""
+    if origin is not None:
+        return origin
+    try:
+        return LocalFrame(*rows[0, :3])
+    except HdmapError as err:
+        raise HdmapError(f"{source}: {err}") from None
+
+
+def _poses(origin: LocalFrame, rows: np.ndarray, sources: list[str]) -> np.ndarray:
+    """``(N, 6)`` lat, lon, alt, roll, pitch, yaw -> ``(N, 4, 4)`` T_world_from_vehicle.
+
+    ``sources[i]`` names where row ``i`` comes from, for the error of a position that the world
+    frame cannot hold (half a world away from its origin).
+    """
+    T = np.stack([T_world_from_imu(origin, *r) for r in rows]) if len(rows) else np.zeros((0, 4, 4))
+    bad = np.flatnonzero(~np.isfinite(T.reshape(len(T), -1)).all(axis=1))
+    if bad.size:
+        i = int(bad[0])
+        lat, lon = float(rows[i, 0]), float(rows[i, 1])
+        raise HdmapError(
+            f"{sources[i]}: lat {lat!r}, lon {lon!r} has no place in the world frame around "
+            f"lat {origin.lat0!r}, lon {origin.lon0!r}: too far from it"
+        )
+    return T
 
 
 def _v_world_mps(origin: LocalFrame, rows: np.ndarray, v_neu_mps: np.ndarray) -> np.ndarray | None:
@@ -193,7 +240,7 @@ def _open_kitti(root: Path, camera: int, calib_dir, origin: LocalFrame | None) -
     timestamps = read_timestamps(ts_path)
     _check_times(timestamps, ts_path)
     by_stem = {p.stem: p for p in data_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    frames, rows = [], np.zeros((len(timestamps), 6))
+    frames, rows, packets = [], np.zeros((len(timestamps), 6)), []
     v_neu, wu = np.zeros((len(timestamps), 3)), np.zeros(len(timestamps))
     for i, ts in enumerate(timestamps):
         stem = f"{i:010d}"
@@ -204,52 +251,82 @@ def _open_kitti(root: Path, camera: int, calib_dir, origin: LocalFrame | None) -
         oxts = root / "oxts" / "data" / f"{stem}.txt"
         if not oxts.is_file():
             raise HdmapError(f"{oxts}: missing OXTS packet (pose) for frame {stem}")
-        p = parse_oxts_line(oxts.read_text(), str(oxts))
+        p = read_oxts(oxts)
         rows[i] = (p.lat, p.lon, p.alt, p.roll, p.pitch, p.yaw)
         v_neu[i], wu[i] = (p.vn, p.ve, p.vu), p.wu
         frames.append(Frame(i, stem, by_stem[stem], ts))
+        packets.append(str(oxts))
     if not frames:
         raise HdmapError(f"{ts_path}: the log has no frames")
+    _check_values(rows, np.c_[v_neu, wu], ["vn", "ve", "vu", "wu"], packets)
     extra = sorted(set(by_stem) - {f.stem for f in frames})
     if extra:
         raise HdmapError(
             f"{ts_path}: lists {len(frames)} frames but {data_dir} also holds {extra[0]} (and more?)"
         )
-    origin = origin or LocalFrame(*rows[0, :3])
-    oxts_dir = root / "oxts" / "data"
+    origin = _origin(origin, rows, packets[0])
     return DriveLog(
         root,
         "kitti",
         frames,
-        _poses(origin, rows),
+        _poses(origin, rows, packets),
         cam_model,
         origin,
         root / f"label_{camera:02d}" / "data",
-        _v_world_mps(origin, rows, _finite(v_neu, oxts_dir)),
-        _finite(wu, oxts_dir) if np.any(wu) else None,
+        _v_world_mps(origin, rows, v_neu),
+        wu if np.any(wu) else None,
     )
 
 
-def _finite(values: np.ndarray, source: Path) -> np.ndarray:
-    bad = np.flatnonzero(~np.all(np.isfinite(values.reshape(len(values), -1)), axis=1))
-    if bad.size:
-        raise HdmapError(f"{source}: NaN or inf in the velocities or yaw rate of frame {int(bad[0])}")
-    return values
+def _check_values(rows: np.ndarray, rates: np.ndarray, names: list[str], sources: list[str]) -> None:
+    """Altitudes, angles and the ``rates`` (columns ``names``: vn, ve, vu, wu) within ``_LIMITS``, not NaN."""
+    table = np.c_[rows[:, 2:], rates]
+    cols = ["alt", "roll", "pitch", "yaw", *names]
+    limits = np.array([_LIMITS[c][0] for c in cols])
+    bad = np.argwhere(~(np.abs(table) <= limits))  # NaN fails too
+    if len(bad):
+        i, j = (int(v) for v in bad[0])
+        limit, unit = _LIMITS[cols[j]]
+        raise HdmapError(
+            f"{sources[i]}: {cols[j]} is {float(table[i, j])!r}, out of range (at most {limit:g} {unit} either way)"
+        )
+
+
+def _read_yaml_mapping(path: Path, what: str) -> dict:
+    """A YAML file that must hold a mapping; one line for any fault (YAML's own messages run to five)."""
+    text = read_text(path, what)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise HdmapError(f"{path}{line}: not valid YAML ({' '.join(str(problem).split())})") from None
+    except (ValueError, OverflowError, RecursionError) as err:  # a value YAML's own types reject (a month 13)
+        raise HdmapError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    if not isinstance(data, dict):
+        raise HdmapError(f"{path}: expected a mapping ({what})")
+    return data
 
 
 def read_camera_yaml(path: Path) -> CameraModel:
     """Read a generic log's ``camera.yaml`` (keys in the module docstring)."""
-    data = read_yaml_mapping(path, "camera file")
+    data = _read_yaml_mapping(path, "camera file")
     for key in ("width", "height", "fx", "fy", "cx", "cy", "T_vehicle_from_cam", "ground_offset_m"):
         if key not in data:
             raise HdmapError(f"{path}: calibration lacks the key {key!r}")
     try:
         K = np.array([[data["fx"], 0, data["cx"]], [0, data["fy"], data["cy"]], [0, 0, 1]], float)
         T = np.asarray(data["T_vehicle_from_cam"], float)
-        dist = np.asarray(data.get("distortion") or [], float)
+        dist = np.asarray(data.get("distortion") or [], float).ravel()
         ground = float(data["ground_offset_m"])
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise HdmapError(f"{path}: a camera value is not a number ({err})") from None
+    size = [data["width"], data["height"]]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_IMAGE_SIDE_PX for v in size):
+        raise HdmapError(
+            f"{path}: width and height must be whole numbers of pixels, 1 to {MAX_IMAGE_SIDE_PX}, got {size}"
+        )
     if T.shape != (4, 4):
         raise HdmapError(f"{path}: T_vehicle_from_cam must be a 4x4 matrix, got shape {T.shape}")
     if not (
@@ -259,20 +336,29 @@ def read_camera_yaml(path: Path) -> CameraModel:
         and np.isfinite(ground)
     ):
         raise HdmapError(f"{path}: NaN or inf in the camera")
-    if abs(np.linalg.det(T[:3, :3]) - 1.0) > 1e-3:
-        raise HdmapError(f"{path}: T_vehicle_from_cam's rotation is not a rotation")
-    return CameraModel(K, int(data["width"]), int(data["height"]), dist, T, ground)
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise HdmapError(f"{path}: fx and fy must be positive (pixels), got {K[0, 0]:g}, {K[1, 1]:g}")
+    if not is_rotation(T[:3, :3]) or not np.array_equal(T[3], [0.0, 0.0, 0.0, 1.0]):
+        raise HdmapError(
+            f"{path}: T_vehicle_from_cam is not a rigid transform (rotation, translation; 0 0 0 1)"
+        )
+    if dist.size not in (0, 4, 5, 8):
+        raise HdmapError(f"{path}: distortion must have 0, 4, 5 or 8 coefficients, got {dist.size}")
+    return CameraModel(K, size[0], size[1], dist, T, ground)
 
 
 def _open_generic(root: Path, origin: LocalFrame | None) -> DriveLog:
     camera = read_camera_yaml(root / "camera.yaml")
     poses_path = root / "poses.csv"
-    with poses_path.open(newline="") as f:
-        reader = csv.DictReader(f)
+    text = read_text(poses_path, "poses file")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = [c for c in POSES_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise HdmapError(f"{poses_path}: missing column(s) {missing}; expected {','.join(POSES_COLUMNS)}")
         table = list(reader)
+    except csv.Error as err:
+        raise HdmapError(f"{poses_path}:{reader.line_num}: not CSV ({err})") from None
     if not table:
         raise HdmapError(f"{poses_path}: no pose rows")
     frames_dir = root / "frames"
@@ -301,6 +387,9 @@ def _open_generic(root: Path, origin: LocalFrame | None) -> DriveLog:
             raise HdmapError(f"{where}: a pose value is empty or not a number") from None
         if not (np.all(np.isfinite(values)) and np.all(np.isfinite(rates[i]))):
             raise HdmapError(f"{where}: NaN or inf in the pose of frame {rec['frame']}")
+        if abs(values[0]) > _MAX_ABS_TIME_S:
+            raise HdmapError(f"{where}: timestamp {values[0]!r} s is not a time (seconds since 1970)")
+        check_lat_lon(values[1], values[2], where)
         stem = str(rec["frame"]).strip()
         if stem not in by_stem:
             raise HdmapError(f"{frames_dir}: frame {stem!r} of {where} is missing")
@@ -311,12 +400,13 @@ def _open_generic(root: Path, origin: LocalFrame | None) -> DriveLog:
     unposed = sorted(set(by_stem) - {f.stem for f in frames})
     if unposed:
         raise HdmapError(f"{poses_path}: no pose row for frame {unposed[0]!r} of {frames_dir}")
-    origin = origin or LocalFrame(*rows[0, :3])
+    sources = [f"{poses_path}:{i + 2}" for i in range(len(rows))]
+    _check_values(rows, rates, extra, sources)
+    origin = _origin(origin, rows, sources[0])
+    poses = _poses(origin, rows, sources)
     v_world = _v_world_mps(origin, rows, rates[:, :3]) if all(has_v) else None
     yaw_rate = rates[:, -1].copy() if YAW_RATE_COLUMN in extra else None
-    return DriveLog(
-        root, "generic", frames, _poses(origin, rows), camera, origin, root / "labels", v_world, yaw_rate
-    )
+    return DriveLog(root, "generic", frames, poses, camera, origin, root / "labels", v_world, yaw_rate)
 
 
 def _frame_ranges(indices: np.ndarray) -> str:

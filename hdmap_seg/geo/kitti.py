@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,40 @@ CALIB_VELO_TO_CAM = "calib_velo_to_cam.txt"
 
 #: Height of the OXTS unit above the ground on the KITTI car (KITTI's setup page).
 KITTI_IMU_HEIGHT_M = 0.93
+#: Image sides (px) that a calibration may give; more is a broken file, not a camera.
+MAX_IMAGE_SIDE_PX = 100_000
+_CAMERA_KEY = re.compile(r"P_rect_(\d\d)")
+_TIMESTAMP = re.compile(r"(\d{4})-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d{1,9})?", re.ASCII)
+# Orthonormality of a calibration's rotations: KITTI prints 7 significant digits (about 1e-6 off).
+_ROTATION_TOL = 1e-3
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A text file's contents; one clear line for a file that is missing, unreadable or not UTF-8 text."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise HdmapError(f"{path}: {what} not found") from None
+    except OSError as err:
+        raise HdmapError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise HdmapError(
+            f"{path}: not a text file (byte 0x{data[err.start]:02x} at offset {err.start} is not UTF-8)"
+        ) from None
+
+
+def check_lat_lon(lat_deg: float, lon_deg: float, source: str) -> None:
+    """A clear error for a latitude or longitude that is not one."""
+    if not (abs(lat_deg) <= 90.0 and abs(lon_deg) <= 180.0):
+        raise HdmapError(f"{source}: lat {lat_deg!r}, lon {lon_deg!r} is not a WGS84 position (deg)")
+
+
+def is_rotation(R: np.ndarray) -> bool:
+    """A 3x3 matrix that is orthonormal and right-handed (to the digits calibration files print)."""
+    return bool(np.abs(R @ R.T - np.eye(3)).max() <= _ROTATION_TOL and np.linalg.det(R) > 0)
 
 
 def _fmt(value: float) -> str:
@@ -106,15 +141,16 @@ def parse_oxts_line(line: str, source: str = "<oxts>") -> OxtsPacket:
         raise HdmapError(f"{source}: not a number in OXTS packet ({err})") from None
     if not np.all(np.isfinite(nums[:6])):
         raise HdmapError(f"{source}: NaN or inf in lat/lon/alt/roll/pitch/yaw: {parts[:6]}")
+    check_lat_lon(nums[0], nums[1], source)
+    for name, text, value in zip(OXTS_FIELDS[25:], parts[25:], nums[25:], strict=True):
+        if not np.isfinite(value):
+            raise HdmapError(f"{source}: OXTS field {name} is {text}, not a whole number")
     return OxtsPacket(*nums[:25], *(int(round(v)) for v in nums[25:]))
 
 
 def read_oxts(path: str | os.PathLike) -> OxtsPacket:
     """Read one ``oxts/data/<index>.txt``."""
-    path = Path(path)
-    if not path.is_file():
-        raise HdmapError(f"{path}: OXTS packet not found")
-    return parse_oxts_line(path.read_text(), source=str(path))
+    return parse_oxts_line(read_text(path, "OXTS packet"), source=str(path))
 
 
 def write_oxts(path: str | os.PathLike, packet: OxtsPacket) -> None:
@@ -127,10 +163,15 @@ def write_oxts(path: str | os.PathLike, packet: OxtsPacket) -> None:
 
 def parse_timestamp(text: str, source: str = "<timestamps>") -> np.datetime64:
     """``"2011-09-26 13:02:25.964389445"`` -> ``numpy.datetime64`` with nanoseconds."""
+    m = _TIMESTAMP.fullmatch(text.strip())
     try:
-        return np.datetime64(text.strip().replace(" ", "T"), "ns")
-    except ValueError:
-        raise HdmapError(f"{source}: not a KITTI timestamp: {text.strip()!r}") from None
+        # NumPy wraps years outside 1678-2262 round silently when it converts to nanoseconds
+        ts = np.datetime64(text.strip().replace(" ", "T"), "ns") if m and 1700 <= int(m[1]) <= 2200 else None
+    except ValueError:  # a month 13, a 25th hour
+        ts = None
+    if ts is None:
+        raise HdmapError(f"{source}: not a KITTI timestamp: {text.strip()!r}")
+    return ts
 
 
 def format_timestamp(ts: np.datetime64) -> str:
@@ -142,9 +183,7 @@ def format_timestamp(ts: np.datetime64) -> str:
 def read_timestamps(path: str | os.PathLike) -> np.ndarray:
     """Read a ``timestamps.txt``: ``(N,)`` ``datetime64[ns]``; blank lines are ignored."""
     path = Path(path)
-    if not path.is_file():
-        raise HdmapError(f"{path}: timestamps file not found")
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    lines = [ln for ln in read_text(path, "timestamps file").splitlines() if ln.strip()]
     return np.array([parse_timestamp(ln, f"{path}:{i + 1}") for i, ln in enumerate(lines)], "datetime64[ns]")
 
 
@@ -167,10 +206,8 @@ def seconds_since(timestamps: np.ndarray, start: np.datetime64 | None = None) ->
 def read_calib_file(path: str | os.PathLike) -> dict[str, np.ndarray | str]:
     """Read a KITTI ``key: values`` calibration file: numbers as float arrays, ``calib_time`` as text."""
     path = Path(path)
-    if not path.is_file():
-        raise HdmapError(f"{path}: calibration file not found")
     out: dict[str, np.ndarray | str] = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(path, "calibration file").splitlines(), 1):
         if not line.strip():
             continue
         key, sep, value = line.partition(":")
@@ -239,13 +276,19 @@ class CamToCamCalib:
     cameras: dict[int, CameraCalib]
     calib_time: str = ""
     corner_dist: float = 0.0
+    #: the file it was read from (None: built in memory); errors name it
+    path: Path | None = field(default=None, compare=False)
+    #: ``P_rect`` keys not spelled ``P_rect_0x`` (``P_rect_2``): named when a camera is missing
+    odd_keys: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> CamToCamCalib:
         path = Path(path)
         entries = read_calib_file(path)
         cams: dict[int, CameraCalib] = {}
-        for idx in sorted({int(k[-2:]) for k in entries if k.startswith("P_rect_")}):
+        found = {k: _CAMERA_KEY.fullmatch(k) for k in entries if k.startswith("P_rect")}
+        odd = tuple(k for k, m in found.items() if m is None)
+        for idx in sorted({int(m.group(1)) for m in found.values() if m is not None}):
             sfx = f"_{idx:02d}"
             vals = {
                 name: _need(entries, name + sfx, int(np.prod(shape)), path).reshape(shape)
@@ -254,13 +297,44 @@ class CamToCamCalib:
             vals["P_rect"] = _need(entries, "P_rect" + sfx, 12, path).reshape(3, 4)
             cams[idx] = CameraCalib(**vals)
         if not cams:
-            raise HdmapError(f"{path}: calibration lacks the key 'P_rect_00' (no camera found)")
+            raise HdmapError(f"{path}: calibration lacks the key 'P_rect_00' (no camera found{_odd(odd)})")
         corner = entries.get("corner_dist")
         return cls(
             cams,
             calib_time=str(entries.get("calib_time", "")),
             corner_dist=float(corner[0]) if isinstance(corner, np.ndarray) and corner.size else 0.0,
+            path=path,
+            odd_keys=odd,
         )
+
+    def camera(self, idx: int) -> CameraCalib:
+        """Camera ``idx`` (0..3), checked: a pinhole ``P_rect``, a rotation ``R_rect``, a positive size."""
+        where = self.path or CALIB_CAM_TO_CAM
+        if idx not in self.cameras:
+            raise HdmapError(
+                f"{where}: calibration lacks the key 'P_rect_{idx:02d}' "
+                f"(cameras present: {sorted(self.cameras)}{_odd(self.odd_keys)})"
+            )
+        cam = self.cameras[idx]
+        K = cam.P_rect[:, :3]
+        if not (
+            K[0, 0] > 0
+            and K[1, 1] > 0
+            and np.allclose(K[[0, 1, 2, 2], [1, 0, 0, 1]], 0.0, rtol=0, atol=1e-6)
+            and abs(K[2, 2] - 1.0) <= 1e-6
+        ):
+            raise HdmapError(
+                f"{where}: P_rect_{idx:02d} is not a camera projection: its first 3 columns must be "
+                f"[fx 0 cx; 0 fy cy; 0 0 1] with fx, fy > 0, got {' '.join(f'{v:g}' for v in K.ravel())}"
+            )
+        if not is_rotation(cam.R_rect):
+            raise HdmapError(f"{where}: R_rect_{idx:02d} is not a rotation")
+        if not np.all((cam.S_rect >= 1) & (cam.S_rect <= MAX_IMAGE_SIDE_PX)):
+            raise HdmapError(
+                f"{where}: S_rect_{idx:02d} must be an image size of 1 to {MAX_IMAGE_SIDE_PX} px, "
+                f"got {' '.join(f'{v:g}' for v in cam.S_rect)}"
+            )
+        return cam
 
     def write(self, path: str | os.PathLike) -> None:
         entries: dict[str, np.ndarray | str] = {
@@ -296,8 +370,11 @@ class RigidCalib:
         entries = read_calib_file(path)
         R = _need(entries, "R", 9, path).reshape(3, 3)
         T = _need(entries, "T", 3, path).reshape(3)
-        if abs(np.linalg.det(R) - 1.0) > 1e-3:
-            raise HdmapError(f"{path}: R is not a rotation (det {np.linalg.det(R):.4f})")
+        if not is_rotation(R):
+            off = np.abs(R @ R.T - np.eye(3)).max()
+            raise HdmapError(
+                f"{path}: R is not a rotation (R R^T is {off:.2g} off the identity, det {np.linalg.det(R):.4f})"
+            )
         extra = {
             k: v for k, v in entries.items() if k not in ("R", "T", "calib_time") and not isinstance(v, str)
         }
@@ -369,9 +446,15 @@ class KittiCalib:
         return K, T_rectx_from_rect0 @ R_rect_00 @ T_cam0_from_imu, size
 
     def _camera(self, idx: int) -> CameraCalib:
-        if idx not in self.cam_to_cam.cameras:
-            raise HdmapError(
-                f"{CALIB_CAM_TO_CAM}: calibration lacks the key 'P_rect_{idx:02d}' "
-                f"(cameras present: {sorted(self.cam_to_cam.cameras)})"
-            )
-        return self.cam_to_cam.cameras[idx]
+        return self.cam_to_cam.camera(idx)
+
+
+def _odd(keys: tuple[str, ...]) -> str:
+    """A hint at keys misspelled for ``P_rect_0x``: ``"; is 'P_rect_2' meant to be 'P_rect_02'?"``."""
+    hints = []
+    for k in keys:
+        m = re.fullmatch(r"P_rect_?(\d{1,2})", k)
+        hints.append(
+            f"is {k!r} meant to be 'P_rect_{int(m.group(1)):02d}'?" if m else f"{k!r} is not P_rect_0x"
+        )
+    return "".join(f"; {h}" for h in hints)

@@ -25,6 +25,7 @@ import shapely
 from shapely.geometry import Polygon
 from tqdm import tqdm
 
+from hdmap_seg.data.roads import describe_values
 from hdmap_seg.data.roads import read_mask as read_label_png
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.camera import CameraModel
@@ -39,6 +40,7 @@ from hdmap_seg.vectorize.signs import SignTracker, sign_instances
 from hdmap_seg.vectorize.tracks import Track
 
 _PREFETCH = 16  # masks decoded ahead of the vectorizer
+_NOT_A_CLASS = 8  # the lookup table's bit of mask values that are no class
 # A straight edge drawn in pixels steps by half a pixel either side of its line.
 _CONTOUR_TOLERANCE_PX = 0.75
 
@@ -57,11 +59,16 @@ class MapBuilder:
         self.ground_model = ground
         self.config = config or VectorizeConfig()
         cfg = self.config
-        # One lookup per pixel maps class ids to layer bits (1 pole, 2 sign, 4 median).
+        # One lookup per pixel maps class ids to layer bits (1 pole, 2 sign, 4 median), and values that
+        # are no class to _NOT_A_CLASS: one max() of the looked-up mask finds them.
         self._lut = np.zeros(256, np.uint8)
         for bit, layer in ((1, "pole"), (2, "sign"), (4, "median")):
             for cid in cfg.classes.get(layer, []):
                 self._lut[int(cid)] |= bit
+        self._num_classes = cfg.mask_class_count()
+        if self._num_classes is not None:
+            self._lut[self._num_classes :] |= _NOT_A_CLASS
+            self._lut[cfg.ignore_index] &= ~np.uint8(_NOT_A_CLASS)
         self.poles = PoleFuser(cfg.pole, cfg.pose) if "pole" in cfg.classes else None
         self.signs = SignTracker(cfg.sign, cfg.max_range_m, cfg.pose) if "sign" in cfg.classes else None
         self.ground = GroundVotes(cfg.median)
@@ -89,6 +96,7 @@ class MapBuilder:
             )
         if not np.all(np.isfinite(T_world_from_cam)):
             raise HdmapError(f"{where}: NaN or inf in the camera pose")
+        bits = self._layer_bits(mask, where)
         self._last_frame = frame_index
         self.n_frames += 1
         cfg = self.config
@@ -99,7 +107,6 @@ class MapBuilder:
         )
         known = self.ground_model.known_area(frame_index) if self.ground_model is not None else None
         geom = FrameGeometry(self.camera, T_world_from_cam, surface, cfg.max_range_m, known)
-        bits = cv2.LUT(mask.astype(np.uint8, copy=False), self._lut)
         sign_px = (bits & 2) > 0 if self.signs is not None else None
         if self.poles is not None:
             inst = pole_instances(
@@ -115,6 +122,19 @@ class MapBuilder:
                 Raised(surface, cfg.median.surface_height_m) if cfg.median.surface_height_m else surface,
             )
         self.ground.add(frame_index, geom.visible_ground(), median)
+
+    def _layer_bits(self, mask: np.ndarray, where: str) -> np.ndarray:
+        """The mask's layer bits (``_lut``); a clear error for values that are no class."""
+        if mask.dtype != np.uint8 and mask.size and (mask.min() < 0 or mask.max() > 255):
+            raise HdmapError(f"{where}: mask values must be class ids 0..255, got {mask.min()}..{mask.max()}")
+        bits = cv2.LUT(mask.astype(np.uint8, copy=False), self._lut)
+        if self._num_classes is not None and bits.max(initial=0) >= _NOT_A_CLASS:
+            bad = np.unique(mask[bits >= _NOT_A_CLASS])
+            raise HdmapError(
+                f"{where}: mask holds the value{'s' if len(bad) > 1 else ''} {describe_values(bad)}, "
+                f"which no class has (class ids 0..{self._num_classes - 1}, ignore {self.config.ignore_index})"
+            )
+        return bits
 
     def _ground_at(self, track: Track, xy_m: np.ndarray) -> float:
         """The ground's height at a finished feature: the drive's surface where the track was last seen;

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hdmap_seg.data.class_map import ClassMap
+from hdmap_seg.data.classes import ROAD_CLASSES
 from hdmap_seg.errors import HdmapError
 
 #: Map layers that have a builder; ``lane_marking`` will join them (docs/map.md, "Lane markings").
@@ -106,6 +107,9 @@ class VectorizeConfig:
     #: layer -> mask class ids that feed it
     classes: dict[str, list[int]] = field(default_factory=lambda: {"pole": [4], "sign": [5], "median": [3]})
     ignore_index: int = 255
+    #: masks hold class ids 0..num_classes-1 and ignore_index, any other value is an error;
+    #: None: see :meth:`mask_class_count`
+    num_classes: int | None = None
     max_range_m: float = 30.0  # only ground within this distance of the camera counts
     pole: PoleConfig = field(default_factory=PoleConfig)
     sign: SignConfig = field(default_factory=SignConfig)
@@ -124,6 +128,8 @@ class VectorizeConfig:
             raise HdmapError(
                 f"vectorize config: no layer builder for {unknown}{later}; layers are {list(LAYERS)}"
             )
+        if not 0 <= self.ignore_index <= 255:
+            raise HdmapError(f"vectorize config: ignore_index must be 0..255, got {self.ignore_index}")
         for layer, ids in self.classes.items():
             if any(not 0 <= int(i) <= 254 for i in ids):
                 raise HdmapError(f"vectorize config: class ids of {layer} must be 0..254, got {list(ids)}")
@@ -131,6 +137,27 @@ class VectorizeConfig:
                 raise HdmapError(f"vectorize config: {layer} uses the ignore index {self.ignore_index}")
         if self.max_range_m <= 0:
             raise HdmapError("vectorize config: max_range_m must be positive")
+        if self.num_classes is not None:
+            if not 1 <= self.num_classes <= 255:
+                raise HdmapError(f"vectorize config: num_classes must be 1..255, got {self.num_classes}")
+            beyond = {
+                layer: ids for layer, ids in self.classes.items() if max(ids, default=0) >= self.num_classes
+            }
+            if beyond:
+                raise HdmapError(
+                    f"vectorize config: class ids {beyond} are beyond num_classes {self.num_classes}"
+                )
+
+    def mask_class_count(self) -> int | None:
+        """How many classes the masks hold (ids ``0..n-1``, ``ignore_index`` besides): ``num_classes``, or
+        unset, the project's taxonomy's 6 when the layers take its ids (pole 4, sign 5, median 3); None
+        when not known (masks of another taxonomy through a class map): their values are not checked."""
+        if self.num_classes is not None:
+            return self.num_classes
+        own = layer_classes(ROAD_CLASSES.names)
+        if all(sorted(int(i) for i in ids) == own.get(layer) for layer, ids in self.classes.items()):
+            return ROAD_CLASSES.num_classes
+        return None
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> VectorizeConfig:

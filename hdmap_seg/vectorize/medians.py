@@ -200,7 +200,8 @@ def _polygons(geom: BaseGeometry) -> list[Polygon]:
 
 
 def centerline(poly: Polygon, simplify_m: float, spacing_m: float = 0.5) -> LineString | None:
-    """The longest path through the polygon's medial axis (Voronoi edges of its densified boundary)."""
+    """The longest path through the polygon's medial axis (Voronoi edges of its densified boundary);
+    None where there is none (a footprint too small, or whose path shrinks to a point)."""
     boundary = shapely.segmentize(poly, spacing_m).boundary
     pts = shapely.get_coordinates(boundary)
     if len(pts) < 4:
@@ -228,7 +229,9 @@ def centerline(poly: Polygon, simplify_m: float, spacing_m: float = 0.5) -> Line
         path.append(int(pred[path[-1]]))
     if len(path) < 2:
         return None
-    return _trim_and_extend(poly, keys[path[::-1]]).simplify(simplify_m)
+    line = _trim_and_extend(poly, keys[path[::-1]]).simplify(simplify_m)
+    # A footprint too small for a medial path (its spurs trimmed to one point) has no centre line.
+    return line if line.length > 0 else None
 
 
 def _trim_and_extend(poly: Polygon, pts: np.ndarray) -> LineString:

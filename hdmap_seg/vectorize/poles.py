@@ -145,7 +145,11 @@ def pole_observations(
 
 
 def refine_pole(
-    xy0: np.ndarray, views: np.ndarray, cfg: PoleConfig, pose: PoseConfig | None = None
+    xy0: np.ndarray,
+    views: np.ndarray,
+    cfg: PoleConfig,
+    pose: PoseConfig | None = None,
+    cov0: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Maximum-likelihood ground point of a pole from its views: position ``(2,)`` and covariance ``(2, 2)``.
 
@@ -162,6 +166,11 @@ def refine_pole(
     The tracks' information sums weigh each view by the range it measured: a base that bled low
     looks near, hence certain, and pulls the sum towards the camera. Here every view is weighed at
     the fitted point.
+
+    Views that contradict one another (a mask's stray blob taken for a base, seen from a few metres)
+    can send the iterations away; a fit that ends farther from every view than twice the farthest
+    range it measured, or without a positive covariance, is none: ``xy0`` comes back with ``cov0``
+    (default: the covariance of the fit's first step).
     """
     C = views[:, :2]
     drop0, az_obs, r_front, radius, f, slope = views[:, 2:].T
@@ -173,6 +182,7 @@ def refine_pole(
     )
     prior = np.diag([0.0, 0.0, 1.0 / cfg.base_bias_px**2])
     theta = np.r_[np.asarray(xy0, dtype=float), 0.0]  # x_m, y_m, b_px
+    A0 = None
     for _ in range(_REFINE_ITERATIONS):
         d = theta[:2] - C
         rho = np.maximum(np.linalg.norm(d, axis=1), radius + 1e-3)
@@ -190,13 +200,33 @@ def refine_pole(
         J[:, 1, 2] = 1.0 / sig_row
         w = np.minimum(1.0, _HUBER_K / np.maximum(np.abs(res), 1e-12))
         A = np.einsum("nk,nki,nkj->ij", w, J, J) + prior
+        A0 = A if A0 is None else A0
         g = np.einsum("nk,nki,nk->i", w, J, res) + prior @ theta
-        step = np.linalg.solve(A, -g)
+        try:
+            step = np.linalg.solve(A, -g)
+        except np.linalg.LinAlgError:
+            break
         theta = theta + step
         if np.linalg.norm(step[:2]) < 1e-4:
             break
     # The point's covariance, the row offset marginalised out.
-    return theta[:2], np.linalg.inv(A)[:2, :2]
+    cov = _covariance(A)
+    far = np.min(np.linalg.norm(theta[:2] - C, axis=1)) > 2.0 * np.max(r_front) + 1.0
+    if cov is None or not np.all(np.isfinite(theta)) or far:
+        fallback = cov0 if cov0 is not None else _covariance(A0)
+        return np.asarray(xy0, dtype=float), fallback if fallback is not None else np.eye(2) * np.max(
+            r_front
+        ) ** 2
+    return theta[:2], cov
+
+
+def _covariance(A: np.ndarray) -> np.ndarray | None:
+    """The x, y block of ``A``'s inverse if that is a covariance (finite, positive definite), else None."""
+    try:
+        cov = np.linalg.inv(A)[:2, :2]
+    except np.linalg.LinAlgError:
+        return None
+    return cov if np.all(np.isfinite(cov)) and np.all(np.linalg.eigvalsh(cov) > 0) else None
 
 
 class PoleFuser(TrackSet):
@@ -235,7 +265,7 @@ class PoleFuser(TrackSet):
         """Point features at the poles' bases, on the ground that ``ground_at`` gives."""
         features = []
         for i, t in enumerate(self.close()):
-            (x, y), cov = refine_pole(t.estimate, np.array(t.kept), self.cfg, self.pose)
+            (x, y), cov = refine_pole(t.estimate, np.array(t.kept), self.cfg, self.pose, t.covariance)
             props = {"id": i, "type": "pole", **sighting_properties(t, cov)}
             features.append(Feature(Point(x, y, ground_at(t, np.array([x, y]))), props))
         return features

@@ -41,6 +41,7 @@ _HEIGHT_CONSISTENCY = 1.25  # a view's plate height (m) over the sign's median: 
 _MIN_FACING_SPAN_RAD = np.radians(10.0)  # views closer in bearing cannot fit a facing: use their mean
 _NOTCH_FRACTION = 0.07  # notches of overlapping plates: deeper than this x the component's smaller side
 _MAX_SPLITS = 2  # overlapping plates split at most this many times per component (up to 4 pieces)
+_SCALAR_SEARCH = 16  # up to this many parts within reach, a component's left part is searched for in Python
 
 
 def sign_instances(sign_mask: np.ndarray, cfg: SignConfig) -> np.ndarray:
@@ -52,20 +53,34 @@ def sign_instances(sign_mask: np.ndarray, cfg: SignConfig) -> np.ndarray:
     gap) are joined. Plates cut by the image border are left out (their centroid would be off).
     """
     H, W = sign_mask.shape
+    comps = sorted(components(sign_mask, 1), key=lambda c: c[0])
     merged: list[tuple[int, int, np.ndarray, bool]] = []  # x, y, sub, joined from parts
-    for x, y, sub in sorted(components(sign_mask, 1), key=lambda c: c[0]):
+    boxes: list[tuple[int, int, int, int]] = []  # x, y, width, height of merged[k]
+    table = np.zeros((len(comps), 4), np.int64)  # the same, to search many parts at once
+    # Components come left to right: a part whose right edge lies farther left than the widest gap a
+    # join may bridge can take no more (a noisy mask has thousands of specks; don't try them all).
+    reach = max([2.0] + [0.6 * sub.shape[0] for _, _, sub in comps])
+    live: list[int] = []  # indices of merged parts still within reach
+    for i, (x, y, sub) in enumerate(comps):
+        if i % 64 == 0 and len(live) > _SCALAR_SEARCH:
+            kept = np.asarray(live)
+            live = kept[table[kept, 0] + table[kept, 2] >= x - reach].tolist()
         # The left part may be any earlier one: a small blob (a sign behind) can sit in the gap.
-        for k in range(len(merged) - 1, -1, -1):
-            px, py, psub, _ = merged[k]
-            ph, pw = psub.shape
-            h = sub.shape[0]
-            overlap = min(py + ph, y + h) - max(py, y)
-            gap = x - (px + pw)
-            if 0 <= gap <= max(2, 0.6 * min(ph, h)) and overlap >= 0.7 * max(ph, h):
-                merged[k] = (*_union(px, py, psub, x, y, sub), True)
-                break
+        if len(live) <= _SCALAR_SEARCH:
+            j = _left_part([boxes[k] for k in live], x, y, sub.shape[0])
         else:
+            j = _left_part_among_many(table[live], x, y, sub.shape[0])
+        if j < 0:
+            k = len(merged)
             merged.append((x, y, sub, False))
+            boxes.append((x, y, sub.shape[1], sub.shape[0]))
+            live.append(k)
+        else:
+            k = live[j]
+            px, py, psub, _ = merged[k]
+            merged[k] = (*_union(px, py, psub, x, y, sub), True)
+            boxes[k] = merged[k][0], merged[k][1], merged[k][2].shape[1], merged[k][2].shape[0]
+        table[k] = boxes[k]
     # A joined plate has notches at its gap; only whole components can be overlapping plates.
     pieces = [
         p
@@ -80,6 +95,30 @@ def sign_instances(sign_mask: np.ndarray, cfg: SignConfig) -> np.ndarray:
         rows, cols = np.nonzero(sub)
         out.append((x + cols.mean(), y + rows.mean(), w, h))
     return np.array(out, dtype=float).reshape(-1, 4)
+
+
+def _left_part(boxes: list[tuple[int, int, int, int]], x: int, y: int, h: int) -> int:
+    """The latest of the earlier parts ``boxes`` (``x, y, width, height``) that the component at ``(x, y)``,
+    ``h`` rows tall, continues: right of it across a narrow gap, its rows mostly the same; -1: none."""
+    for k in range(len(boxes) - 1, -1, -1):
+        px, py, pw, ph = boxes[k]
+        overlap = min(py + ph, y + h) - max(py, y)
+        gap = x - (px + pw)
+        if 0 <= gap <= max(2, 0.6 * min(ph, h)) and overlap >= 0.7 * max(ph, h):
+            return k
+    return -1
+
+
+def _left_part_among_many(boxes: np.ndarray, x: int, y: int, h: int) -> int:
+    """:func:`_left_part` of ``(N, 4)`` parts in one pass of NumPy (a noisy mask's specks)."""
+    px, py, pw, ph = boxes.T
+    overlap = np.minimum(py + ph, y + h) - np.maximum(py, y)
+    gap = x - (px + pw)
+    joins = (
+        (gap >= 0) & (gap <= np.maximum(2, 0.6 * np.minimum(ph, h))) & (overlap >= 0.7 * np.maximum(ph, h))
+    )
+    hits = np.flatnonzero(joins)
+    return int(hits[-1]) if hits.size else -1
 
 
 def _split_overlapping(x: int, y: int, sub: np.ndarray, depth: int = 0) -> list[tuple[int, int, np.ndarray]]:
