@@ -244,11 +244,10 @@ def preloaded():
     return ctx
 
 
-def run_killed_at(ctx, cfg, after_s: float) -> bool:
-    """Run inference in a forked process and SIGKILL it ``after_s`` seconds in; whether it was killed."""
-    from hdmap_seg.inference import run_inference
-
-    proc = ctx.Process(target=run_inference, args=(cfg,))
+def run_killed_at(ctx, target, args: tuple, after_s: float) -> bool:
+    """Run ``target(*args)`` in a process forked from ``ctx`` and SIGKILL it ``after_s`` seconds in;
+    whether it was killed (else it finished, and must have succeeded)."""
+    proc = ctx.Process(target=target, args=args)
     proc.start()
     proc.join(timeout=after_s)
     if proc.exitcode is not None:
@@ -263,17 +262,19 @@ def run_killed_at(ctx, cfg, after_s: float) -> bool:
 def test_infer_killed_at_20_random_points_then_rerun_gives_the_same_outputs(
     checkpoint, drive_log, reference, preloaded, tmp_path
 ):
+    from hdmap_seg.inference import run_inference
+
     out = tmp_path / "out"
     cfg = infer_config(*common(checkpoint, drive_log, out), "overlays=true")
     start = time.perf_counter()
-    assert not run_killed_at(preloaded, cfg, 600)
+    assert not run_killed_at(preloaded, run_inference, (cfg,), 600)
     full_s = time.perf_counter() - start
     shutil.rmtree(out)
     rng = random.Random(0)
     kills = 0
     while kills < 20:
         # Kill points spread over the whole run: model loading, prediction, vectorization, layers.
-        if run_killed_at(preloaded, cfg, rng.uniform(0.0, full_s)):
+        if run_killed_at(preloaded, run_inference, (cfg,), rng.uniform(0.0, full_s)):
             kills += 1
         else:  # it finished: start over from nothing, so that later kills hit every phase again
             shutil.rmtree(out)
@@ -288,15 +289,7 @@ def test_vectorize_killed_at_random_points_then_rerun_gives_the_same_layers(driv
     from hdmap_seg.vectorize.cli import run as vectorize
 
     def run_vectorize(out: Path, after_s: float) -> bool:
-        proc = preloaded.Process(target=vectorize, args=([str(drive_log), "--quiet", "--out", str(out)],))
-        proc.start()
-        proc.join(timeout=after_s)
-        if proc.exitcode is not None:
-            assert proc.exitcode == 0
-            return False
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.join()
-        return True
+        return run_killed_at(preloaded, vectorize, ([str(drive_log), "--quiet", "--out", str(out)],), after_s)
 
     start = time.perf_counter()
     assert not run_vectorize(tmp_path / "reference", 600)
@@ -335,15 +328,7 @@ def test_train_killed_at_random_points_resumes_from_a_whole_checkpoint(toy_datas
             "validate_best=false",
             *resume,
         )
-        proc = preloaded.Process(target=train, args=(cfg,))
-        proc.start()
-        proc.join(timeout=after_s)
-        if proc.exitcode is not None:
-            assert proc.exitcode == 0
-            return False
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.join()
-        return True
+        return run_killed_at(preloaded, train, (cfg,), after_s)
 
     start = time.perf_counter()
     assert not run_train(600)
