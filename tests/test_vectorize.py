@@ -209,6 +209,30 @@ def test_scene_poles_signs_medians_land_on_the_truth():
         assert line.hausdorff_distance(truth_line) < 0.3 and line.length > 30
 
 
+def test_signs_placed_less_surely_than_max_sigma_are_left_out():
+    """A drive that stops 35 m short of the last sign sees it only far ahead: with a low parallax
+    floor it is triangulated metres off, and says so in its sigma_m, which the default
+    ``max_sigma_m`` rejects; ``max_sigma_m`` keeps exactly the signs at or below it."""
+    camera = kitti_like_camera()
+    scene = default_scene()
+
+    def signs(max_sigma_m):
+        config = VectorizeConfig(sign=SignConfig(min_obs=3, min_parallax_deg=0.5, max_sigma_m=max_sigma_m))
+        return sorted(_run(camera, trajectory(40), scene, config)["signs"], key=lambda f: f.geometry.x)
+
+    every = signs(np.inf)
+    assert len(every) == 3
+    miss_m = [
+        np.hypot(f.geometry.x - t[0], f.geometry.y - t[1]) for f, t in zip(every, scene.signs, strict=True)
+    ]
+    sigmas = [f.properties["sigma_m"] for f in every]
+    assert max(miss_m[:2]) < 0.1 and miss_m[2] > 2.0
+    assert max(sigmas[:2]) < SignConfig().max_sigma_m < sigmas[2]
+    assert [f.geometry.x for f in signs(SignConfig().max_sigma_m)] == [f.geometry.x for f in every[:2]]
+    limit = 0.5 * (sigmas[0] + sigmas[1])
+    assert [f.properties["sigma_m"] for f in signs(limit)] == [s for s in sigmas if s <= limit]
+
+
 def test_ground_height_and_median_surface_height_are_used():
     """The same scene on ground 7 m up gives the same map (ground from the pose, not z = 0)."""
     camera = kitti_like_camera()

@@ -61,6 +61,10 @@ class SignConfig:
         3.0  # views farther from a sign's point (in sigmas) are outliers; the rest within (RMS)
     )
     merge_radius_m: float = 0.5
+    # A sign whose position is less sure than this (1-sigma along its least certain direction, the
+    # published sigma_m) is left out: the map promises a metre, and such tracks are mostly fragments
+    # of one plate seen over a few frames, or far-ahead views with little parallax.
+    max_sigma_m: float = 1.0
 
 
 @dataclass

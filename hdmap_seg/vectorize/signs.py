@@ -26,7 +26,15 @@ from hdmap_seg.vectorize.components import components
 from hdmap_seg.vectorize.config import PoseConfig, SignConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layers import Feature
-from hdmap_seg.vectorize.tracks import GroundAt, Track, TrackSet, assign, keep_best, sighting_properties
+from hdmap_seg.vectorize.tracks import (
+    GroundAt,
+    Track,
+    TrackSet,
+    assign,
+    keep_best,
+    position_sigma_m,
+    sighting_properties,
+)
 
 # A detection's size-based depth and a track's depth differ by at most this factor.
 _DEPTH_RATIO_GATE = 2.5
@@ -289,6 +297,7 @@ class SignTracker(TrackSet):
                 inliers.sum() < self.cfg.min_obs
                 or chi2 > self.cfg.max_rms_sigma**2
                 or not _well_triangulated(p, kept[inliers], self.cfg.min_parallax_deg)
+                or position_sigma_m(cov) > self.cfg.max_sigma_m
             ):
                 continue
             facing_rad, width_m, height_m = _facing_and_size(p, kept[inliers])

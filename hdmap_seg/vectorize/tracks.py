@@ -172,8 +172,13 @@ def sighting_properties(track: Track, covariance: np.ndarray) -> dict:
         "first_seen": iso_time(track.first_time),
         "last_seen": iso_time(track.last_time),
         "confidence": round(track.confidence, 3),
-        "sigma_m": round(float(np.sqrt(np.linalg.eigvalsh(covariance).max())), 3),
+        "sigma_m": round(position_sigma_m(covariance), 3),
     }
+
+
+def position_sigma_m(covariance: np.ndarray) -> float:
+    """1-sigma of a fused point along its least certain direction (m)."""
+    return float(np.sqrt(np.linalg.eigvalsh(covariance).max()))
 
 
 def iso_time(ts: np.datetime64 | None) -> str | None:
