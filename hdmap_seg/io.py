@@ -180,15 +180,41 @@ def exclusive_lock(folder: str | os.PathLike, command: str) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
-def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
-    """Read a YAML file that must hold a mapping; clear errors name the file and ``what`` it should be."""
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A text file's contents; one clear line for a file that is missing, unreadable or not UTF-8 text."""
     path = Path(path)
-    if not path.is_file():
-        raise HdmapError(f"{path}: {what} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise HdmapError(f"{path}: {what} not found") from None
+    except OSError as err:
+        raise HdmapError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise HdmapError(
+            f"{path}: not a text file (byte 0x{data[err.start]:02x} at offset {err.start} is not UTF-8)"
+        ) from None
+
+
+def yaml_error(path: str | os.PathLike, err: yaml.YAMLError) -> str:
+    """YAML's error in one line, ``path:line: not valid YAML (problem)`` (its own messages run to five)."""
+    mark = getattr(err, "problem_mark", None)
+    line = f":{mark.line + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or type(err).__name__
+    return f"{path}{line}: not valid YAML ({' '.join(str(problem).split())})"
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
+    """Read a YAML file that must hold a mapping; one clear line naming the file and ``what`` it should be."""
+    path = Path(path)
+    text = read_text(path, what)
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise HdmapError(f"{path}: not valid YAML ({err})") from None
+        raise HdmapError(yaml_error(path, err)) from None
+    except (ValueError, OverflowError, RecursionError) as err:  # a value YAML's own types reject (a month 13)
+        raise HdmapError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(data, dict):
         raise HdmapError(f"{path}: expected a mapping ({what})")
     return data

@@ -285,6 +285,14 @@ def test_builder_rejects_bad_input():
         load_vectorize_config("road", ["pole.min_obz=3"])
 
 
+def test_a_vectorize_config_of_broken_yaml_is_one_line(tmp_path):
+    broken = tmp_path / "mine.yaml"
+    broken.write_text("pole:\n  min_obs: [3, 4\nsign: {}\n")
+    with pytest.raises(HdmapError) as err:
+        load_vectorize_config(broken)
+    assert str(err.value) == f"{broken}:3: not valid YAML (expected ',' or ']', but got ':')"
+
+
 def test_state_is_bounded_over_a_long_drive():
     """Active fusion state stays that of the view: tracks and tiles retire as the car moves on."""
     camera = kitti_like_camera(width=414, height=125)

@@ -3,7 +3,7 @@
 1. generate a synthetic world: a training data set and a held-out drive log (tools/make_synthetic.py);
 2. train the tiny Twins (train.py experiment=demo; a GPU is used when present);
 3. export the model to ONNX (tools/export.py) and time each installed backend on a few frames of the
-   held-out log: the fastest whose labels agree with PyTorch on >= 99.9 % of pixels runs step 4;
+   held-out log: the fastest whose labels equal PyTorch's on every pixel runs step 4;
 4. batch inference on the held-out log: masks, overlays, GeoJSON layers (tools/infer.py);
 5. evaluate the layers against the log's ground truth (tools/eval_map.py);
 6. write a report (HTML with PNGs) and print the bar.
@@ -27,12 +27,13 @@ sys.path.insert(0, str(ROOT))
 
 from hdmap_seg.report import check_bar, overlay_strip, write_report  # noqa: E402
 
-# A backend runs the demo's inference only if its labels agree with PyTorch's this well.
-MIN_AGREEMENT = 0.999
+# A backend runs the demo's inference only if its labels equal PyTorch's on every pixel: which backend
+# is fastest depends on the machine and its load, and the demo's metrics must not.
+MIN_AGREEMENT = 1.0
 
 
 def pick_backend(ckpt: Path, onnx_path: Path, log: Path, n_frames: int = 4) -> tuple[str, Path, dict]:
-    """The fastest backend on ``n_frames`` of ``log`` whose labels agree with PyTorch's."""
+    """The fastest backend on ``n_frames`` of ``log`` whose labels equal PyTorch's."""
     import torch
 
     from hdmap_seg.geo.drivelog import open_drive_log
@@ -74,7 +75,6 @@ def main() -> None:
     p.add_argument("--train-frames", type=int, default=400)
     p.add_argument("--val-frames", type=int, default=60)
     p.add_argument("--log-frames", type=int, default=150)
-    p.add_argument("--train-time", help="training wall-clock budget DD:HH:MM:SS (default: experiment=demo's)")
     args = p.parse_args()
     py = sys.executable
     timings = {}
@@ -111,7 +111,6 @@ def main() -> None:
             "experiment=demo",
             f"data.root={args.data}",
             f"hydra.run.dir={train_dir}",
-            *([f"trainer.max_time={args.train_time}"] if args.train_time else []),
             *([f"ckpt_path={last}"] if last.is_file() else []),
         ]
     )

@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.camera import CameraModel
@@ -61,11 +60,11 @@ from hdmap_seg.geo.kitti import (
     check_lat_lon,
     is_rotation,
     read_oxts,
-    read_text,
     read_timestamps,
     seconds_since,
 )
 from hdmap_seg.geo.trajectory import TrajectoryReport, find_jumps, smooth_trajectory
+from hdmap_seg.io import read_text, read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
@@ -292,26 +291,9 @@ def _check_values(rows: np.ndarray, rates: np.ndarray, names: list[str], sources
         )
 
 
-def _read_yaml_mapping(path: Path, what: str) -> dict:
-    """A YAML file that must hold a mapping; one line for any fault (YAML's own messages run to five)."""
-    text = read_text(path, what)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or type(err).__name__
-        raise HdmapError(f"{path}{line}: not valid YAML ({' '.join(str(problem).split())})") from None
-    except (ValueError, OverflowError, RecursionError) as err:  # a value YAML's own types reject (a month 13)
-        raise HdmapError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
-    if not isinstance(data, dict):
-        raise HdmapError(f"{path}: expected a mapping ({what})")
-    return data
-
-
 def read_camera_yaml(path: Path) -> CameraModel:
     """Read a generic log's ``camera.yaml`` (keys in the module docstring)."""
-    data = _read_yaml_mapping(path, "camera file")
+    data = read_yaml_mapping(path, "camera file")
     for key in ("width", "height", "fx", "fy", "cx", "cy", "T_vehicle_from_cam", "ground_offset_m"):
         if key not in data:
             raise HdmapError(f"{path}: calibration lacks the key {key!r}")

@@ -28,7 +28,7 @@ import numpy as np
 
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.frames import make_transform
-from hdmap_seg.io import write_text_atomic
+from hdmap_seg.io import read_text, write_text_atomic
 
 CALIB_CAM_TO_CAM = "calib_cam_to_cam.txt"
 CALIB_IMU_TO_VELO = "calib_imu_to_velo.txt"
@@ -42,23 +42,6 @@ _CAMERA_KEY = re.compile(r"P_rect_(\d\d)")
 _TIMESTAMP = re.compile(r"(\d{4})-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d{1,9})?", re.ASCII)
 # Orthonormality of a calibration's rotations: KITTI prints 7 significant digits (about 1e-6 off).
 _ROTATION_TOL = 1e-3
-
-
-def read_text(path: str | os.PathLike, what: str) -> str:
-    """A text file's contents; one clear line for a file that is missing, unreadable or not UTF-8 text."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise HdmapError(f"{path}: {what} not found") from None
-    except OSError as err:
-        raise HdmapError(f"{path}: cannot read the {what} ({err.strerror or err})") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise HdmapError(
-            f"{path}: not a text file (byte 0x{data[err.start]:02x} at offset {err.start} is not UTF-8)"
-        ) from None
 
 
 def check_lat_lon(lat_deg: float, lon_deg: float, source: str) -> None:

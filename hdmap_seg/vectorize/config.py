@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hdmap_seg.data.class_map import ClassMap
 from hdmap_seg.data.classes import ROAD_CLASSES
 from hdmap_seg.errors import HdmapError
+from hdmap_seg.io import yaml_error
 
 #: Map layers that have a builder; ``lane_marking`` will join them (docs/map.md, "Lane markings").
 LAYERS = ("pole", "sign", "median")
@@ -187,6 +189,8 @@ def load_vectorize_config(name_or_path: str | os.PathLike, overrides: list[str] 
         raise HdmapError(f"{path}: vectorize config not found (named configs: {named})")
     try:
         data = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+    except yaml.YAMLError as err:
+        raise HdmapError(yaml_error(path, err)) from None
     except OmegaConfBaseException as err:
         raise HdmapError(f"{path}: {str(err).splitlines()[0]}") from None
     return VectorizeConfig.from_dict(OmegaConf.to_container(data), source=str(path))
