@@ -24,15 +24,15 @@ import numpy as np
 from shapely.geometry import LineString, Point, Polygon
 
 from hdmap_seg.data.classes import ROAD_CLASSES, save_classes
-from hdmap_seg.data.synthetic.camera import CameraRig, rig_by_name
-from hdmap_seg.data.synthetic.drive import Drive, PoseNoise, Wobble, make_drive, oxts_packets, pose_on_road
-from hdmap_seg.data.synthetic.render import POLE, SIGN, Renderer
-from hdmap_seg.data.synthetic.world import World, make_world
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.export.geojson import write_geojson
 from hdmap_seg.geo.frames import LocalFrame, invert_transform
 from hdmap_seg.geo.kitti import write_oxts, write_timestamps
 from hdmap_seg.io import encode_image, write_bytes_atomic, write_image_atomic, write_text_atomic
+from hdmap_seg.synthetic.camera import CameraRig, rig_by_name
+from hdmap_seg.synthetic.drive import Drive, PoseNoise, Wobble, make_drive, oxts_packets, pose_on_road
+from hdmap_seg.synthetic.render import POLE, SIGN, Renderer
+from hdmap_seg.synthetic.world import World, make_world
 from hdmap_seg.vectorize.layers import Feature
 
 _SPLIT_CODE = {"train": 1, "val": 2, "log": 3}

@@ -7,11 +7,11 @@
 - :mod:`.writers`: the data set, KITTI-raw drive logs, GeoJSON ground truth, contact sheets.
 """
 
-from hdmap_seg.data.synthetic.camera import CameraRig, kitti_rig, rig_by_name, wide1024_rig
-from hdmap_seg.data.synthetic.drive import Drive, PoseNoise, make_drive, oxts_packets, pose_on_road
-from hdmap_seg.data.synthetic.render import Frame, Renderer
-from hdmap_seg.data.synthetic.world import Terrain, World, make_world
-from hdmap_seg.data.synthetic.writers import SynthConfig, make_all, write_dataset, write_drive_log
+from hdmap_seg.synthetic.camera import CameraRig, kitti_rig, rig_by_name, wide1024_rig
+from hdmap_seg.synthetic.drive import Drive, PoseNoise, make_drive, oxts_packets, pose_on_road
+from hdmap_seg.synthetic.render import Frame, Renderer
+from hdmap_seg.synthetic.world import Terrain, World, make_world
+from hdmap_seg.synthetic.writers import SynthConfig, make_all, write_dataset, write_drive_log
 
 __all__ = [
     "CameraRig",
