@@ -29,11 +29,11 @@ from hdmap_seg.export.geojson import write_geojson
 from hdmap_seg.geo.frames import LocalFrame, invert_transform
 from hdmap_seg.geo.kitti import write_oxts, write_timestamps
 from hdmap_seg.io import encode_image, write_bytes_atomic, write_image_atomic, write_text_atomic
+from hdmap_seg.maplayers import CENTERLINE, FOOTPRINT, LANE_MARKINGS, MEDIANS, POLES, SIGNS, Feature
 from hdmap_seg.synthetic.camera import CameraRig, rig_by_name
 from hdmap_seg.synthetic.drive import Drive, PoseNoise, Wobble, make_drive, oxts_packets, pose_on_road
 from hdmap_seg.synthetic.render import POLE, SIGN, Renderer
 from hdmap_seg.synthetic.world import World, make_world
-from hdmap_seg.vectorize.layers import Feature
 
 _SPLIT_CODE = {"train": 1, "val": 2, "log": 3}
 _MANIFEST = "synthetic.json"
@@ -206,8 +206,8 @@ def seen_objects(
     cam_xy = invert_transform(T_cam_from_world)[:2, 3]
     grid = np.array([(a, b) for a in (-0.25, 0.0, 0.25) for b in (-0.25, 0.0, 0.25)])
     probes = {
-        "poles": (POLE, 1, np.array([[p.x_m, p.y_m, p.z0_m + 1.0] for p in world.poles]).reshape(-1, 3)),
-        "signs": (
+        POLES: (POLE, 1, np.array([[p.x_m, p.y_m, p.z0_m + 1.0] for p in world.poles]).reshape(-1, 3)),
+        SIGNS: (
             SIGN,
             3,
             np.array(
@@ -224,7 +224,7 @@ def seen_objects(
         ),
     }
     out: dict[str, list[int]] = {}
-    objects = {"poles": world.poles, "signs": world.signs}
+    objects = {POLES: world.poles, SIGNS: world.signs}
     for key, (cls, need, P) in probes.items():
         P = P.reshape(len(objects[key]), -1, 3)
         flat = P.reshape(-1, 3)
@@ -267,7 +267,7 @@ def write_drive_log(
         progress,
         log_name(index),
     )
-    counts = {"poles": {}, "signs": {}}
+    counts = {POLES: {}, SIGNS: {}}
     for frame_seen in seen:
         for key, ids in frame_seen.items():
             for k in ids:
@@ -318,7 +318,7 @@ def write_ground_truth(
 
     poles = []
     for p in world.poles:
-        n = seen_counts["poles"].get(p.id, 0)
+        n = seen_counts[POLES].get(p.id, 0)
         if n >= min_frames:
             props = {
                 "id": p.id,
@@ -331,7 +331,7 @@ def write_ground_truth(
             poles.append(Feature(Point(p.x_m, p.y_m, p.z0_m), props))
     signs = []
     for sg in world.signs:
-        n = seen_counts["signs"].get(sg.id, 0)
+        n = seen_counts[SIGNS].get(sg.id, 0)
         if n >= min_frames:
             props = {
                 "id": sg.id,
@@ -367,8 +367,8 @@ def write_ground_truth(
             "s_start_m": round(a, 2),
             "s_end_m": round(b, 2),
         }
-        medians.append(Feature(Polygon(np.vstack([left, right[::-1]])), {"kind": "footprint", **props}))
-        medians.append(Feature(line(s, np.zeros_like(s)), {"kind": "centerline", **props}))
+        medians.append(Feature(Polygon(np.vstack([left, right[::-1]])), {"kind": FOOTPRINT, **props}))
+        medians.append(Feature(line(s, np.zeros_like(s)), {"kind": CENTERLINE, **props}))
 
     markings = []
     for side, sign in (("ego", -1.0), ("opposite", 1.0)):
@@ -387,12 +387,7 @@ def write_ground_truth(
                 }
                 markings.append(Feature(line(s, np.full_like(s, sign * c)), props))
 
-    for name, feats in (
-        ("poles", poles),
-        ("signs", signs),
-        ("medians", medians),
-        ("lane_markings", markings),
-    ):
+    for name, feats in ((POLES, poles), (SIGNS, signs), (MEDIANS, medians), (LANE_MARKINGS, markings)):
         write_geojson(gt_dir / f"{name}.geojson", feats, origin)
 
 

@@ -31,9 +31,9 @@ from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.camera import CameraModel
 from hdmap_seg.geo.drivelog import DriveLog, find_log_jumps, smooth_log
 from hdmap_seg.geo.ground import LevelPlane, Raised, TrajectoryGround
+from hdmap_seg.maplayers import MapLayers
 from hdmap_seg.vectorize.config import VectorizeConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
-from hdmap_seg.vectorize.layers import MapLayers
 from hdmap_seg.vectorize.medians import GroundVotes
 from hdmap_seg.vectorize.poles import PoleFuser, pole_instances, pole_observations
 from hdmap_seg.vectorize.signs import SignTracker, sign_instances

@@ -21,8 +21,8 @@ from scipy.sparse.csgraph import dijkstra
 from shapely.geometry import LineString, MultiPoint, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from hdmap_seg.maplayers import Feature
 from hdmap_seg.vectorize.config import MedianConfig
-from hdmap_seg.vectorize.layers import Feature
 
 _SHIFT = 4  # cv2.fillPoly fractional bits: vertices at 1/16 cell
 

@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 from shapely.geometry import Point
 
+from hdmap_seg.maplayers import Feature
 from hdmap_seg.vectorize.components import components
 from hdmap_seg.vectorize.config import PoleConfig, PoseConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
-from hdmap_seg.vectorize.layers import Feature
 from hdmap_seg.vectorize.tracks import GroundAt, Track, TrackSet, assign, keep_best, sighting_properties
 
 # 99% of a chi-square with 2 degrees of freedom: the squared Mahalanobis gate of association.

@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 from shapely.geometry import Point
 
+from hdmap_seg.maplayers import Feature
 from hdmap_seg.vectorize.components import components
 from hdmap_seg.vectorize.config import PoseConfig, SignConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
-from hdmap_seg.vectorize.layers import Feature
 from hdmap_seg.vectorize.tracks import GroundAt, Track, TrackSet, assign, keep_best, sighting_properties
 
 # A detection's size-based depth and a track's depth differ by at most this factor.
