@@ -27,7 +27,7 @@ from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.frames import make_transform, rotation_from_rpy
 from hdmap_seg.geo.ground import LevelPlane
 from hdmap_seg.vectorize import MapBuilder, VectorizeConfig, load_vectorize_config
-from hdmap_seg.vectorize.config import PoleConfig, SignConfig, layer_classes
+from hdmap_seg.vectorize.config import PoleConfig, SignConfig, for_mask_classes, layer_classes
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layer_builder import FrameStamp
 from hdmap_seg.vectorize.poles import PoleBuilder, pole_instances, pole_observations
@@ -231,7 +231,11 @@ def test_camvid_class_map_feeds_its_ids_into_the_same_layers():
     assert layer_classes(ROAD_CLASSES.names) == {"pole": [4], "sign": [5], "median": [3]}
     with pytest.raises(HdmapError, match="need its class map"):
         layer_classes(class_map.source)
-    native = MapBuilder(camera, VectorizeConfig(classes=classes))
+    config = for_mask_classes(VectorizeConfig(), class_map.source, class_map)
+    assert config.classes == classes and config.num_classes == 11  # values of no CamVid class are errors
+    with pytest.raises(HdmapError, match="num_classes is 6, but the masks have 11 classes"):
+        for_mask_classes(VectorizeConfig(num_classes=6), class_map.source, class_map)
+    native = MapBuilder(camera, config)
     ours = MapBuilder(camera, VectorizeConfig(classes={"pole": [POLE], "sign": [SIGN]}))
     to_camvid = np.arange(256, dtype=np.uint8)
     to_camvid[POLE], to_camvid[SIGN], to_camvid[MEDIAN] = 2, 6, 0
