@@ -21,9 +21,11 @@ from omegaconf.errors import OmegaConfBaseException
 from hdmap_seg.data.class_map import ClassMap, load_class_map
 from hdmap_seg.data.classes import ROAD_CLASSES
 from hdmap_seg.errors import HdmapError
+from hdmap_seg.maplayers import LAYER_CLASS
 
-#: Map layers that have a builder; ``lane_marking`` will join them (docs/map.md, "Lane markings").
-LAYERS = ("pole", "sign", "median")
+#: The classes that feed a layer, keys of ``classes`` (one builder each; ``lane_marking`` will join them:
+#: docs/map.md, "Lane markings").
+FEEDING_CLASSES = tuple(LAYER_CLASS.values())
 GROUND_MODELS = ("trajectory", "plane")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "vectorize"
 
@@ -123,11 +125,11 @@ class VectorizeConfig:
             raise HdmapError(
                 f"vectorize config: ground.model must be one of {list(GROUND_MODELS)}, got {self.ground.model!r}"
             )
-        unknown = sorted(set(self.classes) - set(LAYERS))
+        unknown = sorted(set(self.classes) - set(FEEDING_CLASSES))
         if unknown:
             later = " (lane markings are not vectorized yet)" if "lane_marking" in unknown else ""
             raise HdmapError(
-                f"vectorize config: no layer builder for {unknown}{later}; layers are {list(LAYERS)}"
+                f"vectorize config: no layer builder for {unknown}{later}; layers are {list(FEEDING_CLASSES)}"
             )
         if not 0 <= self.ignore_index <= 255:
             raise HdmapError(f"vectorize config: ignore_index must be 0..255, got {self.ignore_index}")
@@ -200,11 +202,11 @@ def layer_classes(names: Sequence[str], class_map: ClassMap | None = None) -> di
     if class_map is not None:
         target = class_map.target.names  # ids are contiguous; the ignore index maps to no layer
         names = [target[t] if t < len(target) else "" for t in class_map.lut[: len(names)].tolist()]
-    out = {layer: [i for i, n in enumerate(names) if n == layer] for layer in LAYERS}
+    out = {layer: [i for i, n in enumerate(names) if n == layer] for layer in FEEDING_CLASSES}
     out = {layer: ids for layer, ids in out.items() if ids}
     if not out:
         hint = "" if class_map is not None else " (masks in a data set's own classes need its class map)"
-        raise HdmapError(f"no class of {list(names)} feeds a map layer {list(LAYERS)}{hint}")
+        raise HdmapError(f"no class of {list(names)} feeds a map layer {list(FEEDING_CLASSES)}{hint}")
     return out
 
 
