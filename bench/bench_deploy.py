@@ -238,7 +238,7 @@ def table(
 
 def end_to_end(work: Path, threads: int, frames: int, scale: float, batch_size: int, workers: int) -> str:
     """tools/infer.py frames/s per backend against the bare forward of that backend, as a Markdown table."""
-    from hdmap_seg.data.synthetic.writers import SynthConfig, write_drive_log
+    from hdmap_seg.synthetic import SynthConfig, write_drive_log
 
     ckpt = work / "e2e.ckpt"
     model = make_checkpoint(MODEL, ckpt)

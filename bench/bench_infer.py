@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hdmap_seg.data.classes import ROAD_CLASSES  # noqa: E402
-from hdmap_seg.data.synthetic.writers import SynthConfig, write_drive_log  # noqa: E402
 from hdmap_seg.inference import FrameDataset, FrameJob  # noqa: E402
+from hdmap_seg.synthetic import SynthConfig, write_drive_log  # noqa: E402
 
 
 def make_checkpoint(model_name: str, path: Path) -> torch.nn.Module:

@@ -37,11 +37,11 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdmap_seg.data.synthetic.camera import RIGS, rig_by_name  # noqa: E402
-from hdmap_seg.data.synthetic.drive import make_drive  # noqa: E402
-from hdmap_seg.data.synthetic.render import Renderer  # noqa: E402
-from hdmap_seg.data.synthetic.world import make_world  # noqa: E402
-from hdmap_seg.data.synthetic.writers import png_bytes, rgb_png_bytes  # noqa: E402
+from hdmap_seg.synthetic.base import png_bytes, rgb_png_bytes  # noqa: E402
+from hdmap_seg.synthetic.camera import RIGS, rig_by_name  # noqa: E402
+from hdmap_seg.synthetic.drive import make_drive  # noqa: E402
+from hdmap_seg.synthetic.render import Renderer  # noqa: E402
+from hdmap_seg.synthetic.world import make_world  # noqa: E402
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -29,17 +29,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hdmap_seg.checks import check_window, instantiate_configured
-from hdmap_seg.data.class_map import load_class_map
 from hdmap_seg.data.classes import ClassSet
 from hdmap_seg.data.roads import Sample, read_image, read_mask
 from hdmap_seg.data.transforms import build_transform
 from hdmap_seg.errors import HdmapError
-from hdmap_seg.export import write_layers
 from hdmap_seg.geo.drivelog import DriveLog, open_drive_log
 from hdmap_seg.io import exclusive_lock, remove_stale_temps, write_image_atomic, write_text_atomic
+from hdmap_seg.mapping import map_log
 from hdmap_seg.runtime import load_model
-from hdmap_seg.vectorize.builder import vectorize_log
-from hdmap_seg.vectorize.config import VectorizeConfig, layer_classes
+from hdmap_seg.vectorize.config import VectorizeConfig, model_vectorize_config
 
 
 @dataclass(frozen=True)
@@ -375,17 +373,9 @@ def run_inference(cfg: DictConfig) -> dict:
     out_root = Path(cfg.out_dir)
     # An exported model's runtime gets as many threads as PyTorch would (one process per core group under DDP).
     model, classes = load_model(cfg.ckpt_path, cfg.backend, threads=torch.get_num_threads())
-    vectorize_keys = OmegaConf.to_container(cfg.vectorize, resolve=True)
-    if vectorize_keys.pop("classes", None) is not None:
-        raise HdmapError(
-            "vectorize.classes: inference takes the layers' class ids from the checkpoint's class names; "
-            "for a model of a data set's own classes set class_map_path (its class map) instead"
-        )
-    vectorize_config = VectorizeConfig.from_dict(vectorize_keys, source="vectorize")
-    # The checkpoint's class names say which mask ids feed which layer (through the class map when
-    # the model was trained on a data set's own classes).
-    class_map = load_class_map(cfg.class_map_path, source=classes.names) if cfg.class_map_path else None
-    vectorize_config = replace(vectorize_config, classes=layer_classes(classes.names, class_map))
+    vectorize_config = model_vectorize_config(
+        OmegaConf.to_container(cfg.vectorize, resolve=True), classes.names, cfg.class_map_path
+    )
     logs = [open_drive_log(p, camera=cfg.camera) for p in expand_logs(cfg.logs)]
     names = [log.root.name for log in logs]
     if len(set(names)) != len(names):
@@ -466,22 +456,15 @@ def _run_locked(
         plan = plans[log.root.name]
         for job in plan.overlays_only:
             write_overlay(job, read_mask(job.mask_path), classes)
-        start = time.perf_counter()
-        layers = vectorize_log(log, log_out / "masks", vectorize_config, progress=True)
-        paths = write_layers(layers, log_out / "map", log.origin)
-        log_summary = {
-            "log": str(log.root),
-            "frames": len(log),
+        about = {
             "frames_resumed": plan.resumed,
             "frames_redone": plan.redone,
             "overlays_redrawn": len(plan.overlays_only),
-            "vectorize_s": round(time.perf_counter() - start, 2),
-            "features": {name: len(features) for name, features in layers.items()},
-            "outputs": [str(p) for p in paths],
             "run": {k: summary[k] for k in ("frames_predicted", "predict_s", "frames_per_s", "world_size")},
         }
-        write_text_atomic(log_out / "summary.json", json.dumps(log_summary, indent=2) + "\n")
-        summary["logs"][log.root.name] = log_summary
+        summary["logs"][log.root.name] = map_log(
+            log, log_out / "masks", vectorize_config, log_out / "map", log_out / "summary.json", about
+        )
     write_text_atomic(out_root / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -107,9 +107,6 @@ class SegmentationModule(L.LightningModule):
             if not math.isnan(value):
                 self.log(f"val/IoU/{name}", value)
 
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self(batch["image"]).argmax(1)
-
     def param_groups(self) -> list[dict]:
         """AdamW groups: (backbone | head) x (decay | no decay)."""
         hp = self.hparams

@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 
 from hdmap_seg.data.classes import ROAD_CLASSES, ClassSet, save_classes
-from hdmap_seg.data.synthetic.writers import SynthConfig, write_drive_log
+from hdmap_seg.synthetic import SynthConfig, write_drive_log
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"

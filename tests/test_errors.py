@@ -444,7 +444,9 @@ def test_a_whole_checkpoint_round_trips(tmp_path):
 
 def test_an_unquoted_non_ascii_override_is_one_line_with_the_way_out(tmp_path):
     proc = run_infer(f"ckpt_path={tmp_path}/straße/model.ckpt", "logs=x", f"hydra.run.dir={tmp_path}/run")
-    assert_one_line_error(proc, f"cannot parse the override 'ckpt_path={tmp_path}/straße/model.ckpt'", "quote")
+    assert_one_line_error(
+        proc, f"cannot parse the override 'ckpt_path={tmp_path}/straße/model.ckpt'", "quote"
+    )
     proc = run_infer(f"ckpt_path='{tmp_path}/straße/model.ckpt'", "logs=x", f"hydra.run.dir={tmp_path}/run")
     assert_one_line_error(proc, f"{tmp_path}/straße/model.ckpt: checkpoint not found")
 

@@ -22,7 +22,7 @@ from hdmap_seg.evaluate.map_metrics import (
     resample,
 )
 from hdmap_seg.export import write_geojson
-from hdmap_seg.vectorize import Feature
+from hdmap_seg.maplayers import Feature
 
 REPO = Path(__file__).resolve().parents[1]
 

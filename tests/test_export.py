@@ -13,7 +13,7 @@ from shapely.geometry import LineString, Point, Polygon, shape
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.export import read_geojson, write_geojson, write_layers
 from hdmap_seg.geo.frames import LocalFrame
-from hdmap_seg.vectorize import Feature
+from hdmap_seg.maplayers import Feature
 
 ORIGIN = LocalFrame(49.0, 8.4, 110.0)
 

@@ -828,7 +828,7 @@ def test_layers_across_the_antimeridian_are_cut_there(tmp_path):
     """A drive near longitude 180: polygons and lines were drawn the long way round the Earth (RFC 7946, 3.1.9)."""
     from shapely.geometry import LineString, Point, Polygon
 
-    from hdmap_seg.vectorize import Feature
+    from hdmap_seg.maplayers import Feature
 
     origin = LocalFrame(-16.5, 179.9999, 10.0)  # Fiji
     square = Polygon([(-50.0, -20.0), (50.0, -20.0), (50.0, 20.0), (-50.0, 20.0)])

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from hdmap_seg.data.classes import ROAD_CLASSES, load_classes
-from hdmap_seg.data.synthetic.camera import kitti_rig, rig_by_name, wide1024_rig
-from hdmap_seg.data.synthetic.drive import Wobble, pose_on_road
-from hdmap_seg.data.synthetic.render import MEDIAN, POLE, ROAD, SIGN, Renderer
-from hdmap_seg.data.synthetic.world import Pole, RoadGeometry, Sign, make_world
-from hdmap_seg.data.synthetic.writers import SynthConfig, write_dataset, write_drive_log
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.frames import invert_transform
 from hdmap_seg.geo.kitti import KittiCalib
+from hdmap_seg.synthetic import SynthConfig, write_dataset, write_drive_log
+from hdmap_seg.synthetic.camera import kitti_rig, rig_by_name, wide1024_rig
+from hdmap_seg.synthetic.drive import Wobble, pose_on_road
+from hdmap_seg.synthetic.render import MEDIAN, POLE, ROAD, SIGN, Renderer
+from hdmap_seg.synthetic.world import Pole, RoadGeometry, Sign, make_world
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import make_synthetic  # noqa: E402

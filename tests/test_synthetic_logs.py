@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from shapely.geometry import shape
 
-from hdmap_seg.data.synthetic.render import MEDIAN, POLE, SIGN
-from hdmap_seg.data.synthetic.writers import SynthConfig, _log_setup, write_drive_log
 from hdmap_seg.geo.drivelog import open_drive_log
 from hdmap_seg.geo.frames import LocalFrame, T_world_from_imu, invert_transform
 from hdmap_seg.geo.kitti import OXTS_FIELDS, KittiCalib, read_oxts, read_timestamps, seconds_since
+from hdmap_seg.synthetic import SynthConfig, write_drive_log
+from hdmap_seg.synthetic.logs import _log_setup
+from hdmap_seg.synthetic.render import MEDIAN, POLE, SIGN
 
 CFG = SynthConfig(seed=2, camera="kitti", scale=0.5, train=0, val=0, logs=1, frames_per_log=40)  # hills
 ORIGIN = LocalFrame(CFG.lat0, CFG.lon0, CFG.alt0)  # the world frame of the ground truth

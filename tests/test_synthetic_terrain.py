@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hdmap_seg.data.synthetic.camera import rig_by_name
-from hdmap_seg.data.synthetic.drive import Wobble, make_drive, oxts_packets, pose_on_road
-from hdmap_seg.data.synthetic.render import ROAD, Renderer
-from hdmap_seg.data.synthetic.world import CrossSection, RoadGeometry, Terrain, make_terrain, make_world
-from hdmap_seg.data.synthetic.writers import SynthConfig, pose_noise_rng, write_drive_log
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.frames import LocalFrame, invert_transform
 from hdmap_seg.geo.kitti import read_oxts
+from hdmap_seg.synthetic import SynthConfig, write_drive_log
+from hdmap_seg.synthetic.base import pose_noise_rng
+from hdmap_seg.synthetic.camera import rig_by_name
+from hdmap_seg.synthetic.drive import Wobble, make_drive, oxts_packets, pose_on_road
+from hdmap_seg.synthetic.render import ROAD, Renderer
+from hdmap_seg.synthetic.world import CrossSection, RoadGeometry, Terrain, make_terrain, make_world
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import make_synthetic  # noqa: E402

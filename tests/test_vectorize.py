@@ -27,9 +27,10 @@ from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.frames import make_transform, rotation_from_rpy
 from hdmap_seg.geo.ground import LevelPlane
 from hdmap_seg.vectorize import MapBuilder, VectorizeConfig, load_vectorize_config
-from hdmap_seg.vectorize.config import PoleConfig, SignConfig, layer_classes
+from hdmap_seg.vectorize.config import PoleConfig, SignConfig, for_mask_classes, layer_classes
 from hdmap_seg.vectorize.frame import FrameGeometry
-from hdmap_seg.vectorize.poles import PoleFuser, pole_instances, pole_observations
+from hdmap_seg.vectorize.layer_builder import FrameStamp
+from hdmap_seg.vectorize.poles import PoleBuilder, pole_instances, pole_observations
 from hdmap_seg.vectorize.signs import sign_instances
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +105,7 @@ def test_pole_fit_trusts_bearings_when_every_base_row_bleeds_low(bleed_px):
     camera = kitti_like_camera()
     base = np.array([30.0, 2.5, 0.0])  # the pole's axis at the ground, 4.5 m left of the lane
     radius_m = 0.1
-    fuser = PoleFuser(PoleConfig())
+    poles = PoleBuilder(PoleConfig())
     for i, T_wv in enumerate(trajectory(24)):
         T_wc = T_wv @ camera.T_vehicle_from_cam
         geom = FrameGeometry(camera, T_wc, LevelPlane(0.0), 30.0)
@@ -115,11 +116,11 @@ def test_pole_fit_trusts_bearings_when_every_base_row_bleeds_low(bleed_px):
         if not ok[0] or not 0 <= uv[0, 0] < camera.size[0]:
             continue
         width_px = 2 * radius_m * camera.focal_px / np.linalg.norm(to_cam)
-        obs = pole_observations(np.array([[uv[0, 0], uv[0, 1] + bleed_px, width_px]]), geom, fuser.cfg)
-        fuser.add(i, None, *obs)
-    (track,) = [*fuser.active, *fuser.finished]
+        obs = pole_observations(np.array([[uv[0, 0], uv[0, 1] + bleed_px, width_px]]), geom, poles.cfg)
+        poles.fuse(FrameStamp(i), obs)
+    (track,) = [*poles.active, *poles.finished]
     summed_err = np.linalg.norm(track.estimate - base[:2])
-    (f,) = fuser.finish(lambda t, xy: t.ground_z_m)
+    (f,) = poles.finish()  # on the mean ground of its views
     fitted_err = np.linalg.norm([f.geometry.x - base[0], f.geometry.y - base[1]])
     assert fitted_err < 0.03
     if bleed_px > 0:  # 4 px at 1242 px wide: 2 px of a half-resolution model's masks
@@ -254,7 +255,11 @@ def test_camvid_class_map_feeds_its_ids_into_the_same_layers():
     assert layer_classes(ROAD_CLASSES.names) == {"pole": [4], "sign": [5], "median": [3]}
     with pytest.raises(HdmapError, match="need its class map"):
         layer_classes(class_map.source)
-    native = MapBuilder(camera, VectorizeConfig(classes=classes))
+    config = for_mask_classes(VectorizeConfig(), class_map.source, class_map)
+    assert config.classes == classes and config.num_classes == 11  # values of no CamVid class are errors
+    with pytest.raises(HdmapError, match="num_classes is 6, but the masks have 11 classes"):
+        for_mask_classes(VectorizeConfig(num_classes=6), class_map.source, class_map)
+    native = MapBuilder(camera, config)
     ours = MapBuilder(camera, VectorizeConfig(classes={"pole": [POLE], "sign": [SIGN]}))
     to_camvid = np.arange(256, dtype=np.uint8)
     to_camvid[POLE], to_camvid[SIGN], to_camvid[MEDIAN] = 2, 6, 0
@@ -310,7 +315,13 @@ def test_state_is_bounded_over_a_long_drive():
     active = []
     for i, T in enumerate(trajectory(250, step_m=1.5)):
         builder.add_frame(i, render_mask(camera, T, scene), T @ camera.T_vehicle_from_cam)
-        active.append((len(builder.poles.active), len(builder.signs.active), builder.ground.n_tiles))
+        active.append(
+            (
+                len(builder.builders["poles"].active),
+                len(builder.builders["signs"].active),
+                builder.ground.n_tiles,
+            )
+        )
     active = np.array(active)
     assert active[:, 0].max() <= 12 and active[:, 1].max() <= 6 and active[:, 2].max() <= 12
     # the last 60 frames hold no more state than the first 60 (same scenery, 280 m further)
@@ -344,8 +355,10 @@ def test_median_votes_reject_a_footprint_few_frames_saw():
     truth = box(-20.03, -1.07, 20.04, 0.98)  # edges off the 0.1 m grid, as projected footprints are
     for i in range(10):
         wrong = box(10, 10, 14, 14) if i < 3 else None  # a false footprint in 3 of 10 frames
-        votes.add(i, seen, shapely.union_all([truth] + ([wrong] if wrong else [])))
-    medians, coverage = votes.finish()
+        votes.see(i, seen)
+        votes.vote(shapely.union_all([truth] + ([wrong] if wrong else [])))
+    votes.close()
+    medians, coverage = votes.medians(), votes.coverage()
     (footprint,) = [f.geometry for f in medians if f.properties["kind"] == "footprint"]
     # within a cell (0.1 m) of every edge: 120 m of boundary x 0.1 m
     assert footprint.symmetric_difference(truth).area < 0.1 * truth.length

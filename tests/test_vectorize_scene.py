@@ -1,6 +1,6 @@
 """A hand-made scene for the vectorization tests, drawn with OpenCV from known 3D geometry.
 
-Independent of the synthetic world (hdmap_seg.data.synthetic): poles are vertical cylinders (the hull
+Independent of the synthetic world (hdmap_seg.synthetic): poles are vertical cylinders (the hull
 of their end circles), signs flat discs, medians ground polygons; every shape is densified in 3D, clipped at
 the camera's near plane and projected with cv2.projectPoints (distortion included), far to near.
 The tests in this file check the drawing itself against the projection of known points.

@@ -20,10 +20,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hdmap_seg.data.synthetic.camera import RIGS  # noqa: E402
-from hdmap_seg.data.synthetic.world import TERRAIN_FORMS, parse_terrain  # noqa: E402
-from hdmap_seg.data.synthetic.writers import SynthConfig, make_all  # noqa: E402
 from hdmap_seg.errors import HdmapError, exit_on_user_error  # noqa: E402
+from hdmap_seg.synthetic import SynthConfig, make_all  # noqa: E402
+from hdmap_seg.synthetic.camera import RIGS  # noqa: E402
+from hdmap_seg.synthetic.world import TERRAIN_FORMS, parse_terrain  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -21,11 +21,13 @@ from shapely.geometry.base import BaseGeometry
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.frames import LocalFrame
 from hdmap_seg.io import atomic_path, write_text_atomic
-from hdmap_seg.vectorize.layers import Feature, MapLayers
+from hdmap_seg.maplayers import CENTERLINE, FOOTPRINT, MEDIANS, POLES, SIGNS, Feature, MapLayers
 
 DECIMALS = 7
 GRID_DEG = 10.0**-DECIMALS
 ALT_DECIMALS = 3
+#: A GeoPackage layer holds one geometry type: the medians' centre lines are a layer of their own there.
+MEDIAN_CENTERLINES = "median_centerlines"
 
 
 def to_wgs84(geom: BaseGeometry, origin: LocalFrame) -> BaseGeometry:
@@ -143,9 +145,9 @@ def _gpkg_layers(layers: MapLayers) -> dict[str, list[Feature]]:
     """GeoPackage layers hold one geometry type each: medians split into footprints and centre lines."""
     out: dict[str, list[Feature]] = {}
     for name, feats in layers.items():
-        if name == "medians":
-            out["medians"] = [f for f in feats if f.properties.get("kind") == "footprint"]
-            out["median_centerlines"] = [f for f in feats if f.properties.get("kind") == "centerline"]
+        if name == MEDIANS:
+            out[MEDIANS] = [f for f in feats if f.properties.get("kind") == FOOTPRINT]
+            out[MEDIAN_CENTERLINES] = [f for f in feats if f.properties.get("kind") == CENTERLINE]
         else:
             out[name] = feats
     return out
@@ -193,9 +195,7 @@ def _layer_geometry_type(name: str, geoms: list[BaseGeometry]) -> str:
         t = types.pop()
         return f"{t} Z" if geoms[0].has_z else t
     if not types:
-        return {"poles": "Point Z", "signs": "Point Z", "median_centerlines": "LineString"}.get(
-            name, "Polygon"
-        )
+        return {POLES: "Point Z", SIGNS: "Point Z", MEDIAN_CENTERLINES: "LineString"}.get(name, "Polygon")
     return "Unknown"
 
 

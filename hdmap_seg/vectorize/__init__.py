@@ -2,12 +2,9 @@
 
 from hdmap_seg.vectorize.builder import MapBuilder, read_mask, vectorize_log
 from hdmap_seg.vectorize.config import VectorizeConfig, load_vectorize_config
-from hdmap_seg.vectorize.layers import Feature, MapLayers
 
 __all__ = [
-    "Feature",
     "MapBuilder",
-    "MapLayers",
     "VectorizeConfig",
     "load_vectorize_config",
     "read_mask",

@@ -6,6 +6,8 @@
     layers = builder.finish()            # {"poles": [...], "signs": [...], "medians": [...], "coverage": [...]}
     write_layers(layers, out_dir, log.origin)
 
+Each layer the config feeds has its builder (:mod:`~hdmap_seg.vectorize.layer_builder`):
+:data:`BUILDERS` makes them, :meth:`MapBuilder.add_frame` hands each frame to each in turn.
 :func:`vectorize_log` does this for a drive log and a folder of masks. State is bounded by what
 the camera sees plus the finished map (see :mod:`~hdmap_seg.vectorize.tracks`,
 :mod:`~hdmap_seg.vectorize.medians`), never by the number of frames.
@@ -14,15 +16,13 @@ the camera sees plus the finished map (see :mod:`~hdmap_seg.vectorize.tracks`,
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
-import shapely
-from shapely.geometry import Polygon
 from tqdm import tqdm
 
 from hdmap_seg.data.roads import describe_values
@@ -30,19 +30,27 @@ from hdmap_seg.data.roads import read_mask as read_label_png
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.camera import CameraModel
 from hdmap_seg.geo.drivelog import DriveLog, find_log_jumps, smooth_log
-from hdmap_seg.geo.ground import LevelPlane, Raised, TrajectoryGround
+from hdmap_seg.geo.ground import LevelPlane, TrajectoryGround
+from hdmap_seg.maplayers import COVERAGE, LAYER_CLASS, MEDIANS, POLES, SIGNS, MapLayers
 from hdmap_seg.vectorize.config import VectorizeConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
-from hdmap_seg.vectorize.layers import MapLayers
-from hdmap_seg.vectorize.medians import GroundVotes
-from hdmap_seg.vectorize.poles import PoleFuser, pole_instances, pole_observations
-from hdmap_seg.vectorize.signs import SignTracker, sign_instances
-from hdmap_seg.vectorize.tracks import Track
+from hdmap_seg.vectorize.layer_builder import FrameStamp, LayerBuilder, LayerMasks
+from hdmap_seg.vectorize.medians import GroundVotes, MedianBuilder
+from hdmap_seg.vectorize.poles import PoleBuilder
+from hdmap_seg.vectorize.signs import SignBuilder
+from hdmap_seg.vectorize.tracks import GroundAt, Track
 
 _PREFETCH = 16  # masks decoded ahead of the vectorizer
-_NOT_A_CLASS = 8  # the lookup table's bit of mask values that are no class
-# A straight edge drawn in pixels steps by half a pixel either side of its line.
-_CONTOUR_TOLERANCE_PX = 0.75
+# The lookup table's bit of mask values that are no class; the bits below it are the layers'.
+_NOT_A_CLASS = 128
+
+#: The builder of each layer, from the config, the ground under finished tracks and the vote grid
+#: that counts what each frame saw; in file order. A layer gets its builder when a class feeds it.
+BUILDERS: dict[str, Callable[[VectorizeConfig, GroundAt, GroundVotes], LayerBuilder]] = {
+    POLES: lambda cfg, ground_at, votes: PoleBuilder(cfg.pole, cfg.pose, ground_at),
+    SIGNS: lambda cfg, ground_at, votes: SignBuilder(cfg.sign, cfg.max_range_m, cfg.pose, ground_at),
+    MEDIANS: lambda cfg, ground_at, votes: MedianBuilder(cfg.median, votes),
+}
 
 
 class MapBuilder:
@@ -59,20 +67,24 @@ class MapBuilder:
         self.ground_model = ground
         self.config = config or VectorizeConfig()
         cfg = self.config
-        # One lookup per pixel maps class ids to layer bits (1 pole, 2 sign, 4 median), and values that
-        # are no class to _NOT_A_CLASS: one max() of the looked-up mask finds them.
+        # The coverage: every frame's visible ground, whether or not a layer is built from it.
+        self.ground = GroundVotes(cfg.median)
+        self.builders: dict[str, LayerBuilder] = {
+            layer: make(cfg, self._ground_at, self.ground)
+            for layer, make in BUILDERS.items()
+            if LAYER_CLASS[layer] in cfg.classes
+        }
+        # One lookup per pixel maps class ids to layer bits, and values that are no class to
+        # _NOT_A_CLASS: one max() of the looked-up mask finds them.
+        self._bit_of = {layer: 1 << i for i, layer in enumerate(self.builders)}
         self._lut = np.zeros(256, np.uint8)
-        for bit, layer in ((1, "pole"), (2, "sign"), (4, "median")):
-            for cid in cfg.classes.get(layer, []):
+        for layer, bit in self._bit_of.items():
+            for cid in cfg.classes[LAYER_CLASS[layer]]:
                 self._lut[int(cid)] |= bit
         self._num_classes = cfg.mask_class_count()
         if self._num_classes is not None:
             self._lut[self._num_classes :] |= _NOT_A_CLASS
             self._lut[cfg.ignore_index] &= ~np.uint8(_NOT_A_CLASS)
-        self.poles = PoleFuser(cfg.pole, cfg.pose) if "pole" in cfg.classes else None
-        self.signs = SignTracker(cfg.sign, cfg.max_range_m, cfg.pose) if "sign" in cfg.classes else None
-        self.ground = GroundVotes(cfg.median)
-        self._has_median = "median" in cfg.classes
         self._last_frame: int | None = None
         self.n_frames = 0
 
@@ -96,32 +108,20 @@ class MapBuilder:
             )
         if not np.all(np.isfinite(T_world_from_cam)):
             raise HdmapError(f"{where}: NaN or inf in the camera pose")
-        bits = self._layer_bits(mask, where)
+        masks = LayerMasks(self._layer_bits(mask, where), self._bit_of)
         self._last_frame = frame_index
         self.n_frames += 1
-        cfg = self.config
         surface = (
             self.ground_model.near(frame_index)
             if self.ground_model is not None
             else LevelPlane(self.camera.ground_z_m(T_world_from_cam))
         )
         known = self.ground_model.known_area(frame_index) if self.ground_model is not None else None
-        geom = FrameGeometry(self.camera, T_world_from_cam, surface, cfg.max_range_m, known)
-        sign_px = (bits & 2) > 0 if self.signs is not None else None
-        if self.poles is not None:
-            inst = pole_instances(
-                (bits & 1) > 0, cfg.pole, blocked=sign_px, min_base_row=geom.top_ground_row_px
-            )
-            self.poles.add(frame_index, timestamp, *pole_observations(inst, geom, cfg.pole, cfg.pose))
-        if self.signs is not None:
-            self.signs.add(frame_index, timestamp, sign_instances(sign_px, cfg.sign), geom)
-        median = None
-        if self._has_median:
-            median = geom.image_polygons_to_ground(
-                _mask_polygons((bits & 4) > 0, cfg.median.min_pixels),
-                Raised(surface, cfg.median.surface_height_m) if cfg.median.surface_height_m else surface,
-            )
-        self.ground.add(frame_index, geom.visible_ground(), median)
+        geom = FrameGeometry(self.camera, T_world_from_cam, surface, self.config.max_range_m, known)
+        self.ground.see(frame_index, geom.visible_ground())
+        frame = FrameStamp(frame_index, timestamp)
+        for builder in self.builders.values():
+            builder.add(frame, masks, geom)
 
     def _layer_bits(self, mask: np.ndarray, where: str) -> np.ndarray:
         """The mask's layer bits (``_lut``); a clear error for values that are no class."""
@@ -145,62 +145,17 @@ class MapBuilder:
 
     def state_size(self) -> dict[str, int]:
         """Sizes of the fusion state (for the memory benchmark and logs)."""
-        return {
-            "pole_tracks": self.poles.n_tracks if self.poles else 0,
-            "sign_tracks": self.signs.n_tracks if self.signs else 0,
-            "ground_tiles": self.ground.n_tiles,
-            "median_pieces": len(self.ground.median_pieces),
-        }
+        sizes = {"ground_tiles": self.ground.n_tiles}
+        for builder in self.builders.values():
+            sizes.update(builder.state_size())
+        return sizes
 
     def finish(self) -> MapLayers:
         """Finish every track and tile; the layers in the world frame."""
-        layers: MapLayers = {}
-        if self.poles is not None:
-            layers["poles"] = self.poles.finish(self._ground_at)
-        if self.signs is not None:
-            layers["signs"] = self.signs.finish(self._ground_at)
-        medians, coverage = self.ground.finish()
-        if self._has_median:
-            layers["medians"] = medians
-        layers["coverage"] = coverage
+        layers: MapLayers = {layer: builder.finish() for layer, builder in self.builders.items()}
+        self.ground.close()
+        layers[COVERAGE] = self.ground.coverage()
         return layers
-
-
-def _mask_polygons(binary: np.ndarray, min_pixels: int) -> list[Polygon]:
-    """Pixel-space polygons (with holes) of a binary mask, along the region's edge.
-
-    OpenCV's contours run through the boundary pixels' centres, in a staircase on slanted edges:
-    the staircase is straightened (Douglas-Peucker, ``_CONTOUR_TOLERANCE_PX``; a fifteenth of the
-    vertices, each a ray to cast) and the result grown by the half pixel between those centres
-    and the region's edge. Parts and holes smaller than ``min_pixels`` are speckle: dropped before
-    they cost a polygon operation each.
-    """
-    contours, hierarchy = cv2.findContours(binary.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    if hierarchy is None:
-        return []
-    hierarchy = hierarchy[0]
-
-    def ring(c: np.ndarray) -> np.ndarray:
-        return cv2.approxPolyDP(c, _CONTOUR_TOLERANCE_PX, True).reshape(-1, 2).astype(float)
-
-    out = []
-    for i, c in enumerate(contours):
-        if hierarchy[i][3] != -1 or len(c) < 3 or cv2.contourArea(c) < min_pixels:
-            continue
-        holes, child = [], hierarchy[i][2]
-        while child != -1:
-            h = contours[child]
-            if len(h) >= 3 and cv2.contourArea(h) >= min_pixels:
-                holes.append(ring(h))
-            child = hierarchy[child][0]
-        outer = ring(c)
-        if len(outer) < 3:
-            continue
-        poly = Polygon(outer, [h for h in holes if len(h) >= 3])
-        if not poly.is_valid:  # a ragged mask's contour touches itself where the region is a pixel wide
-            poly = shapely.make_valid(poly)
-        out.extend(shapely.get_parts(poly.buffer(0.5, join_style="mitre")))
-    return out
 
 
 def read_mask(path: Path) -> np.ndarray:

@@ -6,19 +6,15 @@ hdmap-vectorize LOG [--masks DIR] [--config road|FILE.yaml] [--class-map FILE.ya
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from dataclasses import asdict, replace
 from pathlib import Path
 
 from hdmap_seg.data.class_map import load_class_map
 from hdmap_seg.errors import exit_on_user_error
-from hdmap_seg.export import write_layers
 from hdmap_seg.geo.drivelog import open_drive_log
 from hdmap_seg.geo.frames import LocalFrame
-from hdmap_seg.io import exclusive_lock, remove_stale_temps, write_text_atomic
-from hdmap_seg.vectorize.builder import vectorize_log
-from hdmap_seg.vectorize.config import layer_classes, load_vectorize_config
+from hdmap_seg.io import exclusive_lock, remove_stale_temps
+from hdmap_seg.mapping import map_log
+from hdmap_seg.vectorize.config import for_mask_classes, load_vectorize_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,39 +62,25 @@ def run(argv: list[str] | None = None) -> dict:
     config = load_vectorize_config(args.config, args.overrides)
     if args.class_map:
         class_map = load_class_map(args.class_map)
-        config = replace(config, classes=layer_classes(class_map.source, class_map))
+        config = for_mask_classes(config, class_map.source, class_map)
     origin = LocalFrame(*args.origin) if args.origin else None
     log = open_drive_log(args.log, camera=args.camera, calib_dir=args.calib, origin=origin)
     out = args.out or args.log / "map"
     with exclusive_lock(out, "hdmap-vectorize"):
         remove_stale_temps(out)  # of a killed run; the lock says none is live
-        start = time.perf_counter()
-        layers = vectorize_log(log, args.masks, config, progress=not args.quiet)
-        seconds = time.perf_counter() - start
-        paths = write_layers(layers, out, log.origin, gpkg=not args.no_gpkg)
-        summary = {
-            "log": str(args.log),
-            "masks": str(args.masks or log.default_masks_dir),
-            "frames": len(log),
-            "seconds": round(seconds, 2),
-            "frames_per_s": round(len(log) / max(seconds, 1e-9), 1),
-            "origin": log.origin.to_dict(),
-            "features": {name: _count(name, feats) for name, feats in layers.items()},
-            "outputs": [str(p) for p in paths],
-            "config": asdict(config),
-        }
-        write_text_atomic(out / "vectorize.json", json.dumps(summary, indent=2) + "\n")
-    print(f"{len(log)} frames in {seconds:.1f} s ({summary['frames_per_s']} frames/s) -> {out}")
+        summary = map_log(
+            log,
+            args.masks,
+            config,
+            out,
+            out / "vectorize.json",
+            gpkg=not args.no_gpkg,
+            progress=not args.quiet,
+        )
+    print(f"{len(log)} frames in {summary['seconds']:.1f} s ({summary['frames_per_s']} frames/s) -> {out}")
     for name, n in summary["features"].items():
         print(f"  {name:<10} {n}")
     return summary
-
-
-def _count(name: str, feats: list) -> int:
-    """Features of a layer; a median is one footprint with its centre line."""
-    return (
-        sum(1 for f in feats if f.properties.get("kind") != "centerline") if name == "medians" else len(feats)
-    )
 
 
 if __name__ == "__main__":

@@ -2,15 +2,16 @@
 
 ``conf/vectorize/road.yaml`` is the instance for the project's taxonomy, and the dataclass defaults
 below equal it. Masks in a data set's own classes (a model trained on CamVid's 11) feed the same
-layers through the class map that training reads (:func:`layer_classes`). Every field is documented
+layers through the class map that training reads (:func:`layer_classes`, :func:`for_mask_classes`;
+a model's checkpoint names its classes: :func:`model_vectorize_config`). Every field is documented
 in docs/map.md.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,15 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from hdmap_seg.data.class_map import ClassMap
+from hdmap_seg.data.class_map import ClassMap, load_class_map
 from hdmap_seg.data.classes import ROAD_CLASSES
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.io import yaml_error
+from hdmap_seg.maplayers import LAYER_CLASS
 
-#: Map layers that have a builder; ``lane_marking`` will join them (docs/map.md, "Lane markings").
-LAYERS = ("pole", "sign", "median")
+#: The classes that feed a layer, keys of ``classes`` (one builder each; ``lane_marking`` will join them:
+#: docs/map.md, "Lane markings").
+FEEDING_CLASSES = tuple(LAYER_CLASS.values())
 GROUND_MODELS = ("trajectory", "plane")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "vectorize"
 
@@ -128,11 +131,11 @@ class VectorizeConfig:
             raise HdmapError(
                 f"vectorize config: ground.model must be one of {list(GROUND_MODELS)}, got {self.ground.model!r}"
             )
-        unknown = sorted(set(self.classes) - set(LAYERS))
+        unknown = sorted(set(self.classes) - set(FEEDING_CLASSES))
         if unknown:
             later = " (lane markings are not vectorized yet)" if "lane_marking" in unknown else ""
             raise HdmapError(
-                f"vectorize config: no layer builder for {unknown}{later}; layers are {list(LAYERS)}"
+                f"vectorize config: no layer builder for {unknown}{later}; layers are {list(FEEDING_CLASSES)}"
             )
         if not 0 <= self.ignore_index <= 255:
             raise HdmapError(f"vectorize config: ignore_index must be 0..255, got {self.ignore_index}")
@@ -207,9 +210,45 @@ def layer_classes(names: Sequence[str], class_map: ClassMap | None = None) -> di
     if class_map is not None:
         target = class_map.target.names  # ids are contiguous; the ignore index maps to no layer
         names = [target[t] if t < len(target) else "" for t in class_map.lut[: len(names)].tolist()]
-    out = {layer: [i for i, n in enumerate(names) if n == layer] for layer in LAYERS}
+    out = {layer: [i for i, n in enumerate(names) if n == layer] for layer in FEEDING_CLASSES}
     out = {layer: ids for layer, ids in out.items() if ids}
     if not out:
         hint = "" if class_map is not None else " (masks in a data set's own classes need its class map)"
-        raise HdmapError(f"no class of {list(names)} feeds a map layer {list(LAYERS)}{hint}")
+        raise HdmapError(f"no class of {list(names)} feeds a map layer {list(FEEDING_CLASSES)}{hint}")
     return out
+
+
+def for_mask_classes(
+    config: VectorizeConfig, names: Sequence[str], class_map: ClassMap | None = None
+) -> VectorizeConfig:
+    """``config`` for masks of the classes ``names`` (in id order): a model's, or a data set's own.
+
+    The layers' ids come from the names (:func:`layer_classes`, through ``class_map`` for a data
+    set's own classes) and ``num_classes`` is their count, so that a mask value that is no class
+    (nor ``ignore_index``) is an error rather than background.
+    """
+    if config.num_classes not in (None, len(names)):
+        raise HdmapError(
+            f"vectorize config: num_classes is {config.num_classes}, but the masks have "
+            f"{len(names)} classes {list(names)}"
+        )
+    return replace(config, classes=layer_classes(names, class_map), num_classes=len(names))
+
+
+def model_vectorize_config(
+    keys: Mapping,
+    names: Sequence[str],
+    class_map_path: str | os.PathLike | None = None,
+    source: str = "vectorize",
+) -> VectorizeConfig:
+    """The vectorize config of a model's masks: ``keys`` (a config node without ``classes``) for
+    the classes ``names`` of its checkpoint, through the class map at ``class_map_path`` when the
+    model was trained on a data set's own classes (:func:`for_mask_classes`)."""
+    keys = dict(keys)
+    if keys.pop("classes", None) is not None:
+        raise HdmapError(
+            f"{source}.classes: inference takes the layers' class ids from the checkpoint's class names; "
+            "for a model of a data set's own classes set class_map_path (its class map) instead"
+        )
+    class_map = load_class_map(class_map_path, source=names) if class_map_path else None
+    return for_mask_classes(VectorizeConfig.from_dict(keys, source=source), names, class_map)

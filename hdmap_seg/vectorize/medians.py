@@ -1,16 +1,18 @@
 """Medians (and the drive's coverage): ground footprints voted on a grid, merged into polygons.
 
-Every frame adds one to the cells of the ground it sees within range (``seen``) and to the cells
-of its median footprint (``votes``). A cell is median when ``votes >= min_votes`` and
+A frame's median pixels become polygons in the image (:func:`mask_polygons`), projected onto the
+ground. Every frame adds one to the cells of the ground it sees within range (``seen``) and to the
+cells of its median footprint (``votes``). A cell is median when ``votes >= min_votes`` and
 ``votes >= vote_fraction * seen``: a union of footprints that one wrong frame cannot grow. The
 grid lives in square tiles; a tile that no frame has touched for ``retire_after_frames`` frames
 is turned into polygons (OpenCV contours) and freed, so memory holds the tiles around the car
-plus the polygons of the map. :meth:`GroundVotes.finish` merges the pieces (union, closing by
+plus the polygons of the map. :meth:`GroundVotes.medians` merges the pieces (union, closing by
 ``close_m``, simplification, small parts dropped) and draws each polygon's centre line.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -21,10 +23,15 @@ from scipy.sparse.csgraph import dijkstra
 from shapely.geometry import LineString, MultiPoint, Polygon
 from shapely.geometry.base import BaseGeometry
 
+from hdmap_seg.geo.ground import Raised
+from hdmap_seg.maplayers import CENTERLINE, FOOTPRINT, MEDIANS, Feature
 from hdmap_seg.vectorize.config import MedianConfig
-from hdmap_seg.vectorize.layers import Feature
+from hdmap_seg.vectorize.frame import FrameGeometry
+from hdmap_seg.vectorize.layer_builder import FrameStamp, LayerMasks
 
 _SHIFT = 4  # cv2.fillPoly fractional bits: vertices at 1/16 cell
+# A straight edge drawn in pixels steps by half a pixel either side of its line.
+_CONTOUR_TOLERANCE_PX = 0.75
 
 
 @dataclass
@@ -41,8 +48,24 @@ class _Piece:
     n_cells: int
 
 
+@dataclass
+class _Window:
+    """The cells a frame saw: its bounding window on the grid (``[r0, r1) x [c0, c1)``) and mask there."""
+
+    frame: int
+    c0: int
+    r0: int
+    c1: int
+    r1: int
+    seen: np.ndarray  # uint8 (r1 - r0, c1 - c0)
+
+
 class GroundVotes:
-    """Vote grid over the ground: median footprints and coverage, streaming with bounded memory."""
+    """Vote grid over the ground: coverage and median footprints, streaming with bounded memory.
+
+    Each frame is seen (:meth:`see`, its visible ground: the coverage, and what its median votes
+    count against), then voted (:meth:`vote`, its median footprint) when medians are built.
+    """
 
     def __init__(self, cfg: MedianConfig) -> None:
         self.cfg = cfg
@@ -50,14 +73,16 @@ class GroundVotes:
         self.median_pieces: list[_Piece] = []
         self.coverage_pieces: list[BaseGeometry] = []
         self._tile_m = cfg.cell_m * cfg.tile_cells
+        self._window: _Window | None = None
 
     @property
     def n_tiles(self) -> int:
         return len(self.tiles)
 
-    def add(self, frame: int, visible: BaseGeometry, median: BaseGeometry | None) -> None:
-        """Vote one frame: ``visible`` ground and ``median`` footprint, world polygons (x, y)."""
+    def see(self, frame: int, visible: BaseGeometry) -> None:
+        """Count one frame's ``visible`` ground, world polygons (x, y)."""
         self._retire(frame)
+        self._window = None
         if visible.is_empty:
             return
         cell = self.cfg.cell_m
@@ -66,26 +91,38 @@ class GroundVotes:
         c1, r1 = int(np.floor(x1 / cell)) + 1, int(np.floor(y1 / cell)) + 1
         seen = np.zeros((r1 - r0, c1 - c0), np.uint8)
         _fill(seen, visible, c0, r0, cell)
-        votes = np.zeros_like(seen)
-        if median is not None and not median.is_empty:
-            _fill(votes, median, c0, r0, cell)
-            votes &= seen
+        self._window = _Window(frame, c0, r0, c1, r1, seen)
+        for tile, tile_sl, win_sl in self._tiles_of(self._window):
+            tile.last_frame = frame
+            tile.seen[tile_sl] += seen[win_sl]
+
+    def vote(self, median: BaseGeometry) -> None:
+        """Vote the ``median`` footprint (world polygons) of the frame seen last, within what it saw."""
+        w = self._window
+        if w is None or median.is_empty:
+            return
+        votes = np.zeros_like(w.seen)
+        _fill(votes, median, w.c0, w.r0, self.cfg.cell_m)
+        votes &= w.seen
+        for tile, tile_sl, win_sl in self._tiles_of(w):
+            tile.votes[tile_sl] += votes[win_sl]
+
+    def _tiles_of(self, w: _Window) -> Iterator[tuple[_Tile, tuple, tuple]]:
+        """The tiles under the window (new ones made), each with its slice and the window's."""
         n = self.cfg.tile_cells
-        for tr in range(r0 // n, (r1 - 1) // n + 1):
-            for tc in range(c0 // n, (c1 - 1) // n + 1):
+        for tr in range(w.r0 // n, (w.r1 - 1) // n + 1):
+            for tc in range(w.c0 // n, (w.c1 - 1) // n + 1):
                 tile = self.tiles.get((tc, tr))
                 if tile is None:
                     tile = self.tiles[(tc, tr)] = _Tile(
-                        np.zeros((n, n), np.uint16), np.zeros((n, n), np.uint16), frame
+                        np.zeros((n, n), np.uint16), np.zeros((n, n), np.uint16), w.frame
                     )
-                tile.last_frame = frame
-                # overlap of this frame's window with the tile, in global cell indices
-                ra, rb = max(r0, tr * n), min(r1, (tr + 1) * n)
-                ca, cb = max(c0, tc * n), min(c1, (tc + 1) * n)
+                # overlap of the window with the tile, in global cell indices
+                ra, rb = max(w.r0, tr * n), min(w.r1, (tr + 1) * n)
+                ca, cb = max(w.c0, tc * n), min(w.c1, (tc + 1) * n)
                 tile_sl = (slice(ra - tr * n, rb - tr * n), slice(ca - tc * n, cb - tc * n))
-                win_sl = (slice(ra - r0, rb - r0), slice(ca - c0, cb - c0))
-                tile.seen[tile_sl] += seen[win_sl]
-                tile.votes[tile_sl] += votes[win_sl]
+                win_sl = (slice(ra - w.r0, rb - w.r0), slice(ca - w.c0, cb - w.c0))
+                yield tile, tile_sl, win_sl
 
     def _retire(self, frame: int) -> None:
         for key in [k for k, t in self.tiles.items() if frame - t.last_frame > self.cfg.retire_after_frames]:
@@ -107,15 +144,23 @@ class GroundVotes:
             for poly in _contours_to_polygons((labels == lab).astype(np.uint8), ox, oy, cfg.cell_m):
                 self.median_pieces.append(_Piece(poly, float(sums[lab]), int(counts[lab])))
 
-    def finish(self) -> tuple[list[Feature], list[Feature]]:
-        """``(median features, coverage features)``; medians come as footprint Polygon + centre LineString."""
+    def close(self) -> None:
+        """Polygonise every tile left: after the last frame."""
         for key in list(self.tiles):
             self._polygonize(key, self.tiles.pop(key))
-        cfg = self.cfg
+
+    def coverage(self) -> list[Feature]:
+        """The ground the drive saw within range, merged polygons (after :meth:`close`)."""
         # fillPoly marks every cell an edge touches, so contours through the marked cells' centres
         # run half a cell outside the footprint's edge: the closing shrinks that half cell back.
-        half = 0.5 * cfg.cell_m
+        half = 0.5 * self.cfg.cell_m
         coverage = _merge([p.buffer(0.5, quad_segs=2) for p in self.coverage_pieces], 0.5 + half, 0.25)
+        return [Feature(p, {"area_m2": round(p.area, 1)}) for p in _polygons(coverage)]
+
+    def medians(self) -> list[Feature]:
+        """The median features (after :meth:`close`): each a footprint Polygon and its centre LineString."""
+        cfg = self.cfg
+        half = 0.5 * cfg.cell_m  # the contours' half cell outside the footprint (see coverage())
         grown = [p.polygon.buffer(cfg.close_m) for p in self.median_pieces]
         merged = _merge(grown, cfg.close_m + half, cfg.simplify_m)
         polys = [p for p in _polygons(merged) if p.area >= cfg.min_area_m2]
@@ -131,14 +176,77 @@ class GroundVotes:
                     "confidence": round(score / max(cells, 1), 3),
                     "area_m2": round(poly.area, 1),
                 }
-                features.append(Feature(poly, {**props, "kind": "footprint"}))
+                features.append(Feature(poly, {**props, "kind": FOOTPRINT}))
                 line = centerline(poly, cfg.simplify_m)
                 if line is not None:
                     features.append(
-                        Feature(line, {**props, "kind": "centerline", "length_m": round(line.length, 1)})
+                        Feature(line, {**props, "kind": CENTERLINE, "length_m": round(line.length, 1)})
                     )
-        cover = [Feature(p, {"area_m2": round(p.area, 1)}) for p in _polygons(coverage)]
-        return features, cover
+        return features
+
+
+class MedianBuilder:
+    """The medians layer: each frame's median pixels, projected onto the ground (raised by
+    ``surface_height_m``: a kerbed strip's top), voted on the grid that counts what the frames saw."""
+
+    layer = MEDIANS
+
+    def __init__(self, cfg: MedianConfig, votes: GroundVotes) -> None:
+        """``votes``: the grid every frame's visible ground is seen on before the builders add it."""
+        self.cfg = cfg
+        self.votes = votes
+
+    def add(self, frame: FrameStamp, masks: LayerMasks, geometry: FrameGeometry) -> None:
+        surface = geometry.surface
+        if self.cfg.surface_height_m:
+            surface = Raised(surface, self.cfg.surface_height_m)
+        self.votes.vote(
+            geometry.image_polygons_to_ground(mask_polygons(masks[MEDIANS], self.cfg.min_pixels), surface)
+        )
+
+    def finish(self) -> list[Feature]:
+        self.votes.close()
+        return self.votes.medians()
+
+    def state_size(self) -> dict[str, int]:
+        return {"median_pieces": len(self.votes.median_pieces)}
+
+
+def mask_polygons(binary: np.ndarray, min_pixels: int) -> list[Polygon]:
+    """Pixel-space polygons (with holes) of a binary mask, along the region's edge.
+
+    OpenCV's contours run through the boundary pixels' centres, in a staircase on slanted edges:
+    the staircase is straightened (Douglas-Peucker, ``_CONTOUR_TOLERANCE_PX``; a fifteenth of the
+    vertices, each a ray to cast) and the result grown by the half pixel between those centres
+    and the region's edge. Parts and holes smaller than ``min_pixels`` are speckle: dropped before
+    they cost a polygon operation each.
+    """
+    contours, hierarchy = cv2.findContours(binary.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    hierarchy = hierarchy[0]
+
+    def ring(c: np.ndarray) -> np.ndarray:
+        return cv2.approxPolyDP(c, _CONTOUR_TOLERANCE_PX, True).reshape(-1, 2).astype(float)
+
+    out = []
+    for i, c in enumerate(contours):
+        if hierarchy[i][3] != -1 or len(c) < 3 or cv2.contourArea(c) < min_pixels:
+            continue
+        holes, child = [], hierarchy[i][2]
+        while child != -1:
+            h = contours[child]
+            if len(h) >= 3 and cv2.contourArea(h) >= min_pixels:
+                holes.append(ring(h))
+            child = hierarchy[child][0]
+        outer = ring(c)
+        if len(outer) < 3:
+            continue
+        poly = Polygon(outer, [h for h in holes if len(h) >= 3])
+        if not poly.is_valid:  # a ragged mask's contour touches itself where the region is a pixel wide
+            poly = shapely.make_valid(poly)
+        out.extend(shapely.get_parts(poly.buffer(0.5, join_style="mitre")))
+    return out
 
 
 def _fill(canvas: np.ndarray, geom: BaseGeometry, c0: int, r0: int, cell: float) -> None:

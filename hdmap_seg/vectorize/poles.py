@@ -14,17 +14,27 @@ across it only ``r / f``. Tracks sum the information of their observations
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from shapely.geometry import Point
 
+from hdmap_seg.maplayers import POLES, SIGNS, Feature
 from hdmap_seg.vectorize.components import components
 from hdmap_seg.vectorize.config import PoleConfig, PoseConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
-from hdmap_seg.vectorize.layers import Feature
-from hdmap_seg.vectorize.tracks import GroundAt, Track, TrackSet, assign, keep_best, sighting_properties
+from hdmap_seg.vectorize.layer_builder import FrameStamp, LayerMasks
+from hdmap_seg.vectorize.tracks import (
+    CHI2_2D_99,
+    GroundAt,
+    Track,
+    TrackSet,
+    assign,
+    keep_best,
+    mean_ground,
+    sighting_properties,
+)
 
-# 99% of a chi-square with 2 degrees of freedom: the squared Mahalanobis gate of association.
-_CHI2_2D_99 = 9.21
 # Residuals beyond this many sigmas get Huber's linear weight in the final fit.
 _HUBER_K = 2.0
 _REFINE_ITERATIONS = 10
@@ -91,21 +101,44 @@ def pole_instances(
     return np.array(out, dtype=float).reshape(-1, 3)
 
 
+class PoleView(NamedTuple):
+    """What the final fit (:func:`refine_pole`) needs of one observation of a pole.
+
+    An array of views has these as its columns, in this order; ``PoleView(*views.T)`` names them.
+    """
+
+    cx_m: float  # the camera's horizontal position
+    cy_m: float
+    drop_m: float  # the camera's height above the base's ground point
+    azimuth_rad: float  # bearing of that point from the camera
+    front_range_m: float  # its horizontal distance
+    radius_m: float  # the pole's radius, from its width in pixels
+    focal_px: float
+    slope: float  # the ground's rise per metre away from the camera there
+
+
+class PoleObservations(NamedTuple):
+    """One frame's pole observations, ``K`` of them."""
+
+    xy: np.ndarray  # (K, 2) ground positions of the axes
+    info: np.ndarray  # (K, 2, 2) information matrices
+    views: np.ndarray  # (K, 8) PoleView rows
+    ground: np.ndarray  # (K,) the ground's height at each position
+
+
 def pole_observations(
     instances: np.ndarray, geom: FrameGeometry, cfg: PoleConfig, pose: PoseConfig | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Instances -> ground positions ``(K, 2)``, information ``(K, 2, 2)``, views ``(K, 8)``, ground ``(K,)``.
+) -> PoleObservations:
+    """Instances -> where the poles stand, how certain, and their views (:class:`PoleObservations`).
 
-    A view is what the final fit (:func:`refine_pole`) needs of an observation:
-    ``[cx_m, cy_m, drop_m, azimuth_rad, front_range_m, radius_m, focal_px, slope]``: the camera's
-    horizontal position, its height above the base's ground point, the bearing and horizontal
-    distance of that point, the pole's radius, and the ground's rise per metre away from the
-    camera there. ``ground`` is the ground's height at each position. ``pose`` adds the noise of
-    the pose: its position error as it is, its heading error times the range across the ray.
+    ``pose`` adds the noise of the pose: its position error as it is, its heading error times the
+    range across the ray.
     """
     pose = pose or PoseConfig()
     if len(instances) == 0:
-        return np.zeros((0, 2)), np.zeros((0, 2, 2)), np.zeros((0, 8)), np.zeros(0)
+        return PoleObservations(
+            np.zeros((0, 2)), np.zeros((0, 2, 2)), np.zeros((0, len(PoleView._fields))), np.zeros(0)
+        )
     dirs = geom.rays_world(instances[:, :2])
     C = geom.center
     hits, ok = geom.intersect(dirs)
@@ -141,12 +174,12 @@ def pole_observations(
         np.full(n, f),
         slope,
     ]
-    return xy, info, views, z
+    return PoleObservations(xy, info, views, z)
 
 
 def refine_pole(
     xy0: np.ndarray,
-    views: np.ndarray,
+    views: np.ndarray,  # (N, 8) PoleView rows
     cfg: PoleConfig,
     pose: PoseConfig | None = None,
     cov0: np.ndarray | None = None,
@@ -172,8 +205,10 @@ def refine_pole(
     range it measured, or without a positive covariance, is none: ``xy0`` comes back with ``cov0``
     (default: the covariance of the fit's first step).
     """
-    C = views[:, :2]
-    drop0, az_obs, r_front, radius, f, slope = views[:, 2:].T
+    v = PoleView(*np.asarray(views).T)
+    C = np.stack([v.cx_m, v.cy_m], axis=1)
+    drop0, az_obs, r_front, radius, f = v.drop_m, v.azimuth_rad, v.front_range_m, v.radius_m, v.focal_px
+    slope = v.slope
     dep_obs = np.arctan2(drop0, r_front)
     pose = pose or PoseConfig()
     sig_col = np.hypot(np.hypot(cfg.sigma_col_px, f * pose.sigma_yaw_rad), f * pose.sigma_m / r_front)
@@ -229,43 +264,60 @@ def _covariance(A: np.ndarray) -> np.ndarray | None:
     return cov if np.all(np.isfinite(cov)) and np.all(np.linalg.eigvalsh(cov) > 0) else None
 
 
-class PoleFuser(TrackSet):
-    """Fuses pole observations frame by frame into tracks; :meth:`finish` gives Point features."""
+class PoleBuilder(TrackSet):
+    """The poles layer: fuses pole observations frame by frame into tracks; :meth:`finish` gives Point
+    features at the poles' bases, on the ground that ``ground_at`` gives."""
 
-    def __init__(self, cfg: PoleConfig, pose: PoseConfig | None = None) -> None:
+    layer = POLES
+
+    def __init__(
+        self, cfg: PoleConfig, pose: PoseConfig | None = None, ground_at: GroundAt = mean_ground
+    ) -> None:
         super().__init__(cfg.min_obs, cfg.retire_after_frames, cfg.merge_radius_m)
         self.cfg = cfg
         self.pose = pose or PoseConfig()
+        self.ground_at = ground_at
 
-    def add(
-        self, frame: int, time, xy: np.ndarray, info: np.ndarray, views: np.ndarray, ground: np.ndarray
-    ) -> None:
-        self.retire(frame)
+    def add(self, frame: FrameStamp, masks: LayerMasks, geometry: FrameGeometry) -> None:
+        """The frame's pole instances, grounded where no sign hides their base, fused into the tracks."""
+        inst = pole_instances(
+            masks[POLES], self.cfg, blocked=masks.get(SIGNS), min_base_row=geometry.top_ground_row_px
+        )
+        self.fuse(frame, pole_observations(inst, geometry, self.cfg, self.pose))
+
+    def fuse(self, frame: FrameStamp, obs: PoleObservations) -> None:
+        """Associate one frame's observations with the tracks (Hungarian, Mahalanobis gate) and add them."""
+        self.retire(frame.index)
         tracks = self.active
         pairs: list[tuple[int, int]] = []
-        if tracks and len(xy):
+        if tracks and len(obs.xy):
             est = np.array([t.estimate for t in tracks])
             cov_t = np.array([t.covariance for t in tracks])
-            cov_o = np.linalg.inv(info)
+            cov_o = np.linalg.inv(obs.info)
             S = cov_o[:, None] + cov_t[None] + self.cfg.gate_m**2 * np.eye(2)
-            d = xy[:, None, :] - est[None]
+            d = obs.xy[:, None, :] - est[None]
             cost = np.einsum("oti,otij,otj->ot", d, np.linalg.inv(S), d)
-            pairs = assign(cost, _CHI2_2D_99)
+            pairs = assign(cost, CHI2_2D_99)
         matched = set()
         for o, t in pairs:
-            tracks[t].add(info[o], xy[o], frame, time, ground[o])
+            tracks[t].add(obs.info[o], obs.xy[o], frame.index, frame.time, obs.ground[o])
             # The nearest views: their base rows resolve the range best.
-            keep_best(tracks[t].kept, views[o], self.cfg.max_obs_kept, score=lambda v: -v[4])
+            view = PoleView(*obs.views[o])
+            keep_best(tracks[t].kept, view, self.cfg.max_obs_kept, score=lambda v: -v.front_range_m)
             matched.add(o)
-        for o in range(len(xy)):
+        for o in range(len(obs.xy)):
             if o not in matched:
-                self.active.append(Track.start(info[o], xy[o], frame, time, ground[o], [views[o]]))
+                view = PoleView(*obs.views[o])
+                track = Track.start(obs.info[o], obs.xy[o], frame.index, frame.time, obs.ground[o], [view])
+                self.active.append(track)
 
-    def finish(self, ground_at: GroundAt) -> list[Feature]:
-        """Point features at the poles' bases, on the ground that ``ground_at`` gives."""
+    def finish(self) -> list[Feature]:
         features = []
         for i, t in enumerate(self.close()):
             (x, y), cov = refine_pole(t.estimate, np.array(t.kept), self.cfg, self.pose, t.covariance)
             props = {"id": i, "type": "pole", **sighting_properties(t, cov)}
-            features.append(Feature(Point(x, y, ground_at(t, np.array([x, y]))), props))
+            features.append(Feature(Point(x, y, self.ground_at(t, np.array([x, y]))), props))
         return features
+
+    def state_size(self) -> dict[str, int]:
+        return {"pole_tracks": self.n_tracks}

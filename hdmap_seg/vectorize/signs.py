@@ -18,20 +18,25 @@ from its back, so the facing is that of the side the drive saw.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import cv2
 import numpy as np
 from shapely.geometry import Point
 
+from hdmap_seg.maplayers import SIGNS, Feature
 from hdmap_seg.vectorize.components import components
 from hdmap_seg.vectorize.config import PoseConfig, SignConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
-from hdmap_seg.vectorize.layers import Feature
+from hdmap_seg.vectorize.layer_builder import FrameStamp, LayerMasks
 from hdmap_seg.vectorize.tracks import (
+    CHI2_2D_99,
     GroundAt,
     Track,
     TrackSet,
     assign,
     keep_best,
+    mean_ground,
     position_sigma_m,
     sighting_properties,
 )
@@ -40,7 +45,6 @@ from hdmap_seg.vectorize.tracks import (
 _DEPTH_RATIO_GATE = 2.5
 # A detection's angular size over the track's last one scaled by the change of distance: within this factor.
 _SIZE_GROWTH_GATE = 1.6
-_CHI2_2D_99 = 9.21  # squared Mahalanobis gate of association (99% of chi-square, 2 dof)
 # A finished sign's distances over its pixel-size distances: within this factor (plates of 0.45 to
 # 1.8 m for the 0.9 m prior); association allows more, while the track still learns its distance.
 _SIZE_RATIO_FINAL = 2.0
@@ -50,6 +54,40 @@ _MIN_FACING_SPAN_RAD = np.radians(10.0)  # views closer in bearing cannot fit a 
 _NOTCH_FRACTION = 0.07  # notches of overlapping plates: deeper than this x the component's smaller side
 _MAX_SPLITS = 2  # overlapping plates split at most this many times per component (up to 4 pieces)
 _SCALAR_SEARCH = 16  # up to this many parts within reach, a component's left part is searched for in Python
+
+
+class SignView(NamedTuple):
+    """What a finished sign needs of one view: its refit, facing and size.
+
+    An array of views has these as its columns, in this order; ``SignView(*views.T)`` names them.
+    """
+
+    cx_m: float  # the camera's position
+    cy_m: float
+    width_rad: float  # the plate's angular width and height about its centroid
+    height_rad: float
+    cz_m: float
+    dx: float  # the unit ray through the plate's centroid, world frame
+    dy: float
+    dz: float
+    prior_depth_m: float  # the depth its pixel size gives a plate of ``size_prior_m``
+
+    @property
+    def camera_m(self) -> np.ndarray:
+        """The camera's position: ``(3,)``, or ``(N, 3)`` for columns."""
+        return np.stack([self.cx_m, self.cy_m, self.cz_m], axis=-1)
+
+    @property
+    def ray(self) -> np.ndarray:
+        """The ray's direction: ``(3,)``, or ``(N, 3)`` for columns."""
+        return np.stack([self.dx, self.dy, self.dz], axis=-1)
+
+
+class _Sighting(NamedTuple):
+    """What association needs of a track's latest view."""
+
+    camera_m: np.ndarray  # (3,) the camera's position
+    size_rad: float  # the plate's larger angular side
 
 
 def sign_instances(sign_mask: np.ndarray, cfg: SignConfig) -> np.ndarray:
@@ -180,19 +218,34 @@ def _union(x1: int, y1: int, a: np.ndarray, x2: int, y2: int, b: np.ndarray) -> 
     return x0, y0, out
 
 
-class SignTracker(TrackSet):
-    """Associates sign rays over frames and triangulates them; :meth:`finish` gives Point features."""
+class SignBuilder(TrackSet):
+    """The signs layer: associates sign rays over frames and triangulates them; :meth:`finish` gives
+    Point features at the plates' centres, their heights above the ground that ``ground_at`` gives."""
 
-    def __init__(self, cfg: SignConfig, max_range_m: float, pose: PoseConfig | None = None) -> None:
+    layer = SIGNS
+
+    def __init__(
+        self,
+        cfg: SignConfig,
+        max_range_m: float,
+        pose: PoseConfig | None = None,
+        ground_at: GroundAt = mean_ground,
+    ) -> None:
         super().__init__(cfg.min_obs, cfg.retire_after_frames, cfg.merge_radius_m)
         self.cfg = cfg
         self.pose = pose or PoseConfig()
         self.max_range_m = max_range_m
+        self.ground_at = ground_at
         self._focal_px = 1.0
 
-    def add(self, frame: int, time, instances: np.ndarray, geom: FrameGeometry) -> None:
+    def add(self, frame: FrameStamp, masks: LayerMasks, geometry: FrameGeometry) -> None:
+        """The frame's sign instances, associated with the tracks and added as rays."""
+        self.fuse(frame, sign_instances(masks[SIGNS], self.cfg), geometry)
+
+    def fuse(self, frame: FrameStamp, instances: np.ndarray, geom: FrameGeometry) -> None:
+        """Associate one frame's instances (:func:`sign_instances`) with the tracks and add their rays."""
         self._focal_px = geom.camera.focal_px
-        self.retire(frame)
+        self.retire(frame.index)
         if len(instances) == 0:
             return
         cam = geom.camera
@@ -208,7 +261,7 @@ class SignTracker(TrackSet):
         pairs: list[tuple[int, int]] = []
         if self.active:
             cost, track_depth = self._association_cost(instances, prior_depth, geom)
-            pairs = assign(cost, _CHI2_2D_99)
+            pairs = assign(cost, CHI2_2D_99)
         matched = dict(pairs)
         # The ground under each plate where its size puts it: the track's height above ground comes from these.
         guess = C + dirs * prior_depth[:, None]
@@ -223,16 +276,18 @@ class SignTracker(TrackSet):
             info = (np.eye(3) - outer) / s_perp**2 + outer / s_depth**2
             x = C + d * prior_depth[o]
             w_rad, h_rad = _angular_size(cam, instances[o])
-            record = (C[0], C[1], w_rad, h_rad, C[2], *d, prior_depth[o])
+            view = SignView(C[0], C[1], w_rad, h_rad, C[2], *d, prior_depth[o])
             if t is None:
-                track = Track.start(info, x, frame, time, ground_z[o], [record])
+                track = Track.start(info, x, frame.index, frame.time, ground_z[o], [view])
                 self.active.append(track)
             else:
                 track = self.active[t]
-                track.add(info, x, frame, time, ground_z[o])
+                track.add(info, x, frame.index, frame.time, ground_z[o])
                 # The largest (nearest) views.
-                keep_best(track.kept, record, self.cfg.max_obs_kept, score=lambda r: max(r[2], r[3]))
-            track.last = (C.copy(), max(w_rad, h_rad))
+                keep_best(
+                    track.kept, view, self.cfg.max_obs_kept, score=lambda v: max(v.width_rad, v.height_rad)
+                )
+            track.last = _Sighting(C.copy(), max(w_rad, h_rad))
 
     def _association_cost(
         self, instances: np.ndarray, prior_depth: np.ndarray, geom: FrameGeometry
@@ -267,8 +322,8 @@ class SignTracker(TrackSet):
         cost = np.einsum("dti,dtij,dtj->dt", d, np.linalg.inv(S), d)
         track_depth = np.linalg.norm(est - geom.center, axis=1)
         depth_ratio = track_depth[None] / prior_depth[:, None]
-        last_c = np.array([t.last[0] for t in self.active])
-        last_size = np.array([t.last[1] for t in self.active])
+        last_c = np.array([t.last.camera_m for t in self.active])
+        last_size = np.array([t.last.size_rad for t in self.active])
         expected = last_size * np.linalg.norm(est - last_c, axis=1) / track_depth
         size = np.array([max(_angular_size(cam, inst)) for inst in instances])
         growth = size[:, None] / expected[None]
@@ -281,18 +336,18 @@ class SignTracker(TrackSet):
         )
         return np.where(ok, cost, np.inf), track_depth
 
-    def finish(self, ground_at: GroundAt) -> list[Feature]:
-        """Point features at the plates' centres; their height above the ground that ``ground_at`` gives."""
+    def finish(self) -> list[Feature]:
         features = []
         for t in self.close():
             kept = np.array(t.kept)
+            depth = SignView(*kept.T).prior_depth_m
             # Plates merged with another in the image are mostly seen either far off or close by:
             # the height taken from all views, or from the nearest half; the better fit wins.
-            near = kept[:, 8] <= np.median(kept[:, 8])
+            near = depth <= np.median(depth)
             refs = (np.ones_like(near), near)
             fits = [_refine(t.estimate, kept, self._focal_px, self.cfg, self.pose, ref) for ref in refs]
-            fits = [f for f in fits if f[2].sum() >= self.cfg.min_obs] or fits
-            p, cov, inliers, chi2 = min(fits, key=lambda f: f[3])
+            fits = [f for f in fits if f.inliers.sum() >= self.cfg.min_obs] or fits
+            p, cov, inliers, chi2 = min(fits, key=lambda f: f.chi2)
             if (
                 inliers.sum() < self.cfg.min_obs
                 or chi2 > self.cfg.max_rms_sigma**2
@@ -304,7 +359,7 @@ class SignTracker(TrackSet):
             props = {
                 "id": len(features),
                 "type": "sign",
-                "height_m": round(float(p[2] - ground_at(t, p[:2])), 3),
+                "height_m": round(float(p[2] - self.ground_at(t, p[:2])), 3),
                 "facing_deg": round(float(np.degrees(np.pi / 2 - facing_rad) % 360.0), 1),
                 "width_m": round(width_m, 2),
                 "height_plate_m": round(height_m, 2),
@@ -312,6 +367,9 @@ class SignTracker(TrackSet):
             }
             features.append(Feature(Point(*p), props))
         return features
+
+    def state_size(self) -> dict[str, int]:
+        return {"sign_tracks": self.n_tracks}
 
 
 def _perp_sigma_m(depth_m, focal_px: float, cfg: SignConfig, pose: PoseConfig):
@@ -321,6 +379,15 @@ def _perp_sigma_m(depth_m, focal_px: float, cfg: SignConfig, pose: PoseConfig):
     return np.hypot(np.asarray(depth_m) * angular, np.hypot(cfg.sigma_floor_m, pose.sigma_m))
 
 
+class _Fit(NamedTuple):
+    """A sign's point refitted from its views (:func:`_refine`)."""
+
+    point: np.ndarray  # (3,)
+    covariance: np.ndarray  # (3, 3)
+    inliers: np.ndarray  # (N,) bool: the views the point rests on
+    chi2: float  # their mean squared residual, in sigmas
+
+
 def _refine(
     p0: np.ndarray,
     kept: np.ndarray,
@@ -328,17 +395,17 @@ def _refine(
     cfg: SignConfig,
     pose: PoseConfig,
     reference: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+) -> _Fit:
     """Re-triangulate a sign from its kept (nearest) views, dropping views off its point.
 
     The streaming sums weigh every view, far ones and those of a plate whose halves were not yet
     joined included; the nearest views place it best. Iterates: least squares (rays and the weak
-    size prior, as in :class:`SignTracker`), then views farther than ``max_rms_sigma`` sigmas from
+    size prior, as in :class:`SignBuilder`), then views farther than ``max_rms_sigma`` sigmas from
     the point are left out, and so are views whose plate height differs by more than
-    ``_HEIGHT_CONSISTENCY`` from the median over the ``reference`` views (a mask). Returns
-    ``(point, covariance, inlier views, mean squared residual in sigmas)``.
+    ``_HEIGHT_CONSISTENCY`` from the median over the ``reference`` views (a mask).
     """
-    C, d, prior = kept[:, [0, 1, 4]], kept[:, 5:8], kept[:, 8]
+    views = SignView(*kept.T)
+    C, d, prior = views.camera_m, views.ray, views.prior_depth_m
     outer = d[:, :, None] * d[:, None, :]
     inliers = np.ones(len(kept), bool)
     p = p0
@@ -353,13 +420,13 @@ def _refine(
         keep = r <= cfg.max_rms_sigma
         # A plate's height is the same from every side; views where it is not saw the plate merged
         # with another one, or partly hidden, and their centroids are off.
-        height_m = kept[:, 3] * np.linalg.norm(v, axis=1)
+        height_m = views.height_rad * np.linalg.norm(v, axis=1)
         ref = inliers & reference if (inliers & reference).any() else inliers
         keep &= np.abs(np.log(height_m / np.median(height_m[ref]))) <= np.log(_HEIGHT_CONSISTENCY)
         if keep.sum() < 2 or np.array_equal(keep, inliers):
             break
         inliers = keep
-    return p, np.linalg.inv(A), inliers, float(np.mean(r[inliers] ** 2))
+    return _Fit(p, np.linalg.inv(A), inliers, float(np.mean(r[inliers] ** 2)))
 
 
 def _angular_size(cam, inst: np.ndarray) -> tuple[float, float]:
@@ -381,19 +448,21 @@ def _well_triangulated(p: np.ndarray, kept: np.ndarray, min_parallax_deg: float)
     Nearly parallel rays (a sign seen only far ahead) fix the direction but not the distance; noise
     then puts the least-squares point anywhere along the rays.
     """
-    dirs = kept[:, 5:8]
+    views = SignView(*kept.T)
+    dirs = views.ray
     parallax = np.degrees(np.arccos(np.clip((dirs @ dirs.T).min(), -1.0, 1.0)))
-    dist = np.linalg.norm(np.c_[kept[:, :2], kept[:, 4]] - p, axis=1)
-    ratio = float(np.median(dist / kept[:, 8]))
+    dist = np.linalg.norm(views.camera_m - p, axis=1)
+    ratio = float(np.median(dist / views.prior_depth_m))
     return parallax >= min_parallax_deg and 1 / _SIZE_RATIO_FINAL <= ratio <= _SIZE_RATIO_FINAL
 
 
 def _facing_and_size(p: np.ndarray, kept: np.ndarray) -> tuple[float, float, float]:
-    """Facing (world yaw, rad), plate width and height (m) from views ``[cam_x, cam_y, w_rad, h_rad, ...]``."""
-    dx, dy = kept[:, 0] - p[0], kept[:, 1] - p[1]
+    """Facing (world yaw, rad), plate width and height (m) from ``(N, 9)`` :class:`SignView` rows."""
+    views = SignView(*kept.T)
+    dx, dy = views.cx_m - p[0], views.cy_m - p[1]
     phi = np.arctan2(dy, dx)
     dist = np.hypot(dx, dy)
-    ratio = kept[:, 2] / kept[:, 3]
+    ratio = views.width_rad / views.height_rad
     mean_phi = float(np.arctan2(np.sin(phi).mean(), np.cos(phi).mean()))
     span = np.ptp(np.angle(np.exp(1j * (phi - mean_phi))))
     theta = mean_phi
@@ -406,6 +475,6 @@ def _facing_and_size(p: np.ndarray, kept: np.ndarray) -> tuple[float, float, flo
         if np.isfinite(resid).any():
             theta = float(grid[np.argmin(resid)])
     cos_view = np.clip(np.cos(theta - phi), 0.3, 1.0)
-    width_m = float(np.median(kept[:, 2] * dist / cos_view))
-    height_m = float(np.median(kept[:, 3] * dist))
+    width_m = float(np.median(views.width_rad * dist / cos_view))
+    height_m = float(np.median(views.height_rad * dist))
     return theta, width_m, height_m

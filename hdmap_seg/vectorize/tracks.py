@@ -91,6 +91,11 @@ class Track:
 GroundAt = Callable[[Track, np.ndarray], float]
 
 
+def mean_ground(track: Track, xy_m: np.ndarray) -> float:
+    """The mean height of the ground under the track's observations (a level plane under each frame)."""
+    return track.ground_z_m
+
+
 def keep_best(kept: list, record: Any, limit: int, score: Callable[[Any], float]) -> None:
     """Keep at most ``limit`` per-observation records in ``kept``, those of the highest ``score``."""
     if len(kept) < limit:
@@ -99,6 +104,11 @@ def keep_best(kept: list, record: Any, limit: int, score: Callable[[Any], float]
     worst = min(range(len(kept)), key=lambda i: score(kept[i]))
     if score(record) > score(kept[worst]):
         kept[worst] = record
+
+
+#: 99% of a chi-square with 2 degrees of freedom: the squared Mahalanobis gate of association (poles
+#: on the ground, signs in the image).
+CHI2_2D_99 = 9.21
 
 
 def assign(cost: np.ndarray, gate: float | np.ndarray) -> list[tuple[int, int]]:

@@ -1,4 +1,4 @@
-"""Render a :class:`~hdmap_seg.data.synthetic.world.World` into an RGB frame and its label mask.
+"""Render a :class:`~hdmap_seg.synthetic.world.World` into an RGB frame and its label mask.
 
 How (all vectorized numpy/OpenCV, one core):
 
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from hdmap_seg.data.synthetic.camera import CameraRig
-from hdmap_seg.data.synthetic.world import SIGN_POST_COLOR, Box, World
 from hdmap_seg.geo.frames import invert_transform
+from hdmap_seg.synthetic.camera import CameraRig
+from hdmap_seg.synthetic.world import SIGN_POST_COLOR, Box, World
 
 BACKGROUND, ROAD, LANE_MARKING, MEDIAN, POLE, SIGN = 0, 1, 2, 3, 4, 5
 

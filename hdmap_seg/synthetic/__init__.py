@@ -4,14 +4,18 @@
 - :mod:`.camera`: camera rigs (KITTI's calibration and variants);
 - :mod:`.drive`: the ego car's poses and OXTS packets;
 - :mod:`.render`: RGB frame and label mask with a z-buffer;
-- :mod:`.writers`: the data set, KITTI-raw drive logs, GeoJSON ground truth, contact sheets.
+- :mod:`.writers` (``make_all``): the data set (:mod:`.dataset`), KITTI-raw drive logs (:mod:`.logs`), their
+  GeoJSON ground truth (:mod:`.truth`), contact sheets (:mod:`.sheet`); settings, seeds and plumbing in :mod:`.base`.
 """
 
-from hdmap_seg.data.synthetic.camera import CameraRig, kitti_rig, rig_by_name, wide1024_rig
-from hdmap_seg.data.synthetic.drive import Drive, PoseNoise, make_drive, oxts_packets, pose_on_road
-from hdmap_seg.data.synthetic.render import Frame, Renderer
-from hdmap_seg.data.synthetic.world import Terrain, World, make_world
-from hdmap_seg.data.synthetic.writers import SynthConfig, make_all, write_dataset, write_drive_log
+from hdmap_seg.synthetic.base import SynthConfig
+from hdmap_seg.synthetic.camera import CameraRig, kitti_rig, rig_by_name, wide1024_rig
+from hdmap_seg.synthetic.dataset import write_dataset
+from hdmap_seg.synthetic.drive import Drive, PoseNoise, make_drive, oxts_packets, pose_on_road
+from hdmap_seg.synthetic.logs import write_drive_log
+from hdmap_seg.synthetic.render import Frame, Renderer
+from hdmap_seg.synthetic.world import Terrain, World, make_world
+from hdmap_seg.synthetic.writers import make_all
 
 __all__ = [
     "CameraRig",

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hdmap_seg.data.synthetic.world import World
 from hdmap_seg.geo.frames import (
     LocalFrame,
     make_transform,
@@ -27,6 +26,7 @@ from hdmap_seg.geo.frames import (
     rpy_from_rotation,
 )
 from hdmap_seg.geo.kitti import OxtsPacket
+from hdmap_seg.synthetic.world import World
 
 GRAVITY_MPS2 = 9.81
 

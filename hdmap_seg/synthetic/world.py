@@ -712,20 +712,48 @@ def _make_style(rng: np.random.Generator) -> Style:
     )
 
 
-def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None, terrain: str = "flat") -> World:
+def make_world(seed: int, length_m: float = 600.0, terrain: str = "flat") -> World:
     """Generate a world of a road ``length_m`` long (plus run-in), deterministic for ``seed``.
 
     The road starts at the origin heading in a random direction, then alternates straights and
     arcs of radius 120-600 m turning at most 60 degrees each, so it never crosses itself.
     ``terrain`` is a spec of :func:`parse_terrain`; its random draws come from a stream of their
-    own, so the road and the objects are those of the flat world of the same seed.
+    own, so the road and the objects are those of the flat world of the same seed. The parts are
+    drawn in a fixed order from one stream (the road, its cross-section, the median's gaps, poles,
+    signs, trees and buildings, vehicles, the style): a world of a seed stays that world.
     """
     if length_m < 50:
         raise HdmapError(f"world length must be at least 50 m, got {length_m}")
     parse_terrain(terrain)  # a bad spec fails before any work
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
+    road = _make_road(rng, length_m)
+    section = _make_section(rng)
+    ground = make_terrain(
+        terrain, road, section, np.random.default_rng(np.random.SeedSequence([int(seed), 0x7E12]))
+    )
+    median_gaps = _make_median_gaps(rng, road.total_length_m)
+    poles = _make_poles(rng, road, section, ground, median_gaps)
+    signs = _make_signs(rng, road, section, ground, poles)
+    trees, buildings = _make_trees_and_buildings(rng, road, section, ground)
+    vehicles, ego_lane = _make_vehicles(rng, section, road.total_length_m)
+    return World(
+        seed=int(seed),
+        road=road,
+        section=section,
+        median_gaps_m=median_gaps,
+        poles=tuple(poles),
+        signs=tuple(signs),
+        buildings=tuple(buildings),
+        trees=tuple(trees),
+        vehicles=tuple(vehicles),
+        style=_make_style(rng),
+        ego_lane=ego_lane,
+        terrain=ground,
+    )
 
-    # --- road centre line
+
+def _make_road(rng: np.random.Generator, length_m: float) -> RoadGeometry:
+    """The road's centre line: a straight, then arcs and straights in turn, 200 m longer than asked."""
     lengths, curvs, total = [], [], 0.0
     heading_sum = 0.0
     lengths.append(rng.uniform(40, 120))
@@ -744,9 +772,11 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None, terrain:
             curvs.append(0.0)
             lengths.append(rng.uniform(30, 200))
         total += lengths[-1]
-    road = RoadGeometry.from_pieces(lengths, curvs, heading0_rad=rng.uniform(-np.pi, np.pi))
+    return RoadGeometry.from_pieces(lengths, curvs, heading0_rad=rng.uniform(-np.pi, np.pi))
 
-    section = CrossSection(
+
+def _make_section(rng: np.random.Generator) -> CrossSection:
+    return CrossSection(
         median_width_m=float(rng.uniform(1.0, 4.0)),
         lanes_per_direction=int(rng.integers(1, 4)),
         lane_width_m=float(rng.uniform(3.0, 3.75)),
@@ -755,39 +785,38 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None, terrain:
         dash_length_m=float(rng.choice([3.0, 4.0, 6.0])),
         dash_gap_m=float(rng.choice([6.0, 8.0, 12.0])),
     )
-    L = road.total_length_m
-    ground = make_terrain(
-        terrain, road, section, np.random.default_rng(np.random.SeedSequence([int(seed), 0x7E12]))
-    )
 
-    def ground_z(s_m, d_m) -> float:
-        return float(ground.height_m(s_m, d_m))
 
-    def ground_z_xy(x_m: float, y_m: float) -> float:
-        s_g, d_g = road.road_coords(np.array([x_m]), np.array([y_m]))
-        return float(ground.height_m(s_g, d_g)[0])
-
-    # --- median gaps
+def _make_median_gaps(rng: np.random.Generator, road_length_m: float) -> np.ndarray:
+    """``(N, 2)`` arc-length spans where the median opens (8-20 m, every 60-180 m)."""
     gaps, s = [], rng.uniform(40, 120)
-    while s < L:
+    while s < road_length_m:
         g = rng.uniform(8, 20)
         gaps.append((s, s + g))
         s += g + rng.uniform(60, 180)
-    median_gaps = np.array(gaps, float).reshape(-1, 2)
+    return np.array(gaps, float).reshape(-1, 2)
 
-    def in_gap(s_m: float, margin: float = 0.0) -> bool:
-        return bool(np.any((s_m >= median_gaps[:, 0] - margin) & (s_m < median_gaps[:, 1] + margin)))
 
-    edge = section.road_edge_m
+def _ground_z(ground: Terrain, s_m: float, d_m: float) -> float:
+    return float(ground.height_m(s_m, d_m))
+
+
+def _side_normal(road: RoadGeometry, s_m: float, side: int) -> tuple[float, float]:
+    """Unit (x, y) pointing from the roadside at ``side`` (+1 left, -1 right) towards the road."""
+    _, _, h = road.pose_at(s_m)
+    return float(side * np.sin(h)), float(-side * np.cos(h))
+
+
+def _make_poles(
+    rng: np.random.Generator,
+    road: RoadGeometry,
+    section: CrossSection,
+    ground: Terrain,
+    median_gaps: np.ndarray,
+) -> list[Pole]:
+    """Poles along both sidewalks (lamp, utility, plain), and lamps on some wide medians."""
+    L, edge = road.total_length_m, section.road_edge_m
     poles: list[Pole] = []
-    signs: list[Sign] = []
-
-    def side_normal(s_m: float, side: int) -> tuple[float, float]:
-        """Unit (x, y) pointing from the roadside at ``side`` (+1 left, -1 right) towards the road."""
-        _, _, h = road.pose_at(s_m)
-        return float(side * np.sin(h)), float(-side * np.cos(h))
-
-    # --- poles along both sidewalks (and some on a wide median)
     for side in (-1, 1):
         s = rng.uniform(5, 30)
         while s < L - 5:
@@ -814,15 +843,16 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None, terrain:
                     str(kind),
                     color,
                     float(arm),
-                    side_normal(s, side),
-                    ground_z(s, d),
+                    _side_normal(road, s, side),
+                    _ground_z(ground, s, d),
                 )
             )
             s += rng.uniform(15, 35)
     if section.median_width_m >= 2.0 and rng.random() < 0.5:
         s = rng.uniform(20, 60)
         while s < L - 5:
-            if not in_gap(s, 2.0):
+            in_gap = np.any((s >= median_gaps[:, 0] - 2.0) & (s < median_gaps[:, 1] + 2.0))
+            if not in_gap:
                 x, y = road.point_at(s, 0.0)
                 side = 1 if rng.random() < 0.5 else -1
                 poles.append(
@@ -835,13 +865,21 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None, terrain:
                         "lamp",
                         _jitter(rng, (0.45, 0.47, 0.5), 0.04),
                         float(rng.uniform(1.0, 2.0)),
-                        side_normal(s, side),
-                        ground_z(s, 0.0),
+                        _side_normal(road, s, side),
+                        _ground_z(ground, s, 0.0),
                     )
                 )
             s += rng.uniform(35, 70)
+    return poles
 
-    # --- signs: on their own posts on the sidewalks, facing the traffic of their side
+
+def _make_signs(
+    rng: np.random.Generator, road: RoadGeometry, section: CrossSection, ground: Terrain, poles: list[Pole]
+) -> list[Sign]:
+    """Signs on their own posts on the sidewalks, facing the traffic of their side, and on some poles."""
+    L, edge = road.total_length_m, section.road_edge_m
+    signs: list[Sign] = []
+
     def add_sign(x: float, y: float, facing: float, height: float, pole_id: int) -> None:
         shape = str(rng.choice(["circle", "triangle", "rectangle"]))
         palette = {
@@ -851,7 +889,8 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None, terrain:
         }[shape]
         rim, face, glyph = _SIGN_PALETTE[str(rng.choice(palette))]
         size = float(rng.uniform(0.7, 1.2) if shape != "rectangle" else rng.uniform(0.9, 1.5))
-        z = ground_z_xy(x, y)
+        s_g, d_g = road.road_coords(np.array([x]), np.array([y]))
+        z = float(ground.height_m(s_g, d_g)[0])
         signs.append(
             Sign(len(signs), x, y, height, size, shape, facing, rim, face, glyph, pole_id, ground_z_m=z)
         )
@@ -868,7 +907,7 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None, terrain:
                 add_sign(float(x), float(y), facing, float(rng.uniform(2.0, 3.5)), -1)
             s += rng.uniform(15, 40)
     # Some signs hang on lamp and plain poles, on the road side of the pole.
-    for p in list(poles):
+    for p in poles:
         if p.kind == "utility" or rng.random() > 0.4:
             continue
         s_p, d_p = road.road_coords(np.array([p.x_m]), np.array([p.y_m]))
@@ -878,8 +917,14 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None, terrain:
         offset = p.radius_m + 0.04
         fx, fy = np.cos(facing), np.sin(facing)
         add_sign(p.x_m + offset * fx, p.y_m + offset * fy, facing, float(rng.uniform(2.5, 4.5)), p.id)
+    return signs
 
-    # --- trees and buildings behind the sidewalks
+
+def _make_trees_and_buildings(
+    rng: np.random.Generator, road: RoadGeometry, section: CrossSection, ground: Terrain
+) -> tuple[list[Tree], list[Box]]:
+    """Trees and buildings behind both sidewalks."""
+    L, edge = road.total_length_m, section.road_edge_m
     trees, buildings = [], []
     for side in (-1, 1):
         s = rng.uniform(0, 15)
@@ -896,7 +941,7 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None, terrain:
                     float(crown),
                     _jitter(rng, (0.3, 0.22, 0.15), 0.05),
                     _jitter(rng, (0.2, 0.38, 0.12), 0.08),
-                    ground_z(s, d),
+                    _ground_z(ground, s, d),
                 )
             )
             s += rng.uniform(8, 40)
@@ -923,8 +968,8 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None, terrain:
             )
             # The foundation reaches down to the lowest ground along the facade, so that no
             # building floats on a slope; its height counts from the ground at its centre.
-            z_mid = ground_z(s + length / 2, d)
-            z_low = min(z_mid, ground_z(s, d), ground_z(s + length, d))
+            z_mid = _ground_z(ground, s + length / 2, d)
+            z_low = min(z_mid, _ground_z(ground, s, d), _ground_z(ground, s + length, d))
             buildings.append(
                 Box(
                     float(x),
@@ -940,18 +985,26 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None, terrain:
                 )
             )
             s += length + rng.uniform(2, 30)
+    return trees, buildings
 
-    # --- vehicles: parked at the kerb of the far side, moving in the other lanes
+
+_CAR_COLORS = (
+    (0.8, 0.1, 0.1),
+    (0.1, 0.2, 0.6),
+    (0.85, 0.85, 0.85),
+    (0.1, 0.1, 0.1),
+    (0.5, 0.5, 0.52),
+    (0.9, 0.75, 0.2),
+)
+
+
+def _make_vehicles(
+    rng: np.random.Generator, section: CrossSection, road_length_m: float
+) -> tuple[list[Vehicle], int]:
+    """Vehicles parked at the kerb of the far side and moving in the other lanes; and the ego car's lane."""
+    L = road_length_m
     ego_lane = int(rng.integers(0, section.lanes_per_direction))
     vehicles = []
-    car_colors = [
-        (0.8, 0.1, 0.1),
-        (0.1, 0.2, 0.6),
-        (0.85, 0.85, 0.85),
-        (0.1, 0.1, 0.1),
-        (0.5, 0.5, 0.52),
-        (0.9, 0.75, 0.2),
-    ]
 
     def car(s0: float, d: float, speed: float) -> Vehicle:
         return Vehicle(
@@ -961,7 +1014,7 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None, terrain:
             float(rng.uniform(3.8, 4.8)),
             float(rng.uniform(1.7, 1.9)),
             float(rng.uniform(1.4, 1.7)),
-            _jitter(rng, car_colors[rng.integers(len(car_colors))], 0.05),
+            _jitter(rng, _CAR_COLORS[rng.integers(len(_CAR_COLORS))], 0.05),
         )
 
     n_lanes = section.lanes_per_direction
@@ -980,18 +1033,4 @@ def make_world(seed: int, length_m: float = 600.0, lat_lon_origin=None, terrain:
             while s < L:
                 vehicles.append(car(s, section.lane_center_m(lane), rng.uniform(6, 16)))
                 s += rng.uniform(60, 200)
-
-    return World(
-        seed=int(seed),
-        road=road,
-        section=section,
-        median_gaps_m=median_gaps,
-        poles=tuple(poles),
-        signs=tuple(signs),
-        buildings=tuple(buildings),
-        trees=tuple(trees),
-        vehicles=tuple(vehicles),
-        style=_make_style(rng),
-        ego_lane=ego_lane,
-        terrain=ground,
-    )
+    return vehicles, ego_lane

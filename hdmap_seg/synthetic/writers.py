@@ -1,0 +1,32 @@
+"""Write what the synthetic world makes: a training data set (:mod:`.dataset`), KITTI-raw drive logs
+(:mod:`.logs`) with their ground truth (:mod:`.truth`), contact sheets (:mod:`.sheet`); what they share
+(settings, seeds, manifest, worker pool) is in :mod:`.base`.
+
+Layouts are those of docs/conventions.md; docs/synthetic.md describes the files in full.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+from hdmap_seg.synthetic.base import SynthConfig
+from hdmap_seg.synthetic.dataset import write_dataset
+from hdmap_seg.synthetic.logs import write_drive_log
+
+
+def make_all(
+    cfg: SynthConfig,
+    out: str | os.PathLike,
+    logs_out: str | os.PathLike | None = None,
+    workers: int = 1,
+    progress=None,
+) -> dict[str, object]:
+    """Everything ``cfg`` asks for: the data set in ``out`` and the logs in ``logs_out`` (default ``out/logs``)."""
+    out = Path(out)
+    logs_root = Path(logs_out) if logs_out is not None else out / "logs"
+    start = dt.datetime.now()
+    write_dataset(cfg, out, workers, progress)
+    logs = [write_drive_log(cfg, i, logs_root, workers, progress) for i in range(cfg.logs)]
+    return {"root": out, "logs": logs, "seconds": (dt.datetime.now() - start).total_seconds()}
