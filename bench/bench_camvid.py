@@ -6,7 +6,7 @@ loss, optimiser, schedule; hdmap_seg.training.build; SegmentationModule), so run
 the run table says. Training stops at ``trainer.max_time``; validation is switched off during training
 (it would eat the budget) and runs once on the final weights, over the whole val split.
 
-    python bench/bench_camvid.py --root ../shared/data/camvid --minutes 30                 # the protocol
+    python bench/bench_camvid.py --root ../shared/data/camvid --minutes 30                 # the comparison's protocol
     nice -n 10 python bench/bench_camvid.py --root ../shared/data/camvid --steps 200 --suite ablation
     python bench/bench_camvid.py --root ../shared/data/camvid --minutes 1 --runs twins_svt_tiny --no-docs
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from hdmap_seg.io import atomic_path, write_text_atomic
 
-#: The demo's bar (issue 5): metric path in eval_map's metrics.json -> minimum.
+#: The demo's bar (README, "The two commands"): metric path in eval_map's metrics.json -> minimum.
 DEMO_BAR = {
     ("poles", "@1m", "f1"): 0.8,
     ("signs", "@2m", "f1"): 0.7,

@@ -1,4 +1,4 @@
-"""Fuzzing (issue 12, section 6): the vectorizers and the drive-log readers on random and degenerate input.
+"""Fuzzing: the vectorizers and the drive-log readers on random and degenerate input.
 
 - Vectorizers: random, degenerate and adversarial masks (every pixel random, one class, every class,
   one-pixel specks, salt and pepper, a full row or column, frames touching every border) seen from
@@ -613,7 +613,7 @@ def test_readers_give_a_drive_log_or_one_clear_error(pristine_logs, kind, data):
     open_damaged(pristine, name, data.draw(damaged((pristine / name).read_bytes()), "content"))
 
 
-# ------------------------------------------------- what the fuzzing found, and the issue's own cases
+# ------------------------------------- what the fuzzing found, and the faults users reported
 
 
 def _edit(rel: str, change):
@@ -645,7 +645,7 @@ def _line(rel: str, key: bytes, new: bytes):
 CAM = "calib_cam_to_cam.txt"
 PACKET_1 = "oxts/data/0000000001.txt"
 KITTI_DAMAGE = {
-    # the issue's cases (part B): each was a traceback
+    # faults users reported: each was a traceback
     "P_rect_2 for P_rect_02": (
         _edit(CAM, lambda d: d.replace(b"P_rect_02:", b"P_rect_2:")),
         r"calib_cam_to_cam.txt: calibration lacks the key 'P_rect_02' \(cameras present: \[0\]; "
