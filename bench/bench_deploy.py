@@ -52,7 +52,7 @@ from bench_models import cpu_name  # noqa: E402
 from hdmap_seg.data.classes import ROAD_CLASSES  # noqa: E402
 from hdmap_seg.export.onnx import export_onnx  # noqa: E402
 from hdmap_seg.export.quantize import quantize_dynamic_onnx, quantize_static_onnx  # noqa: E402
-from hdmap_seg.models import MODEL_ZOO, create_model  # noqa: E402
+from hdmap_seg.models import create_model, model_config  # noqa: E402
 from hdmap_seg.runtime import load_model  # noqa: E402
 
 MODEL = "twins_svt_s"
@@ -131,7 +131,7 @@ class Bench:
                 config = {
                     "_target_": "hdmap_seg.models.Segmenter",
                     "num_classes": NUM_CLASSES,
-                    **MODEL_ZOO[MODEL],
+                    **model_config(MODEL),
                 }
                 export_onnx(self.twins, ROAD_CLASSES, fp32, config)
                 self.notes.append(f"ONNX export: {time.perf_counter() - start:.0f} s")

@@ -20,9 +20,8 @@ from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from hdmap_seg.errors import HdmapError, exit_on_user_error
+from hdmap_seg.paths import CONF_DIR, PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = str(PROJECT_ROOT / "conf")
 # conf/paths/default.yaml resolves data/ and logs/ under the project.
 os.environ.setdefault("HDMAP_ROOT", str(PROJECT_ROOT))
 
@@ -68,7 +67,7 @@ def check_run_dir(config_name: str, argv: Sequence[str]) -> None:
     key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in argv) else "hydra.run.dir"
     overrides = [a for a in argv if not a.startswith("-")]
     try:
-        with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
         folder = OmegaConf.select(cfg, key)
     except OverrideParseException as err:
@@ -117,7 +116,7 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], R]], Cal
             preflight(cfg)
             return body(cfg)
 
-        main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(
+        main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(
             exit_on_user_error(task)
         )
 

@@ -18,15 +18,16 @@ from torchmetrics.classification import MulticlassJaccardIndex
 
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.models import (
-    MODEL_ZOO,
     LightHead,
     MaskedLocallyGroupedAttn,
     Segmenter,
     create_model,
     list_models,
+    model_config,
 )
+from hdmap_seg.paths import CONF_DIR
 
-CONF_MODEL = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF_MODEL = CONF_DIR / "model"
 
 # Tiny widths; two blocks per stage so that SVT has both its LSA (window) and GSA (global) blocks.
 TINY = {
@@ -210,7 +211,7 @@ def test_optimiser_can_find_the_head_and_the_position_convolutions() -> None:
 @pytest.mark.parametrize(
     "backbone,backbone_kwargs",
     [
-        (MODEL_ZOO[n]["backbone"], MODEL_ZOO[n].get("backbone_kwargs"))
+        (model_config(n)["backbone"], model_config(n)["backbone_kwargs"])
         for n in ("pvt_v2_b0", "convnext_atto", "swin_t")
     ]
     + [("resnet18", {"out_indices": [1, 2, 3, 4]}), ("efficientnet_b0", {"out_indices": [1, 2, 3, 4]})],
@@ -372,19 +373,17 @@ def test_tiny_model_overfits_one_batch() -> None:
 # -------------------------------------------------------------------------------------------- configs
 
 
-def test_every_model_config_is_a_registry_entry() -> None:
-    assert sorted(p.stem for p in CONF_MODEL.glob("*.yaml")) == list_models()
-    defaults = {
-        name: p.default
-        for name, p in inspect.signature(Segmenter).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
+def test_every_model_file_is_a_registry_entry_of_segmenter_arguments() -> None:
+    assert list_models() == sorted(p.stem for p in CONF_MODEL.glob("*.yaml"))
+    arguments = set(inspect.signature(Segmenter).parameters)
     for name in list_models():
         cfg = OmegaConf.to_container(OmegaConf.load(CONF_MODEL / f"{name}.yaml"))
-        assert cfg.pop("_target_") == "hdmap_seg.models.Segmenter"
-        assert cfg.pop("num_classes") == "${data.num_classes}"
-        cfg.pop("_convert_")
-        assert cfg == {**defaults, **MODEL_ZOO[name]}, name
+        assert cfg["_target_"] == "hdmap_seg.models.Segmenter"
+        assert cfg["num_classes"] == "${data.num_classes}", name  # the data set's, not the model's
+        assert set(model_config(name)) <= arguments, name
+        assert model_config(name)["backbone"] == cfg["backbone"]
+    with pytest.raises(KeyError, match="unknown model 'twins_svt_xl'; registered: convnext_atto"):
+        model_config("twins_svt_xl")
 
 
 def test_the_tiny_config_instantiates_with_hydra() -> None:

@@ -221,9 +221,9 @@ def infer_config(*overrides: str):
     """conf/infer.yaml composed as ``tools/infer.py`` composes it."""
     from hydra import compose, initialize_config_dir
 
-    from hdmap_seg.commands import CONF_DIR
+    from hdmap_seg.paths import CONF_DIR
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         # Hydra's run folder is Hydra's to make; outside a Hydra run, name it (paths.output_dir).
         overrides = [o.replace("hydra.run.dir=", "paths.output_dir=") for o in overrides]
         return compose(config_name="infer", overrides=overrides)

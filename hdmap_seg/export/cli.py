@@ -94,14 +94,14 @@ def calibration_datamodule(name: str, root: Path | None):
     from hydra.errors import MissingConfigException
     from hydra.utils import instantiate
 
-    from hdmap_seg.commands import CONF_DIR
+    from hdmap_seg.paths import CONF_DIR
 
     overrides = [f"data={name}", *([f"data.root={root.resolve()}"] if root else [])]
     try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="train", overrides=overrides)
     except MissingConfigException:
-        names = sorted(q.stem for q in (Path(CONF_DIR) / "data").glob("*.yaml"))
+        names = sorted(q.stem for q in (CONF_DIR / "data").glob("*.yaml"))
         raise HdmapError(f"--data {name}: no such data config; there are {', '.join(names)}") from None
     return instantiate(cfg.data, _convert_="all")
 

@@ -19,6 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hdmap_seg import paths
 from hdmap_seg.data.class_map import ClassMap, load_class_map
 from hdmap_seg.data.classes import ROAD_CLASSES
 from hdmap_seg.errors import HdmapError
@@ -29,7 +30,7 @@ from hdmap_seg.maplayers import LAYER_CLASS
 #: docs/map.md, "Lane markings").
 FEEDING_CLASSES = tuple(LAYER_CLASS.values())
 GROUND_MODELS = ("trajectory", "plane")
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "vectorize"
+CONF_DIR = paths.CONF_DIR / "vectorize"
 
 
 @dataclass
