@@ -1,4 +1,4 @@
-"""`make demo`: the whole product on built-in synthetic data, image to map, on a CPU in ~15 minutes.
+"""`make demo`: the whole product on built-in synthetic data, image to map, in about 20 minutes on 2 CPU cores.
 
 1. generate a synthetic world: a training data set and a held-out drive log (tools/make_synthetic.py);
 2. train the tiny Twins (train.py experiment=demo; a GPU is used when present);
