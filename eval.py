@@ -1,6 +1,6 @@
-"""Evaluate a segmenter: ``python eval.py ckpt_path=CKPT data=camvid split=test [key=value ...]`` (conf/eval.yaml)."""
+"""Evaluate a segmenter: `python eval.py ckpt_path=CKPT data=camvid split=test` (= hdmap-eval; hdmap_seg/cli/eval.py)."""
 
-from hdmap_seg.commands import eval_main
+from hdmap_seg.cli.eval import main
 
 if __name__ == "__main__":
-    eval_main()
+    main()

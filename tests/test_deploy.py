@@ -18,8 +18,7 @@ from hdmap_seg.data.classes import ROAD_CLASSES
 from hdmap_seg.data.layouts import CAMVID_CLASSES
 from hdmap_seg.data.transforms import IMAGENET_MEAN
 from hdmap_seg.errors import HdmapError
-from hdmap_seg.export.cli import parity
-from hdmap_seg.export.onnx import META_CLASSES, META_DIVISOR, META_MEAN, META_MODEL, export_onnx
+from hdmap_seg.export.onnx import META_CLASSES, META_DIVISOR, META_MEAN, META_MODEL, export_onnx, parity
 from hdmap_seg.runtime import compare_backends, load_model
 
 # Two blocks a stage: each stage has a locally-grouped (windowed) and a global sub-sampled attention.

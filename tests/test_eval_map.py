@@ -91,8 +91,8 @@ def _write_truth(gt_dir: Path, scene) -> None:
 @pytest.mark.slow
 def test_commands_end_to_end(tmp_path):
     """hdmap-vectorize then hdmap-eval-map on a drawn KITTI log; a second world origin changes nothing."""
-    from hdmap_seg.evaluate.cli import run as eval_main
-    from hdmap_seg.vectorize.cli import run as vectorize_main
+    from hdmap_seg.cli.eval_map import run as eval_main
+    from hdmap_seg.cli.vectorize import run as vectorize_main
 
     scene = default_scene()
     log = write_kitti_log(tmp_path / "drive", kitti_like_camera(), trajectory(70), scene)

@@ -969,7 +969,7 @@ ISSUE_CASES = {
 
 @pytest.mark.parametrize("case", list(ISSUE_CASES))
 def test_hdmap_vectorize_stops_with_one_line_on_the_issues_cases(tmp_path, capsys, case):
-    from hdmap_seg.vectorize.cli import main
+    from hdmap_seg.cli.vectorize import main
 
     damage, message = ISSUE_CASES[case]
     root = write_vectorizable_log(tmp_path / "drive")

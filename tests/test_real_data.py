@@ -6,7 +6,6 @@ from the formats' documentation (CamVid README, cityscapesScripts' labels.py, th
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import subprocess
@@ -385,13 +384,11 @@ def test_median_frequency_weights_by_hand(tmp_path):
 
 
 def test_class_weights_tool_writes_a_config_the_experiment_can_use(tmp_path):
-    spec = importlib.util.spec_from_file_location("class_weights_tool", REPO_ROOT / "tools/class_weights.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from hdmap_seg.cli.class_weights import main as class_weights_main
 
     root = write_camvid(tmp_path / "camvid")
     out = tmp_path / "w.yaml"
-    tool.main(["data=camvid", f"data.root={root}", "--out", str(out)])
+    class_weights_main(["data=camvid", f"data.root={root}", "--out", str(out)])
     weights = yaml.safe_load(out.read_text())["class_weights"]
     # Every fixture frame has 47 labelled pixels: one each of Sky, Pole, Road, Pavement, SignSymbol and
     # Bicyclist (median frequency 1/47), 41 of Building; no Tree, Fence, Car, Pedestrian.

@@ -236,7 +236,7 @@ def preloaded():
     process: its OpenMP threads would deadlock a child.)"""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(
-        ["hdmap_seg.inference", "hdmap_seg.models", "hdmap_seg.vectorize.cli", "hdmap_seg.training"]
+        ["hdmap_seg.inference", "hdmap_seg.models", "hdmap_seg.cli.vectorize", "hdmap_seg.training"]
     )
     warm_up = ctx.Process(target=os.getpid)  # starts the server, so that no run below times its imports
     warm_up.start()
@@ -286,7 +286,7 @@ def test_infer_killed_at_20_random_points_then_rerun_gives_the_same_outputs(
 
 @pytest.mark.slow
 def test_vectorize_killed_at_random_points_then_rerun_gives_the_same_layers(drive_log, preloaded, tmp_path):
-    from hdmap_seg.vectorize.cli import run as vectorize
+    from hdmap_seg.cli.vectorize import run as vectorize
 
     def run_vectorize(out: Path, after_s: float) -> bool:
         return run_killed_at(preloaded, vectorize, ([str(drive_log), "--quiet", "--out", str(out)],), after_s)

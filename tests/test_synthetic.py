@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from hdmap_seg.cli.make_synthetic import main as make_synthetic_main
 from hdmap_seg.data.classes import ROAD_CLASSES, load_classes
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.frames import invert_transform
@@ -20,9 +20,6 @@ from hdmap_seg.synthetic.camera import kitti_rig, rig_by_name, wide1024_rig
 from hdmap_seg.synthetic.drive import Wobble, pose_on_road
 from hdmap_seg.synthetic.render import MEDIAN, POLE, ROAD, SIGN, Renderer
 from hdmap_seg.synthetic.world import Pole, RoadGeometry, Sign, make_world
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import make_synthetic  # noqa: E402
 
 STILL = Wobble(0.0, 10.0, (0.0, 0.0), 0.0, (0.0, 0.0, 0.0, 0.0))
 
@@ -234,7 +231,7 @@ def test_dataset_layout_and_content(tmp_path):
 
 
 def test_cli_makes_data_and_rejects_bad_options(tmp_path, capsys):
-    make_synthetic.main(
+    make_synthetic_main(
         [
             "--out",
             str(tmp_path / "r"),
@@ -253,6 +250,6 @@ def test_cli_makes_data_and_rejects_bad_options(tmp_path, capsys):
     assert len(list((tmp_path / "r" / "images" / "train").glob("*.jpg"))) == 2
     for bad in (["--scale", "0"], ["--train", "-1"], ["--logs", "1", "--frames-per-log", "1"]):
         with pytest.raises(SystemExit) as exc:
-            make_synthetic.main(["--out", str(tmp_path / "x"), *bad])
+            make_synthetic_main(["--out", str(tmp_path / "x"), *bad])
         assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err

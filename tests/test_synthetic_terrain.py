@@ -4,12 +4,11 @@ CLI's --terrain and --pose-noise."""
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from hdmap_seg.cli.make_synthetic import main as make_synthetic_main
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.frames import LocalFrame, invert_transform
 from hdmap_seg.geo.kitti import read_oxts
@@ -19,9 +18,6 @@ from hdmap_seg.synthetic.camera import rig_by_name
 from hdmap_seg.synthetic.drive import Wobble, make_drive, oxts_packets, pose_on_road
 from hdmap_seg.synthetic.render import ROAD, Renderer
 from hdmap_seg.synthetic.world import CrossSection, RoadGeometry, Terrain, make_terrain, make_world
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import make_synthetic  # noqa: E402
 
 STILL = Wobble(0.0, 10.0, (0.0, 0.0), 0.0, (0.0, 0.0, 0.0, 0.0))
 SECTION = CrossSection(median_width_m=2.0, lanes_per_direction=2, lane_width_m=3.5, sidewalk_width_m=3.0)
@@ -255,7 +251,7 @@ def test_a_crest_hides_the_road_beyond_it():
 def test_cli_rejects_a_bad_terrain_in_one_line(tmp_path, capsys):
     for bad in (["--terrain", "bumpy"], ["--terrain", "grade:20"], ["--pose-noise", "-1", "0"]):
         with pytest.raises(SystemExit) as exc:
-            make_synthetic.main(["--out", str(tmp_path / "x"), *bad])
+            make_synthetic_main(["--out", str(tmp_path / "x"), *bad])
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and "\n" not in err

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from hdmap_seg.cli.vectorize import main as vectorize_main
 from hdmap_seg.evaluate import evaluate_maps
-from hdmap_seg.vectorize.cli import main as vectorize_main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
-"""Map metrics of predicted layers against ground truth. Same as the ``hdmap-eval-map`` console script."""
+"""Map metrics of predicted layers against ground truth (= hdmap-eval-map; hdmap_seg/cli/eval_map.py)."""
 
-from hdmap_seg.evaluate.cli import main
+from hdmap_seg.cli.eval_map import main
 
 if __name__ == "__main__":
     main()

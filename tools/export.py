@@ -1,6 +1,6 @@
-"""Training checkpoint -> self-contained ONNX model. Same as the ``hdmap-export`` console script; README, "Deploy"."""
+"""Training checkpoint -> self-contained ONNX model (= hdmap-export; hdmap_seg/cli/export.py)."""
 
-from hdmap_seg.export.cli import main
+from hdmap_seg.cli.export import main
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
-"""Drive log + label masks -> map layers. Same as the ``hdmap-vectorize`` console script; see docs/map.md."""
+"""Drive log + label masks -> map layers (= hdmap-vectorize; hdmap_seg/cli/vectorize.py)."""
 
-from hdmap_seg.vectorize.cli import main
+from hdmap_seg.cli.vectorize import main
 
 if __name__ == "__main__":
     main()

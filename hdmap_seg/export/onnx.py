@@ -31,6 +31,9 @@ INPUT, OUTPUT = "image", "logits"
 #: metadata_props keys (strings; JSON where structured)
 META_CLASSES, META_MEAN, META_STD = "hdmap_seg.classes", "hdmap_seg.mean", "hdmap_seg.std"
 META_DIVISOR, META_MODEL = "hdmap_seg.size_divisor", "hdmap_seg.model_config"
+#: An exported file is kept only within these of PyTorch on random frames (:func:`parity_passes`).
+MAX_LOGIT_DIFF = 1e-4
+MIN_LABEL_AGREEMENT = 0.999
 # Traced at a size that is not a multiple of the windows at any stage (every branch of the padding taken).
 _TRACE_HW = (100, 130)
 
@@ -111,3 +114,23 @@ def check_normalisation(meta: dict[str, str], source: str) -> None:
             f"{source}: exported for normalisation mean={mean} std={std}; this version feeds "
             f"mean={list(IMAGENET_MEAN)} std={list(IMAGENET_STD)}"
         )
+
+
+def parity(
+    model: torch.nn.Module, exported: torch.nn.Module, size_hw: tuple[int, int], seed: int = 0
+) -> dict[str, float]:
+    """Largest absolute logit difference and label agreement of two models on one random frame."""
+    x = torch.randn(1, 3, *size_hw, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        ref, out = model(x), exported(x)
+    return {
+        "max_abs_logit_diff": float((ref - out).abs().max()),
+        "label_agreement": float((ref.argmax(1) == out.argmax(1)).float().mean()),
+    }
+
+
+def parity_passes(r: dict[str, float]) -> bool:
+    """Whether a :func:`parity` result meets the export's bars."""
+    return bool(np.isfinite(r["max_abs_logit_diff"])) and (
+        r["max_abs_logit_diff"] <= MAX_LOGIT_DIFF and r["label_agreement"] >= MIN_LABEL_AGREEMENT
+    )

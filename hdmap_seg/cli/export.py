@@ -1,4 +1,4 @@
-"""``hdmap-export``: a training checkpoint -> a self-contained ``.onnx`` (README, "Deploy").
+"""``hdmap-export`` / ``python tools/export.py``: a training checkpoint -> a self-contained ``.onnx`` (README, "Deploy").
 
 hdmap-export CKPT [--out MODEL.onnx] [--check 375x1242 512x1024 ...]
 hdmap-export CKPT --int8 static --data roads --data-root data/roads [--calib-frames 32]   # + MODEL.int8.onnx
@@ -6,7 +6,7 @@ hdmap-export CKPT --int8 dynamic                                                
 
 After writing, the exported model is run in onnxruntime beside the checkpoint in PyTorch on random
 frames of each ``--check`` size: the largest logit difference and the share of pixels whose label
-agrees are printed, and a file that misses the bars (``MAX_LOGIT_DIFF``, ``MIN_AGREEMENT``) is
+agrees are printed, and a file that misses the bars (:func:`hdmap_seg.export.onnx.parity_passes`) is
 removed again. An int8 copy (``--int8``, :mod:`hdmap_seg.export.quantize`) is written beside it as
 ``<name>.int8.onnx``; static quantization calibrates on ``--calib-frames`` frames of the training split
 of a data config (``conf/data/<name>.yaml``, as ``train.py data=<name>`` reads it), and its label
@@ -21,14 +21,8 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from hdmap_seg.errors import HdmapError, exit_on_user_error
-from hdmap_seg.export.onnx import export_onnx
-
-MAX_LOGIT_DIFF = 1e-4
-MIN_AGREEMENT = 0.999
+from hdmap_seg.export.onnx import MAX_LOGIT_DIFF, MIN_LABEL_AGREEMENT, export_onnx, parity, parity_passes
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -40,19 +34,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise HdmapError(f"size {text!r}: height and width must be positive")
     return h, w
-
-
-def parity(
-    model: torch.nn.Module, exported: torch.nn.Module, size_hw: tuple[int, int], seed: int = 0
-) -> dict[str, float]:
-    """Largest absolute logit difference and label agreement of two models on one random frame."""
-    x = torch.randn(1, 3, *size_hw, generator=torch.Generator().manual_seed(seed))
-    with torch.inference_mode():
-        ref, out = model(x), exported(x)
-    return {
-        "max_abs_logit_diff": float((ref - out).abs().max()),
-        "label_agreement": float((ref.argmax(1) == out.argmax(1)).float().mean()),
-    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,16 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def calibration_datamodule(name: str, root: Path | None):
     """The data module of ``conf/data/<name>.yaml`` (with ``root`` instead of the config's folder)."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import MissingConfigException
     from hydra.utils import instantiate
 
+    from hdmap_seg.cli.hydra_app import compose_config
     from hdmap_seg.paths import CONF_DIR
 
     overrides = [f"data={name}", *([f"data.root={root.resolve()}"] if root else [])]
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=overrides)
+        cfg = compose_config("train", overrides)
     except MissingConfigException:
         names = sorted(q.stem for q in (CONF_DIR / "data").glob("*.yaml"))
         raise HdmapError(f"--data {name}: no such data config; there are {', '.join(names)}") from None
@@ -141,13 +121,13 @@ def run(argv: list[str] | None = None) -> dict:
                 f"  {h}x{w}: max |logit diff| {r['max_abs_logit_diff']:.2e}, labels agree {r['label_agreement']:.5f}"
             )
         summary["parity"] = checks
-        bad = [s for s, r in checks.items() if not _passes(r)]
+        bad = [s for s, r in checks.items() if not parity_passes(r)]
         if bad:
             out.unlink()
             # Not the user's mistake: the exporter or the runtime got the graph wrong.
             raise RuntimeError(
                 f"{out}: onnxruntime disagrees with PyTorch at {', '.join(bad)} "
-                f"(bars: logits within {MAX_LOGIT_DIFF}, labels {MIN_AGREEMENT:.1%}); the file was removed"
+                f"(bars: logits within {MAX_LOGIT_DIFF}, labels {MIN_LABEL_AGREEMENT:.1%}); the file was removed"
             )
     if args.int8:
         summary["int8"] = _int8(args, out, sizes)
@@ -181,12 +161,6 @@ def _int8(args: argparse.Namespace, fp32: Path, sizes: list[tuple[int, int]]) ->
         report[f"{h}x{w}"] = r
         print(f"  {h}x{w}: labels agree with fp32 {r['label_agreement']:.5f} (random frame)")
     return report
-
-
-def _passes(r: dict[str, float]) -> bool:
-    return bool(np.isfinite(r["max_abs_logit_diff"])) and (
-        r["max_abs_logit_diff"] <= MAX_LOGIT_DIFF and r["label_agreement"] >= MIN_AGREEMENT
-    )
 
 
 if __name__ == "__main__":

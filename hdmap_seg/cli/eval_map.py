@@ -1,4 +1,4 @@
-"""``hdmap-eval-map PRED GT``: map metrics of predicted layers against ground truth; JSON, table, PNG.
+"""``hdmap-eval-map PRED GT`` / ``python tools/eval_map.py``: map metrics of predicted layers against ground truth; JSON, table, PNG.
 
 PRED and GT are folders of ``<layer>.geojson`` (what ``hdmap-vectorize`` writes; a synthetic log's ``gt/``).
 """

@@ -1,9 +1,9 @@
-"""Hydra entry points: ``train.py`` / ``hdmap-train``, ``tools/infer.py`` / ``hdmap-infer`` and
-``eval.py`` / ``hdmap-eval``.
+"""What every Hydra command shares: :func:`hydra_command`, the checks it runs before any work, and
+:func:`compose_config` for the commands that read a Hydra config without being one.
 
-Every command passes through :func:`hydra_command`, which checks what would otherwise fail with a
-traceback, before any work: the run folder (``hydra.run.dir``) and ``out_dir`` being folders we can
-write, the sliding window, and the arguments given to the trainer, callbacks and loggers.
+:func:`hydra_command` checks what would otherwise fail with a traceback: the run folder
+(``hydra.run.dir``) and ``out_dir`` being folders we can write, the sliding window, and the arguments
+given to the trainer, callbacks and loggers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TypeVar
 
 import hydra
@@ -21,9 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from hdmap_seg.errors import HdmapError, exit_on_user_error
 from hdmap_seg.paths import CONF_DIR, PROJECT_ROOT
-
-# conf/paths/default.yaml resolves data/ and logs/ under the project.
-os.environ.setdefault("HDMAP_ROOT", str(PROJECT_ROOT))
 
 R = TypeVar("R")
 
@@ -52,14 +48,30 @@ _NO_RUN_FLAGS = {
 }
 
 
+def use_project_root() -> None:
+    """Resolve ``paths.root_dir`` (data/, logs/, outputs/; conf/paths/default.yaml) to the project,
+    unless the user's environment names another folder in ``HDMAP_ROOT``."""
+    os.environ.setdefault("HDMAP_ROOT", str(PROJECT_ROOT))
+
+
+def compose_config(
+    config_name: str, overrides: Sequence[str] = (), return_hydra_config: bool = False
+) -> DictConfig:
+    """``conf/<config_name>.yaml`` with ``overrides``, composed as the Hydra command of that name would,
+    for code that only reads it (``paths.output_dir``, Hydra's run folder, stays unset)."""
+    from hydra import compose, initialize_config_dir
+
+    use_project_root()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
 def check_run_dir(config_name: str, argv: Sequence[str]) -> None:
     """The folder Hydra makes before the command starts (``hydra.run.dir``, ``hydra.sweep.dir`` with
     ``-m``) must not be or lie under a file: Hydra's own ``mkdir`` would fail with a traceback.
 
     Composes the command's config as Hydra will; when that fails, Hydra reports why, in its own words.
     """
-    from hydra import compose, initialize_config_dir
-
     from hdmap_seg.checks import check_output_dir
 
     if any(a.split("=", 1)[0] in _NO_RUN_FLAGS for a in argv):
@@ -67,8 +79,7 @@ def check_run_dir(config_name: str, argv: Sequence[str]) -> None:
     key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in argv) else "hydra.run.dir"
     overrides = [a for a in argv if not a.startswith("-")]
     try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        cfg = compose_config(config_name, overrides, return_hydra_config=True)
         folder = OmegaConf.select(cfg, key)
     except OverrideParseException as err:
         # Hydra's grammar takes unquoted values of ASCII letters, digits and a few symbols only.
@@ -122,6 +133,7 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], R]], Cal
 
         @functools.wraps(body)
         def entry(cfg_passthrough: DictConfig | None = None) -> R:
+            use_project_root()
             if cfg_passthrough is None:
                 exit_on_user_error(check_run_dir)(config_name, sys.argv[1:])
             return main(cfg_passthrough)
@@ -129,38 +141,3 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], R]], Cal
         return entry
 
     return decorate
-
-
-@hydra_command("train")
-def train_main(cfg: DictConfig) -> float | None:
-    """``python train.py data=roads model=twins_svt_s [key=value ...]`` (conf/train.yaml)."""
-    from hdmap_seg.training import train
-
-    return train(cfg).get("val/mIoU")
-
-
-@hydra_command("infer")
-def infer_main(cfg: DictConfig) -> None:
-    """``python tools/infer.py ckpt_path=CKPT logs=LOG_OR_GLOB [key=value ...]`` (conf/infer.yaml)."""
-    from hdmap_seg.inference import run_inference
-
-    summary = run_inference(cfg)
-    if summary:
-        fps = summary["frames_per_s"]
-        print(f"{summary['frames_predicted']} frames predicted" + (f" at {fps} frames/s" if fps else ""))
-        for name, log in summary["logs"].items():
-            print(f"  {name}: {log['features']} -> {Path(log['outputs'][0]).parent}")
-
-
-@hydra_command("eval")
-def eval_main(cfg: DictConfig) -> float | None:
-    """``python eval.py ckpt_path=CKPT data=camvid split=test [key=value ...]`` (conf/eval.yaml)."""
-    from hdmap_seg.evaluate.segmentation import evaluate, format_table
-
-    metrics = evaluate(cfg)
-    if not metrics:  # not global rank 0
-        return None
-    print(f"{metrics['frames']} frames of {metrics['data_root']} ({metrics['split']}), {metrics['backend']}")
-    print(format_table(metrics))
-    print(f"outputs: {cfg.out_dir}")
-    return metrics["mIoU"]

@@ -1,4 +1,4 @@
-"""``hdmap-vectorize``: a drive log and its label masks -> map layers (GeoJSON + GeoPackage).
+"""``hdmap-vectorize`` / ``python tools/vectorize.py``: a drive log and its label masks -> map layers (GeoJSON + GeoPackage).
 
 hdmap-vectorize LOG [--masks DIR] [--config road|FILE.yaml] [--class-map FILE.yaml] [--set pole.min_obs=3] [--out DIR]
 """
