@@ -37,20 +37,17 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-sys.path[:0] = [str(REPO_ROOT), str(BENCH_DIR)]  # the project, and peers.py for Hydra's _target_
+import lightning as L
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+from torch.utils.data import DataLoader, Subset
 
-import lightning as L  # noqa: E402
-import yaml  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import open_dict  # noqa: E402
-from torch.utils.data import DataLoader, Subset  # noqa: E402
-
-from hdmap_seg.data.transforms import pad_collate  # noqa: E402
-from hdmap_seg.errors import HdmapError, exit_on_user_error  # noqa: E402
-from hdmap_seg.io import atomic_path, write_text_atomic  # noqa: E402
-from hdmap_seg.training import build  # noqa: E402
+from hdmap_seg.data.transforms import pad_collate
+from hdmap_seg.errors import HdmapError, exit_on_user_error
+from hdmap_seg.io import atomic_path, write_text_atomic
+from hdmap_seg.paths import CONF_DIR, PROJECT_ROOT
+from hdmap_seg.training import build
 
 TINY = ["model=twins_svt_tiny"]
 NO_WEIGHTS = ["module.class_weights=null"]
@@ -137,15 +134,15 @@ def compose_run(name: str, args: argparse.Namespace, out_dir: Path):
         "callbacks.learning_curve=null",
         *spec.get("overrides", []),
     ]
-    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir)
-        cfg.paths.root_dir = str(REPO_ROOT)
+        cfg.paths.root_dir = str(PROJECT_ROOT)
         if "model" in spec:
             cfg.model = spec["model"]
         if spec.get("plain_crops"):
-            plain = yaml.safe_load((REPO_ROOT / "conf/data/camvid.yaml").read_text())
+            plain = yaml.safe_load((CONF_DIR / "data/camvid.yaml").read_text())
             cfg.data.train_transforms = plain["train_transforms"]
     return cfg, overrides
 
@@ -290,8 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", nargs="+", choices=sorted(RUNS), help="these runs instead of the suite's")
     p.add_argument("--val-stride", type=int, default=1, help="evaluate every k-th val frame (default: all)")
     p.add_argument("--warmup-steps", type=int, default=10, help="linear warm-up (the budget is short)")
-    p.add_argument("--out", default=str(REPO_ROOT / "logs" / "bench_camvid"), help="run folders")
-    p.add_argument("--docs", default=str(REPO_ROOT / "docs" / "benchmarks.md"))
+    p.add_argument("--out", default=str(PROJECT_ROOT / "logs" / "bench_camvid"), help="run folders")
+    p.add_argument("--docs", default=str(PROJECT_ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--no-docs", action="store_true", help="print the table only")
     p.add_argument("--note", default="", help="a sentence for the docs (e.g. how loaded the machine was)")
     p.add_argument("--force", action="store_true", help="redo runs that have a result")

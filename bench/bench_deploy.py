@@ -38,22 +38,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_infer import bare_forward_fps, make_checkpoint, run_infer
+from bench_models import cpu_name
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [
-    str(ROOT),
-    str(Path(__file__).resolve().parent),
-]  # the project, and bench/ (peers, bench_infer)
-
-from bench_infer import bare_forward_fps, make_checkpoint, run_infer  # noqa: E402
-from bench_models import cpu_name  # noqa: E402
-
-from hdmap_seg.data.classes import ROAD_CLASSES  # noqa: E402
-from hdmap_seg.export.onnx import export_onnx  # noqa: E402
-from hdmap_seg.export.quantize import quantize_dynamic_onnx, quantize_static_onnx  # noqa: E402
-from hdmap_seg.models import create_model, model_config  # noqa: E402
-from hdmap_seg.runtime import load_model  # noqa: E402
+from hdmap_seg.data.classes import ROAD_CLASSES
+from hdmap_seg.export.onnx import export_onnx
+from hdmap_seg.export.quantize import quantize_dynamic_onnx, quantize_static_onnx
+from hdmap_seg.models import create_model, model_config
+from hdmap_seg.runtime import load_model
 
 MODEL = "twins_svt_s"
 NUM_CLASSES = ROAD_CLASSES.num_classes

@@ -28,16 +28,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from hdmap_seg.data.classes import ROAD_CLASSES  # noqa: E402
-from hdmap_seg.inference import FrameDataset, FrameJob  # noqa: E402
-from hdmap_seg.synthetic import SynthConfig, write_drive_log  # noqa: E402
+from hdmap_seg.data.classes import ROAD_CLASSES
+from hdmap_seg.inference import FrameDataset, FrameJob
+from hdmap_seg.paths import CONF_DIR, PROJECT_ROOT
+from hdmap_seg.synthetic import SynthConfig, write_drive_log
 
 
 def make_checkpoint(model_name: str, path: Path) -> torch.nn.Module:
-    cfg = OmegaConf.load(ROOT / "conf/model" / f"{model_name}.yaml")
+    cfg = OmegaConf.load(CONF_DIR / "model" / f"{model_name}.yaml")
     cfg.num_classes = ROAD_CLASSES.num_classes
     model_config = OmegaConf.to_container(cfg, resolve=True)
     model = instantiate(model_config).eval()
@@ -64,7 +62,7 @@ def run_infer(
     the child's peak RSS in MiB."""
     cmd = [
         sys.executable,
-        str(ROOT / "tools/infer.py"),
+        str(PROJECT_ROOT / "tools/infer.py"),
         f"ckpt_path={ckpt}",
         f"logs={log}",
         f"out_dir={out}",
@@ -75,7 +73,7 @@ def run_infer(
         f"num_workers={workers}",
         *overrides,
     ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise RuntimeError(

@@ -35,8 +35,6 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from hdmap_seg.synthetic.base import png_bytes, rgb_png_bytes  # noqa: E402
 from hdmap_seg.synthetic.camera import RIGS, rig_by_name  # noqa: E402
 from hdmap_seg.synthetic.drive import make_drive  # noqa: E402
