@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hdmap_seg.checks import check_window, instantiate_configured
 from hdmap_seg.data.classes import ClassSet
-from hdmap_seg.data.roads import Sample
+from hdmap_seg.data.dataset import Sample
 from hdmap_seg.data.transforms import build_transform
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.drivelog import DriveLog, open_drive_log

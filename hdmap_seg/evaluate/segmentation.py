@@ -39,8 +39,8 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from hdmap_seg.checks import instantiate_configured
 from hdmap_seg.data.classes import ClassSet
 from hdmap_seg.data.datamodule import SegDataModule
+from hdmap_seg.data.dataset import Sample
 from hdmap_seg.data.layouts import require_split
-from hdmap_seg.data.roads import Sample
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.imageio import read_image, read_mask, write_image_atomic
 from hdmap_seg.inference import (

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from hdmap_seg.data.roads import describe_values
+from hdmap_seg.data.dataset import describe_values
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.camera import CameraModel
 from hdmap_seg.geo.drivelog import DriveLog, find_log_jumps, smooth_log
