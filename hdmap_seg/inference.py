@@ -19,7 +19,6 @@ from pathlib import Path
 import cv2
 import lightning as L
 import numpy as np
-import PIL.Image
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
@@ -30,11 +29,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from hdmap_seg.checks import check_window, instantiate_configured
 from hdmap_seg.data.classes import ClassSet
-from hdmap_seg.data.roads import Sample, read_image, read_mask
+from hdmap_seg.data.dataset import Sample
 from hdmap_seg.data.transforms import build_transform
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.drivelog import DriveLog, open_drive_log
-from hdmap_seg.io import exclusive_lock, remove_stale_temps, write_image_atomic, write_text_atomic
+from hdmap_seg.imageio import image_size, read_image, read_mask, write_image_atomic
+from hdmap_seg.io import exclusive_lock, remove_stale_temps, write_text_atomic
 from hdmap_seg.mapping import map_log
 from hdmap_seg.runtime import load_model
 from hdmap_seg.vectorize.config import VectorizeConfig, model_vectorize_config
@@ -233,14 +233,10 @@ def check_frame_sizes(log: DriveLog, scale: float) -> None:
     headers, before any frame is predicted."""
     expected = (log.camera.width, log.camera.height)
     for frame in log.frames:
-        try:
-            with PIL.Image.open(frame.image_path) as img:
-                size = img.size
-        except (OSError, PIL.UnidentifiedImageError):
-            raise HdmapError(f"{frame.image_path}: cannot be read as an image") from None
-        if size != expected:
+        height, width = image_size(frame.image_path)
+        if (width, height) != expected:
             raise HdmapError(
-                f"{frame.image_path}: the frame is {size[0]}x{size[1]} pixels but its camera is "
+                f"{frame.image_path}: the frame is {width}x{height} pixels but its camera is "
                 f"{expected[0]}x{expected[1]} (the log's calibration)"
             )
     w, h = round(expected[0] * scale), round(expected[1] * scale)
@@ -268,9 +264,8 @@ def overlay_is_good(path: Path, size_hw: tuple[int, int]) -> bool:
             f.seek(-2, os.SEEK_END)
             if f.read(2) != b"\xff\xd9":
                 return False
-        with PIL.Image.open(path) as img:
-            return img.size[::-1] == size_hw
-    except (OSError, PIL.UnidentifiedImageError):
+        return image_size(path) == size_hw
+    except (OSError, HdmapError):
         return False
 
 

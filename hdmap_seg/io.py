@@ -1,6 +1,7 @@
 """File I/O shared by every stage: atomic output (a reader never sees a half-written file, a crash
-never leaves one, a full disk never publishes one), encoded images, an exclusive lock on an output
-folder, and YAML mappings read with errors that name the file."""
+never leaves one, a full disk never publishes one), an exclusive lock on an output folder, and text
+and YAML mappings read with errors that name the file. Images are read and written through
+:mod:`hdmap_seg.imageio`, which publishes them with :func:`write_bytes_atomic`."""
 
 from __future__ import annotations
 
@@ -10,11 +11,9 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
-import numpy as np
 import yaml
 
 from hdmap_seg.errors import NO_SPACE_ERRNOS, HdmapError, free_space_of
@@ -62,7 +61,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; publish it as ``path`` only if the block succeeds.
 
     The temporary file keeps ``path``'s suffix, so writers that pick a format from the suffix
-    (OpenCV, pyogrio, matplotlib) still work. Before the rename the file is fsynced: a write that
+    (pyogrio, matplotlib) still work. Before the rename the file is fsynced: a write that
     the disk could not hold fails here, not later under the final name. Running out of space
     anywhere in the block is an :class:`HdmapError` naming ``path`` and the free space.
     """
@@ -116,23 +115,6 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def encode_image(image: np.ndarray, suffix: str, params: Sequence[int] = ()) -> bytes:
-    """``image`` (OpenCV's channel order) encoded in memory as ``suffix`` (``.png``, ``.jpg``)."""
-    ok, buf = cv2.imencode(suffix, image, list(params))
-    if not ok:
-        raise ValueError(f"OpenCV could not encode a {image.shape} {image.dtype} image as {suffix}")
-    return buf.tobytes()
-
-
-def write_image_atomic(path: str | os.PathLike, image: np.ndarray, params: Sequence[int] = ()) -> None:
-    """Encode ``image`` (BGR or single channel) in the format of ``path``'s suffix and write it atomically.
-
-    Encoding in memory first means a failed write is an exception, never a half file (``cv2.imwrite``
-    only returns False).
-    """
-    write_bytes_atomic(path, encode_image(image, Path(path).suffix, params))
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> int:

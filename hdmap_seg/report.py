@@ -12,7 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hdmap_seg.io import atomic_path, write_text_atomic
+from hdmap_seg.imageio import read_image, write_image_atomic
+from hdmap_seg.io import write_text_atomic
 
 #: The demo's bar (README, "The two commands"): metric path in eval_map's metrics.json -> minimum.
 DEMO_BAR = {
@@ -38,12 +39,11 @@ def overlay_strip(images: Sequence[Path], out_png: Path, width: int = 900) -> Pa
     """Stack a few overlay frames vertically into one PNG, each resized to ``width``."""
     rows = []
     for p in images:
-        img = cv2.imread(str(p))
+        img = read_image(p)
         rows.append(
             cv2.resize(img, (width, round(img.shape[0] * width / img.shape[1])), interpolation=cv2.INTER_AREA)
         )
-    with atomic_path(out_png) as tmp:
-        cv2.imwrite(str(tmp), np.concatenate(rows, axis=0))
+    write_image_atomic(out_png, cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
     return out_png
 
 

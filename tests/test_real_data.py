@@ -31,8 +31,8 @@ from hdmap_seg.data.layouts import (
     CityscapesLayout,
     VistasLayout,
 )
-from hdmap_seg.data.roads import read_mask
 from hdmap_seg.errors import HdmapError
+from hdmap_seg.imageio import read_mask
 from hdmap_seg.module import load_segmenter
 
 CLASS_MAPS = REPO_ROOT / "conf" / "class_map"

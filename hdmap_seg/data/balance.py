@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from rich.progress import track
 
-from hdmap_seg.data.roads import Sample, read_mask
+from hdmap_seg.data.dataset import Sample
+from hdmap_seg.imageio import read_mask
 
 
 def class_pixel_counts(

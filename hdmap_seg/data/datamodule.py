@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 
 from hdmap_seg.data.class_map import ClassMap, load_class_map
 from hdmap_seg.data.classes import ClassSet
+from hdmap_seg.data.dataset import INVALID, Sample, SegmentationDataset, find_problems, problems_error
 from hdmap_seg.data.layouts import Layout, RoadsLayout
-from hdmap_seg.data.roads import INVALID, Sample, SegmentationDataset, find_problems, problems_error
 from hdmap_seg.data.transforms import build_transform, pad_collate
 from hdmap_seg.errors import HdmapError
 

@@ -5,7 +5,7 @@ A layout answers three questions about a data-set folder ``root``:
 
 - ``native_classes(root)``: the classes a model learns when no class map is given (ids ``0..n-1``);
 - ``label_lut(root)``: ``(256,)`` int16, mask file value -> native id, the ignore index (255), or
-  :data:`~hdmap_seg.data.roads.INVALID` for a value the format does not have (a bad mask);
+  :data:`~hdmap_seg.data.dataset.INVALID` for a value the format does not have (a bad mask);
 - ``list_split(root, split)``: the (frame, mask) pairs of one split;
 - ``splits(root)``: the names of the splits that have both a frame and a mask folder.
 
@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from hdmap_seg.data.classes import IGNORE_INDEX, ClassInfo, ClassSet, load_classes
-from hdmap_seg.data.roads import INVALID, Sample, image_files, list_split, pair_samples
+from hdmap_seg.data.dataset import INVALID, Sample, image_files, list_split, pair_samples
 from hdmap_seg.errors import HdmapError
 
 

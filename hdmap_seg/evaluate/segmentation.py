@@ -39,9 +39,10 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from hdmap_seg.checks import instantiate_configured
 from hdmap_seg.data.classes import ClassSet
 from hdmap_seg.data.datamodule import SegDataModule
+from hdmap_seg.data.dataset import Sample
 from hdmap_seg.data.layouts import require_split
-from hdmap_seg.data.roads import Sample, read_image, read_mask
 from hdmap_seg.errors import HdmapError
+from hdmap_seg.imageio import read_image, read_mask, write_image_atomic
 from hdmap_seg.inference import (
     FrameDataset,
     FramesPerSecondBar,
@@ -49,7 +50,7 @@ from hdmap_seg.inference import (
     colour_overlay,
     stack_frames,
 )
-from hdmap_seg.io import atomic_path, write_image_atomic, write_text_atomic
+from hdmap_seg.io import atomic_path, write_text_atomic
 from hdmap_seg.module import iou_from_confusion
 from hdmap_seg.runtime import load_model
 

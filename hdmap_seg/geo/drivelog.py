@@ -64,11 +64,11 @@ from hdmap_seg.geo.kitti import (
     seconds_since,
 )
 from hdmap_seg.geo.trajectory import TrajectoryReport, find_jumps, smooth_trajectory
+from hdmap_seg.imageio import IMAGE_SUFFIXES
 from hdmap_seg.io import read_text, read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 POSES_COLUMNS = ("frame", "timestamp", "lat", "lon", "alt", "roll", "pitch", "yaw")
 VELOCITY_COLUMNS = ("vn", "ve", "vu")
 YAW_RATE_COLUMN = "wu"

@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 
 from hdmap_seg.errors import HdmapError
-from hdmap_seg.io import encode_image, write_text_atomic
+from hdmap_seg.imageio import encode_image
+from hdmap_seg.io import write_text_atomic
 from hdmap_seg.synthetic.camera import CameraRig, rig_by_name
 from hdmap_seg.synthetic.drive import PoseNoise
 from hdmap_seg.synthetic.render import Renderer

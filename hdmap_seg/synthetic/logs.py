@@ -7,11 +7,11 @@ import functools
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from hdmap_seg.geo.frames import LocalFrame, invert_transform
 from hdmap_seg.geo.kitti import write_oxts, write_timestamps
+from hdmap_seg.imageio import read_mask
 from hdmap_seg.io import write_bytes_atomic
 from hdmap_seg.maplayers import POLES, SIGNS
 from hdmap_seg.synthetic.base import (
@@ -60,7 +60,7 @@ def _log_frame(cfg: SynthConfig, log_index: int, log_dir: str, i: int) -> dict[s
     img_path = Path(log_dir) / "image_02" / "data" / f"{stem}.png"
     mask_path = Path(log_dir) / "label_02" / "data" / f"{stem}.png"
     if img_path.is_file() and mask_path.is_file():
-        label = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+        label = read_mask(mask_path)
     else:
         rng = frame_rng(cfg.seed, "log", log_index, sub=i + 1)
         frame = cached_renderer(cfg.camera, cfg.scale).render(

@@ -25,12 +25,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from hdmap_seg.data.roads import describe_values
-from hdmap_seg.data.roads import read_mask as read_label_png
+from hdmap_seg.data.dataset import describe_values
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.camera import CameraModel
 from hdmap_seg.geo.drivelog import DriveLog, find_log_jumps, smooth_log
 from hdmap_seg.geo.ground import LevelPlane, TrajectoryGround
+from hdmap_seg.imageio import read_mask as read_label_png
 from hdmap_seg.maplayers import COVERAGE, LAYER_CLASS, MEDIANS, POLES, SIGNS, MapLayers
 from hdmap_seg.vectorize.config import VectorizeConfig
 from hdmap_seg.vectorize.frame import FrameGeometry

@@ -1,4 +1,5 @@
-"""Samples of a segmentation data set: pairing frames with masks, reading them, and the checks.
+"""Samples of a segmentation data set: pairing frames with masks, the checks of a split, and the
+training ``Dataset`` (the files themselves are read through :mod:`hdmap_seg.imageio`).
 
 The project's own layout (docs/conventions.md) is :func:`list_split`::
 
@@ -17,17 +18,18 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
-import PIL.Image
 import torch
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
 from hdmap_seg.errors import HdmapError
+from hdmap_seg.imageio import IMAGE_SUFFIXES, decoded_image_size, read_image, read_mask
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+if TYPE_CHECKING:
+    import albumentations as A
 
 #: Value of a label lookup table for a file value that no class has: such a mask is an error.
 INVALID = -1
@@ -67,52 +69,6 @@ def list_split(root: str | os.PathLike, split: str) -> list[Sample]:
     root = Path(root)
     image_dir, mask_dir = root / "images" / split, root / "masks" / split
     return pair_samples(image_dir, split, image_files(image_dir, split), lambda p: mask_dir / f"{p.stem}.png")
-
-
-def read_image(path: Path) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise HdmapError(f"{path}: cannot be read as an image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-#: What PIL raises for a file it cannot decode in full (a truncated PNG or JPEG raises OSError).
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, PIL.Image.DecompressionBombError)
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """``(H, W)`` uint8 label values of a grey or palette PNG.
-
-    PIL, not OpenCV: OpenCV expands palette PNGs (Mapillary Vistas) to colours, PIL keeps the indices.
-    """
-    try:
-        with PIL.Image.open(path) as img:
-            if img.mode not in ("L", "P"):
-                raise HdmapError(
-                    f"{path}: a mask must be a single-channel 8-bit PNG of class ids, got PIL mode {img.mode}"
-                )
-            return np.asarray(img)
-    except DECODE_ERRORS as err:
-        raise HdmapError(f"{path}: cannot be read as a mask ({err})") from None
-
-
-def decoded_image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` of an image file that decodes in full.
-
-    The header alone does not tell a truncated file (a copy cut short, a full disk), and OpenCV, which
-    training reads with, returns a truncated JPEG with grey rows and only a warning: PIL raises. A JPEG
-    is decoded at 1/8 scale (every byte of it is still read and entropy-decoded), a third faster.
-    """
-    try:
-        with PIL.Image.open(path) as img:
-            width, height = img.size
-            if img.format == "JPEG":
-                img.draft(img.mode, (max(width // 8, 1), max(height // 8, 1)))
-            img.load()
-    except DECODE_ERRORS as err:
-        raise HdmapError(f"{path}: cannot be decoded as an image ({err})") from None
-    return height, width
 
 
 def describe_values(values: np.ndarray) -> str:
@@ -218,7 +174,7 @@ class SegmentationDataset(Dataset):
     Returns ``{"image": (3, H, W) float, "mask": (H, W) int64, "name": str}``.
     """
 
-    def __init__(self, samples: list[Sample], transform, lut: np.ndarray) -> None:
+    def __init__(self, samples: list[Sample], transform: A.Compose, lut: np.ndarray) -> None:
         self.samples = samples
         self.transform = transform
         self.lut = lut
