@@ -30,7 +30,8 @@ from test_vectorize_scene import Scene, default_scene, kitti_like_camera, render
 
 from hdmap_seg.geo.frames import make_transform, rotation_from_rpy  # noqa: E402
 from hdmap_seg.geo.ground import TrajectoryGround  # noqa: E402
-from hdmap_seg.vectorize import MapBuilder, VectorizeConfig, read_mask  # noqa: E402
+from hdmap_seg.imageio import read_mask  # noqa: E402
+from hdmap_seg.vectorize import MapBuilder, VectorizeConfig  # noqa: E402
 from hdmap_seg.vectorize.builder import drive_ground  # noqa: E402
 from hdmap_seg.vectorize.config import GROUND_MODELS, GroundConfig  # noqa: E402
 

@@ -47,6 +47,8 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
                     f"{path}: a mask must be a single-channel 8-bit PNG of class ids, got PIL mode {img.mode}"
                 )
             return np.asarray(img)
+    except FileNotFoundError:
+        raise HdmapError(f"{path}: mask not found") from None
     except DECODE_ERRORS as err:
         raise HdmapError(f"{path}: cannot be read as a mask ({err})") from None
 
@@ -57,7 +59,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with PIL.Image.open(path) as img:
             width, height = img.size
-    except OSError:  # PIL.UnidentifiedImageError is one
+    except DECODE_ERRORS:  # PIL.UnidentifiedImageError is an OSError
         raise HdmapError(f"{path}: cannot be read as an image") from None
     return height, width
 

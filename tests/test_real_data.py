@@ -236,6 +236,11 @@ def test_palette_masks_are_read_as_indices_not_colours(tmp_path):
     cv2.imwrite(str(tmp_path / "rgb.png"), np.zeros((H, W, 3), np.uint8))
     with pytest.raises(HdmapError, match=r"rgb\.png: a mask must be a single-channel 8-bit PNG"):
         read_mask(tmp_path / "rgb.png")
+    with pytest.raises(HdmapError, match=r"gone\.png: mask not found$"):
+        read_mask(tmp_path / "gone.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "p.png").read_bytes()[:40])
+    with pytest.raises(HdmapError, match=r"cut\.png: cannot be read as a mask"):
+        read_mask(tmp_path / "cut.png")
 
 
 # --- bad data: every format names the file ------------------------------------------------------

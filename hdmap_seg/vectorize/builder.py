@@ -30,7 +30,7 @@ from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.camera import CameraModel
 from hdmap_seg.geo.drivelog import DriveLog, find_log_jumps, smooth_log
 from hdmap_seg.geo.ground import LevelPlane, TrajectoryGround
-from hdmap_seg.imageio import read_mask as read_label_png
+from hdmap_seg.imageio import read_mask
 from hdmap_seg.maplayers import COVERAGE, LAYER_CLASS, MEDIANS, POLES, SIGNS, MapLayers
 from hdmap_seg.vectorize.config import VectorizeConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
@@ -156,13 +156,6 @@ class MapBuilder:
         self.ground.close()
         layers[COVERAGE] = self.ground.coverage()
         return layers
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """Read a PNG of class ids as the data sets read theirs (grey or palette); a missing file names the convention."""
-    if not path.is_file():
-        raise HdmapError(f"{path}: mask not found (masks are PNGs named like the frames)")
-    return read_label_png(path)
 
 
 def vectorize_log(
