@@ -45,7 +45,7 @@ def stage_padding(h: int, w: int, window: int = 7) -> list[tuple[int, int]]:
     return [(-(hp // r) % window, -(wp // r) % window) for r in (4, 8, 16, 32)]
 
 
-# The sizes (KITTI, CamVid, Cityscapes-like), and sizes whose windows pad nowhere, in one
+# The frame sizes users feed (KITTI, CamVid, Cityscapes-like), and sizes whose windows pad nowhere, in one
 # axis only (either), or both, at every stage.
 SIZES = [(375, 1242), (360, 480), (512, 1024), (224, 224), (224, 250), (250, 224), (97, 61)]
 
