@@ -40,6 +40,17 @@ def test_point_matching_is_one_to_one_and_maximal():
     assert m["mean_error_m"] == pytest.approx((0.6 + 0.9) / 2)
 
 
+def test_point_metrics_report_height_errors_of_matched_pairs():
+    pred = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [50.0, 0.0, 0.0]])
+    gt = np.array([[0.2, 0.0, 0.0], [10.0, 0.5, 0.0]])
+    pred_props = [{"height_m": 2.1}, {"height_m": 2.6}, {"height_m": 9.0}]  # the third matches nothing
+    gt_props = [{"height_m": 2.0}, {"height_m": 2.3}]
+    m = point_metrics(pred, gt, pred_props, gt_props)
+    assert m["mean_height_error_m"] == pytest.approx((0.1 + 0.3) / 2)
+    assert m["max_height_error_m"] == pytest.approx(0.3)
+    assert "mean_height_error_m" not in point_metrics(pred, gt)
+
+
 def test_point_metrics_count_misses_and_extras():
     gt = np.array([[0, 0, 0], [10, 0, 0], [20, 0, 0], [30, 0, 0]], float)
     pred = np.array([[0.2, 0, 0], [10, 1.5, 0], [50, 0, 0]], float)

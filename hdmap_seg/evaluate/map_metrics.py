@@ -2,7 +2,7 @@
 
 Points (poles, signs): one-to-one matching on horizontal distance (Hungarian, scipy), precision,
 recall and F1 at 0.5 / 1 / 2 m; mean and 90th-percentile horizontal error of the pairs matched at
-2 m (signs also their height and facing errors).
+2 m (signs also their altitude, height-above-ground and facing errors).
 
 Lines and polygons (median centre lines and footprints, lane markings): MapTR's Chamfer AP. Each
 line, or polygon's exterior ring, is resampled to ``FIXED_NUM`` points evenly along its length
@@ -81,6 +81,10 @@ def point_metrics(pred: np.ndarray, gt: np.ndarray, pred_props=None, gt_props=No
             for i, j, _ in pairs
         ]
         out["mean_facing_error_deg"] = round(float(np.mean(dang)), 2)
+    if pairs and pred_props and gt_props and all("height_m" in p for p in pred_props + gt_props):
+        dh = np.array([abs(pred_props[i]["height_m"] - gt_props[j]["height_m"]) for i, j, _ in pairs])
+        out["mean_height_error_m"] = round(float(dh.mean()), 4)
+        out["max_height_error_m"] = round(float(dh.max()), 4)
     return out
 
 
