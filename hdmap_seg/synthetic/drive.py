@@ -38,6 +38,7 @@ class Drive:
     t_s: np.ndarray
     T_world_from_imu: np.ndarray
     s_m: np.ndarray  # the car's arc length along the road, (n,)
+    direction: int = 1  # +1 towards increasing s (the world's ego carriageway), -1 the other way
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,10 @@ class Wobble:
 
 
 def pose_on_road(
-    world: World, s_m, d_m, t_s, wobble: Wobble, imu_height_m: float
+    world: World, s_m, d_m, t_s, wobble: Wobble, imu_height_m: float, direction: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Poses of the car at road coordinates ``(s_m, d_m)`` and times ``t_s`` (arrays of one length).
+    """Poses of the car at road coordinates ``(s_m, d_m)`` and times ``t_s`` (arrays of one length),
+    heading along the road towards increasing ``s`` (``direction`` +1) or decreasing ``s`` (-1).
 
     Returns ``(T_world_from_imu (n, 4, 4), (n, 3) roll, pitch, yaw in rad)``. The lateral wobble
     turns the heading by its slope, so the car points where it goes. On a terrain the car's
@@ -79,8 +81,9 @@ def pose_on_road(
     x, y = world.road.point_at(s, d)
     # Slope of the lateral offset per metre driven (speed from the spacing; 10 m/s where single).
     ds_dt = np.gradient(s, t) if len(s) > 1 else np.array([10.0])
-    dd_ds = wobble.lateral_m * w * np.cos(w * t + p[0]) / np.maximum(ds_dt, 1.0)
-    yaw = heading + np.arctan(dd_ds)
+    dd_ds = wobble.lateral_m * w * np.cos(w * t + p[0]) / np.maximum(np.abs(ds_dt), 1.0)
+    # Driving towards -s, the car's left is the road's -d: the same drift turns it the other way.
+    yaw = heading + np.pi - np.arctan(dd_ds) if direction < 0 else heading + np.arctan(dd_ds)
     pitch = wobble.pitch_rad[0] * np.sin(2 * np.pi * 0.7 * t + p[1]) + wobble.pitch_rad[1] * np.sin(
         2 * np.pi * 1.9 * t + p[2]
     )
@@ -128,8 +131,16 @@ def make_drive(
     imu_height_m: float,
     hz: float = 10.0,
     s_start_m: float | None = None,
+    lane_d_m: float | None = None,
+    direction: int = 1,
 ) -> Drive:
-    """A drive of ``n_frames`` at ``hz`` along the world's ego lane, speed 8-14 m/s (gently varying)."""
+    """A drive of ``n_frames`` at ``hz`` along the world's ego lane, speed 8-14 m/s (gently varying).
+
+    ``lane_d_m`` drives another lane (its centre's ``d``; default the ego lane's). ``direction``
+    -1 drives the same stretch the other way, towards decreasing ``s``: from its far end back to
+    ``s_start_m``, so that a drive of either direction from one ``s_start_m`` covers
+    ``[s_start_m, s_start_m + length]``.
+    """
     t = np.arange(n_frames) / hz
     v0 = rng.uniform(8.0, 14.0)
     dv = rng.uniform(0.0, 1.5)
@@ -138,9 +149,11 @@ def make_drive(
     w = 2 * np.pi / 20.0
     s0 = 30.0 if s_start_m is None else s_start_m
     s = s0 + v0 * t + dv / w * (np.sin(w * t + phase) - np.sin(phase))
-    d = world.section.lane_center_m(world.ego_lane)
-    T, _ = pose_on_road(world, s, np.full(n_frames, d), t, Wobble.random(rng), imu_height_m)
-    return Drive(t, T, s)
+    if direction < 0:
+        s = s[-1] + s0 - s
+    d = world.section.lane_center_m(world.ego_lane) if lane_d_m is None else lane_d_m
+    T, _ = pose_on_road(world, s, np.full(n_frames, d), t, Wobble.random(rng), imu_height_m, direction)
+    return Drive(t, T, s, 1 if direction > 0 else -1)
 
 
 @dataclass(frozen=True)

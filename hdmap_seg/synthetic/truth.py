@@ -30,7 +30,8 @@ def write_ground_truth(
 
     Poles and signs seen (:func:`seen_objects`) in at least ``min_frames`` frames; medians and
     lane markings over the stretch of road the camera saw, from 5 m ahead of its first position
-    to ``range_m`` ahead of its last. Written with the export stage's GeoJSON writer, so the
+    to ``range_m`` ahead of its last (``side`` of a marking names the world's carriageway: "ego"
+    at ``d < 0``, whichever way the drive went). Written with the export stage's GeoJSON writer, so the
     truth and the predictions share their format (properties: docs/synthetic.md).
 
     Altitudes are true: a pole's Point is its base on the ground, a sign's its plate's centre;
@@ -38,8 +39,10 @@ def write_ground_truth(
     median footprints stay 2-D (the map metrics are horizontal).
     """
     gt_dir = Path(gt_dir)
-    s_cam0 = float(drive.s_m[0]) + float(invert_transform(rig.T_cam_from_imu)[0, 3])
-    s_lo, s_hi = s_cam0 + 5.0, float(drive.s_m[-1]) + range_m
+    # The camera looks the way the car drives: ahead is +s, or -s on a drive the other way.
+    ahead = float(drive.direction)
+    s_cam0 = float(drive.s_m[0]) + ahead * float(invert_transform(rig.T_cam_from_imu)[0, 3])
+    s_lo, s_hi = sorted((s_cam0 + ahead * 5.0, float(drive.s_m[-1]) + ahead * range_m))
 
     poles = []
     for p in world.poles:

@@ -23,7 +23,7 @@ Everything stands on the ground: objects carry the ground's height under them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -686,13 +686,8 @@ def _jitter(rng: np.random.Generator, rgb, amp: float = 0.06) -> tuple[float, fl
 def _make_style(rng: np.random.Generator) -> Style:
     grey = rng.uniform(0.22, 0.42)
     median_grass = bool(rng.random() < 0.6)
-    weather = rng.choice(["sunny", "overcast", "evening"], p=[0.5, 0.3, 0.2])
-    if weather == "sunny":
-        sky_top, sky_hor, sun_el, strength = (0.25, 0.45, 0.85), (0.7, 0.8, 0.92), rng.uniform(0.5, 1.1), 1.0
-    elif weather == "overcast":
-        sky_top, sky_hor, sun_el, strength = (0.6, 0.63, 0.68), (0.8, 0.8, 0.82), rng.uniform(0.6, 1.2), 0.25
-    else:
-        sky_top, sky_hor, sun_el, strength = (0.35, 0.35, 0.6), (0.95, 0.7, 0.45), rng.uniform(0.2, 0.4), 0.8
+    weather = _weather(rng)
+    # Keyword arguments are evaluated in order: the light's draws come after the materials'.
     return Style(
         asphalt=_jitter(rng, (grey, grey, grey * 1.04), 0.02),
         marking=_jitter(rng, (0.92, 0.92, 0.88), 0.05),
@@ -701,15 +696,42 @@ def _make_style(rng: np.random.Generator) -> Style:
         kerb=_jitter(rng, (0.75, 0.75, 0.72), 0.05),
         sidewalk=_jitter(rng, rng.choice([(0.6, 0.55, 0.5), (0.5, 0.5, 0.52), (0.66, 0.45, 0.4)]), 0.05),
         verge=_jitter(rng, rng.choice([(0.45, 0.4, 0.3), (0.35, 0.42, 0.22), (0.5, 0.48, 0.42)]), 0.05),
-        sky_top=_jitter(rng, sky_top, 0.05),
-        sky_horizon=_jitter(rng, sky_hor, 0.04),
-        sun_azimuth_rad=float(rng.uniform(-np.pi, np.pi)),
-        sun_elevation_rad=float(sun_el),
-        sun_strength=float(strength),
-        exposure=float(rng.uniform(0.85, 1.15)),
-        haze_m=float(rng.uniform(250.0, 1200.0)),
+        **_light(rng, weather),
         texture_amp=float(rng.uniform(0.05, 0.15)),
     )
+
+
+def _weather(rng: np.random.Generator) -> tuple[tuple, tuple, float, float]:
+    """``(sky_top, sky_horizon, sun_elevation_rad, sun_strength)`` of a sunny, overcast or evening sky."""
+    weather = rng.choice(["sunny", "overcast", "evening"], p=[0.5, 0.3, 0.2])
+    if weather == "sunny":
+        return (0.25, 0.45, 0.85), (0.7, 0.8, 0.92), rng.uniform(0.5, 1.1), 1.0
+    if weather == "overcast":
+        return (0.6, 0.63, 0.68), (0.8, 0.8, 0.82), rng.uniform(0.6, 1.2), 0.25
+    return (0.35, 0.35, 0.6), (0.95, 0.7, 0.45), rng.uniform(0.2, 0.4), 0.8
+
+
+def _light(rng: np.random.Generator, weather: tuple[tuple, tuple, float, float]) -> dict[str, object]:
+    """The light fields of a :class:`Style` under ``weather`` (:func:`_weather`), with their own jitter."""
+    sky_top, sky_hor, sun_el, strength = weather
+    return {
+        "sky_top": _jitter(rng, sky_top, 0.05),
+        "sky_horizon": _jitter(rng, sky_hor, 0.04),
+        "sun_azimuth_rad": float(rng.uniform(-np.pi, np.pi)),
+        "sun_elevation_rad": float(sun_el),
+        "sun_strength": float(strength),
+        "exposure": float(rng.uniform(0.85, 1.15)),
+        "haze_m": float(rng.uniform(250.0, 1200.0)),
+    }
+
+
+def relight(style: Style, rng: np.random.Generator) -> Style:
+    """``style`` under other light: weather, sky, sun, exposure and haze drawn anew from ``rng``.
+
+    The materials stay: another drive through the same world on another day sees the same
+    asphalt, paint and verges, under another sky.
+    """
+    return replace(style, **_light(rng, _weather(rng)))
 
 
 def make_world(seed: int, length_m: float = 600.0, terrain: str = "flat") -> World:
@@ -877,34 +899,14 @@ def _make_signs(
     rng: np.random.Generator, road: RoadGeometry, section: CrossSection, ground: Terrain, poles: list[Pole]
 ) -> list[Sign]:
     """Signs on their own posts on the sidewalks, facing the traffic of their side, and on some poles."""
-    L, edge = road.total_length_m, section.road_edge_m
+    L = road.total_length_m
     signs: list[Sign] = []
-
-    def add_sign(x: float, y: float, facing: float, height: float, pole_id: int) -> None:
-        shape = str(rng.choice(["circle", "triangle", "rectangle"]))
-        palette = {
-            "circle": ["red_white", "blue", "white"],
-            "triangle": ["red_white", "yellow"],
-            "rectangle": ["blue", "green", "white", "yellow"],
-        }[shape]
-        rim, face, glyph = _SIGN_PALETTE[str(rng.choice(palette))]
-        size = float(rng.uniform(0.7, 1.2) if shape != "rectangle" else rng.uniform(0.9, 1.5))
-        s_g, d_g = road.road_coords(np.array([x]), np.array([y]))
-        z = float(ground.height_m(s_g, d_g)[0])
-        signs.append(
-            Sign(len(signs), x, y, height, size, shape, facing, rim, face, glyph, pole_id, ground_z_m=z)
-        )
-
     for side in (-1, 1):
         s = rng.uniform(10, 40)
         while s < L - 5:
-            d = side * (edge + rng.uniform(0.3, min(1.5, section.sidewalk_width_m - 0.2)))
-            x, y = road.point_at(s, d)
-            _, _, h = road.pose_at(s)
-            # Right side (ego lanes) faces back along -s, towards the cars; left side faces +s.
-            facing = float(h) + (np.pi if side < 0 else 0.0) + rng.uniform(-0.2, 0.2)
-            if not any(np.hypot(p.x_m - x, p.y_m - y) < 1.5 for p in poles):
-                add_sign(float(x), float(y), facing, float(rng.uniform(2.0, 3.5)), -1)
+            sg = post_sign(rng, road, section, ground, poles, float(s), side, len(signs))
+            if sg is not None:
+                signs.append(sg)
             s += rng.uniform(15, 40)
     # Some signs hang on lamp and plain poles, on the road side of the pole.
     for p in poles:
@@ -916,8 +918,67 @@ def _make_signs(
         facing = float(h) + (np.pi if side < 0 else 0.0)
         offset = p.radius_m + 0.04
         fx, fy = np.cos(facing), np.sin(facing)
-        add_sign(p.x_m + offset * fx, p.y_m + offset * fy, facing, float(rng.uniform(2.5, 4.5)), p.id)
+        signs.append(
+            _new_sign(
+                rng,
+                road,
+                ground,
+                len(signs),
+                p.x_m + offset * fx,
+                p.y_m + offset * fy,
+                facing,
+                float(rng.uniform(2.5, 4.5)),
+                p.id,
+            )
+        )
     return signs
+
+
+def post_sign(
+    rng: np.random.Generator,
+    road: RoadGeometry,
+    section: CrossSection,
+    ground: Terrain,
+    poles: list[Pole] | tuple[Pole, ...],
+    s_m: float,
+    side: int,
+    sign_id: int,
+) -> Sign | None:
+    """A sign on its own post on the sidewalk at ``s_m`` on ``side`` (-1 right, +1 left), facing
+    the traffic of its side; None where a pole stands within 1.5 m (the sign would touch it)."""
+    d = side * (section.road_edge_m + rng.uniform(0.3, min(1.5, section.sidewalk_width_m - 0.2)))
+    x, y = road.point_at(s_m, d)
+    _, _, h = road.pose_at(s_m)
+    # Right side (ego lanes) faces back along -s, towards the cars; left side faces +s.
+    facing = float(h) + (np.pi if side < 0 else 0.0) + rng.uniform(-0.2, 0.2)
+    if any(np.hypot(p.x_m - x, p.y_m - y) < 1.5 for p in poles):
+        return None
+    return _new_sign(rng, road, ground, sign_id, float(x), float(y), facing, float(rng.uniform(2.0, 3.5)), -1)
+
+
+def _new_sign(
+    rng: np.random.Generator,
+    road: RoadGeometry,
+    ground: Terrain,
+    sign_id: int,
+    x_m: float,
+    y_m: float,
+    facing_rad: float,
+    height_m: float,
+    pole_id: int,
+) -> Sign:
+    """A sign plate of a random shape, colours and size at ``(x_m, y_m)``, on the ground there."""
+    shape = str(rng.choice(["circle", "triangle", "rectangle"]))
+    palette = {
+        "circle": ["red_white", "blue", "white"],
+        "triangle": ["red_white", "yellow"],
+        "rectangle": ["blue", "green", "white", "yellow"],
+    }[shape]
+    rim, face, glyph = _SIGN_PALETTE[str(rng.choice(palette))]
+    size = float(rng.uniform(0.7, 1.2) if shape != "rectangle" else rng.uniform(0.9, 1.5))
+    s_g, d_g = road.road_coords(np.array([x_m]), np.array([y_m]))
+    z = float(ground.height_m(s_g, d_g)[0])
+    return Sign(sign_id, x_m, y_m, height_m, size, shape, facing_rad, rim, face, glyph, pole_id, ground_z_m=z)
 
 
 def _make_trees_and_buildings(
