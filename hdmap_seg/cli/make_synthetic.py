@@ -4,6 +4,7 @@
     python tools/make_synthetic.py --out /tmp/r --seed 7 --train 1000 --val 200 --logs 3 --frames-per-log 300
     python tools/make_synthetic.py --camera wide1024 --scale 0.5 --train 0 --val 0 --logs 1
     python tools/make_synthetic.py --terrain flat --pose-noise 0.3 0.5   # level ground, a noisy OXTS unit
+    python tools/make_synthetic.py --out /tmp/m --train 0 --val 0 --drives 4 --edits 2 2 1   # one world, 4 drives
 
 Reruns resume: frames already written are skipped. docs/synthetic.md describes the output.
 """
@@ -39,7 +40,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=d.frames_per_world,
         help="data-set frames drawn from each world (default: %(default)s)",
     )
-    p.add_argument("--logs", type=int, default=d.logs, help="drive logs (default: %(default)s)")
+    p.add_argument(
+        "--logs", type=int, default=None, help=f"drive logs, each of its own world (default: {d.logs})"
+    )
+    p.add_argument(
+        "--drives",
+        type=int,
+        default=None,
+        help="N drive logs of one world instead (the world of log 0), each in another lane or direction, "
+        "light, start and speed",
+    )
+    p.add_argument(
+        "--edits",
+        type=int,
+        nargs=3,
+        metavar=("REMOVE_POLES", "ADD_SIGNS", "MOVE_SIGNS"),
+        default=(d.edit_remove_poles, d.edit_add_signs, d.edit_move_signs),
+        help="with --drives: edit the world for the later drives: remove poles, add signs, move signs by "
+        "2-4 m; listed in LOGS_OUT/edits.geojson (default: %(default)s = none)",
+    )
+    p.add_argument(
+        "--edit-from-drive",
+        type=int,
+        default=d.edit_from_drive,
+        help="the first drive that sees the edited world (default: %(default)s)",
+    )
     p.add_argument("--frames-per-log", type=int, default=d.frames_per_log, help="frames per log at 10 Hz")
     p.add_argument(
         "--origin",
@@ -78,6 +103,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
+    if a.drives is not None and a.logs is not None:
+        raise HdmapError("--logs and --drives exclude each other: --drives N makes N logs of one world")
+    if a.drives is not None and a.drives < 1:
+        raise HdmapError(f"--drives must be at least 1, got {a.drives}")
+    one_world = a.drives is not None
+    a.logs = a.drives if one_world else (a.logs if a.logs is not None else SynthConfig().logs)
     for name in ("train", "val", "logs", "frames_per_log", "frames_per_world", "workers"):
         if getattr(a, name) < (1 if name in ("frames_per_world", "workers") else 0):
             raise HdmapError(f"--{name.replace('_', '-')} must not be {getattr(a, name)}")
@@ -102,7 +133,13 @@ def main(argv: list[str] | None = None) -> None:
         terrain=a.terrain,
         pose_noise_pos_m=a.pose_noise[0],
         pose_noise_yaw_deg=a.pose_noise[1],
+        one_world=one_world,
+        edit_remove_poles=a.edits[0],
+        edit_add_signs=a.edits[1],
+        edit_move_signs=a.edits[2],
+        edit_from_drive=a.edit_from_drive,
     )
+    cfg.check_drives()
     rig = cfg.rig()  # validates camera and scale before any work
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=False) as progress:

@@ -3,6 +3,7 @@
 - :mod:`.world`: the road (straights and arcs, cross-section, median with gaps), its terrain, and what stands beside it;
 - :mod:`.camera`: camera rigs (KITTI's calibration and variants);
 - :mod:`.drive`: the ego car's poses and OXTS packets;
+- :mod:`.multidrive`: one world driven several times (lanes, directions, light) and edited between drives;
 - :mod:`.render`: RGB frame and label mask with a z-buffer;
 - :mod:`.writers` (``make_all``): the data set (:mod:`.dataset`), KITTI-raw drive logs (:mod:`.logs`), their
   GeoJSON ground truth (:mod:`.truth`), contact sheets (:mod:`.sheet`); settings, seeds and plumbing in :mod:`.base`.

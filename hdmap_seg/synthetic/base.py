@@ -51,6 +51,13 @@ class SynthConfig:
     terrain: str = "hills"
     pose_noise_pos_m: float = 0.0
     pose_noise_yaw_deg: float = 0.0
+    #: All logs drive the world of log 0 (each in its own lane, direction, light, start and speed).
+    one_world: bool = False
+    #: Edits of that world seen by drives ``edit_from_drive`` on (docs/synthetic.md).
+    edit_remove_poles: int = 0
+    edit_add_signs: int = 0
+    edit_move_signs: int = 0
+    edit_from_drive: int = 1
 
     def rig(self) -> CameraRig:
         return cached_renderer(self.camera, self.scale).rig
@@ -65,6 +72,24 @@ class SynthConfig:
             return None
         return PoseNoise(self.pose_noise_pos_m, float(np.radians(self.pose_noise_yaw_deg)))
 
+    @property
+    def has_edits(self) -> bool:
+        return self.edit_remove_poles + self.edit_add_signs + self.edit_move_signs > 0
+
+    def check_drives(self) -> None:
+        """HdmapError unless the multi-drive settings make sense together."""
+        counts = (self.edit_remove_poles, self.edit_add_signs, self.edit_move_signs)
+        if min(counts) < 0:
+            raise HdmapError(f"--edits must not be negative, got {' '.join(map(str, counts))}")
+        if not self.has_edits:
+            return
+        if not self.one_world or self.logs < 2:
+            raise HdmapError(
+                "--edits needs --drives N with N >= 2: the edits change the world between drives"
+            )
+        if not 1 <= self.edit_from_drive < self.logs:
+            raise HdmapError(f"--edit-from-drive must be 1..{self.logs - 1} with {self.logs} drives")
+
 
 def world_seed(seed: int, split: str, index: int) -> int:
     """The seed of world ``index`` of ``split``: train, val and logs never share a world."""
@@ -78,7 +103,22 @@ def frame_rng(seed: int, split: str, index: int, sub: int = 0) -> np.random.Gene
 
 def pose_noise_rng(seed: int, index: int) -> np.random.Generator:
     """The random stream of log ``index``'s OXTS pose noise (apart from every other draw)."""
-    return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_CODE["log"], index, 0x0A15E]))
+    return _log_stream(seed, index, 0x0A15E)
+
+
+def drive_plan_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of drive ``index``'s start and light in a world driven several times."""
+    return _log_stream(seed, index, 0xD21E)
+
+
+def world_edit_rng(seed: int) -> np.random.Generator:
+    """The random stream of the edits of a world driven several times."""
+    return _log_stream(seed, 0, 0xED17)
+
+
+def _log_stream(seed: int, index: int, tag: int) -> np.random.Generator:
+    # A tag of its own per purpose, so that a new kind of draw never shifts an existing one.
+    return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_CODE["log"], index, tag]))
 
 
 @functools.lru_cache(maxsize=8)
@@ -101,7 +141,16 @@ def rgb_png_bytes(rgb: np.ndarray) -> bytes:
 
 #: Settings recorded only when they differ from these (what folders made before they existed hold),
 #: so that a flat, noise-free run writes the same manifest as then.
-_MANIFEST_IMPLIED = {"terrain": "flat", "pose_noise_pos_m": 0.0, "pose_noise_yaw_deg": 0.0}
+_MANIFEST_IMPLIED = {
+    "terrain": "flat",
+    "pose_noise_pos_m": 0.0,
+    "pose_noise_yaw_deg": 0.0,
+    "one_world": False,
+    "edit_remove_poles": 0,
+    "edit_add_signs": 0,
+    "edit_move_signs": 0,
+    "edit_from_drive": 1,
+}
 
 
 def check_manifest(cfg: SynthConfig, root: Path) -> None:

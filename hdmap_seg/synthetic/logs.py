@@ -19,15 +19,26 @@ from hdmap_seg.synthetic.base import (
     cached_renderer,
     cached_world,
     check_manifest,
+    drive_plan_rng,
     frame_rng,
     png_bytes,
     pose_noise_rng,
     rgb_png_bytes,
     run_jobs,
+    world_edit_rng,
     world_seed,
 )
 from hdmap_seg.synthetic.camera import CameraRig
 from hdmap_seg.synthetic.drive import Drive, make_drive, oxts_packets
+from hdmap_seg.synthetic.multidrive import (
+    START_OFFSET_M,
+    DrivePlan,
+    WorldEdit,
+    drive_plan,
+    drive_world,
+    edit_world,
+    write_edits,
+)
 from hdmap_seg.synthetic.render import POLE, SIGN
 from hdmap_seg.synthetic.sheet import write_contact_sheet
 from hdmap_seg.synthetic.truth import write_ground_truth
@@ -43,13 +54,63 @@ def log_name(index: int) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _log_setup(cfg: SynthConfig, index: int) -> tuple[World, Drive, LocalFrame]:
-    length = _RUN_IN_M + 14.5 * cfg.frames_per_log / 10.0 + _RUN_OUT_M  # 14.5 m/s is the top speed
-    world = cached_world(world_seed(cfg.seed, "log", index), max(length, cfg.world_length_m), cfg.terrain)
+    origin = LocalFrame(cfg.lat0, cfg.lon0, cfg.alt0)
     rig = cfg.rig()
+    if cfg.one_world:
+        world, plan = _drive_of_one_world(cfg, index)
+        drive = make_drive(
+            world,
+            cfg.frames_per_log,
+            frame_rng(cfg.seed, "log", index),
+            rig.imu_height_m,
+            s_start_m=_RUN_IN_M + plan.start_offset_m,
+            lane_d_m=plan.lane_d_m,
+            direction=plan.direction,
+        )
+        return world, drive, origin
+    world = _log_world(cfg, index)
     drive = make_drive(
         world, cfg.frames_per_log, frame_rng(cfg.seed, "log", index), rig.imu_height_m, s_start_m=_RUN_IN_M
     )
-    return world, drive, LocalFrame(cfg.lat0, cfg.lon0, cfg.alt0)
+    return world, drive, origin
+
+
+def _log_world(cfg: SynthConfig, index: int) -> World:
+    length = _RUN_IN_M + 14.5 * cfg.frames_per_log / 10.0 + _RUN_OUT_M  # 14.5 m/s is the top speed
+    return cached_world(world_seed(cfg.seed, "log", index), max(length, cfg.world_length_m), cfg.terrain)
+
+
+@functools.lru_cache(maxsize=1)
+def world_versions(cfg: SynthConfig) -> tuple[World, World, list[WorldEdit]]:
+    """The world all drives of ``cfg`` drive (``one_world``): as drive 0 sees it, as drives from
+    ``cfg.edit_from_drive`` on see it, and the edits between the two."""
+    cfg.check_drives()
+    world = _log_world(cfg, 0)
+    if not cfg.has_edits:
+        return world, world, []
+    # The stretch every drive sees, whatever its start, speed (8 m/s at the least) and direction
+    # (the camera looks 5 m past the car's nose): objects there are edited, so that drives
+    # before and after the edits can tell.
+    s_lo = _RUN_IN_M + START_OFFSET_M[1] + 5.0
+    s_hi = _RUN_IN_M + START_OFFSET_M[0] + 8.0 * cfg.frames_per_log / 10.0 - 5.0
+    edited, edits = edit_world(
+        world,
+        cfg.edit_remove_poles,
+        cfg.edit_add_signs,
+        cfg.edit_move_signs,
+        (s_lo, max(s_hi, s_lo + 20.0)),
+        world_edit_rng(cfg.seed),
+    )
+    return world, edited, edits
+
+
+def _drive_of_one_world(cfg: SynthConfig, index: int) -> tuple[World, DrivePlan]:
+    """Drive ``index``'s version of the one world of ``cfg``, and how it drives it."""
+    before, after, _ = world_versions(cfg)
+    world = after if cfg.has_edits and index >= cfg.edit_from_drive else before
+    rng = drive_plan_rng(cfg.seed, index)
+    plan = drive_plan(world, index, rng)
+    return drive_world(world, plan, index, rng), plan
 
 
 def _log_frame(cfg: SynthConfig, log_index: int, log_dir: str, i: int) -> dict[str, list[int]]:
@@ -163,6 +224,17 @@ def write_drive_log(
         [log_dir / "label_02" / "data" / f"{s}.png" for s in stems],
     )
     return log_dir
+
+
+def write_world_edits(cfg: SynthConfig, logs_root: str | os.PathLike) -> Path:
+    """``logs_root/edits.geojson``: what changed in the one world of ``cfg`` between its drives."""
+    _, _, edits = world_versions(cfg)
+    return write_edits(
+        Path(logs_root) / "edits.geojson",
+        edits,
+        cfg.edit_from_drive,
+        LocalFrame(cfg.lat0, cfg.lon0, cfg.alt0),
+    )
 
 
 def _log_job(cfg: SynthConfig, index: int, log_dir: str, i: int):
