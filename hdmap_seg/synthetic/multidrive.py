@@ -10,6 +10,7 @@ edits (:func:`write_edits`) says what changed between the versions in the truth'
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from hdmap_seg.errors import HdmapError
 from hdmap_seg.export.geojson import ALT_DECIMALS, DECIMALS, write_geojson
 from hdmap_seg.geo.frames import LocalFrame
 from hdmap_seg.maplayers import POLES, SIGNS, Feature
-from hdmap_seg.synthetic.world import CrossSection, Sign, World, post_sign, relight
+from hdmap_seg.synthetic.world import CrossSection, Pole, Sign, World, post_sign, relight
 
 #: Extra start of a later drive along the road (m): enough to see the world from other places,
 #: little enough that all drives share most of their stretch.
@@ -160,11 +161,15 @@ def _sign_xyz(sg: Sign) -> tuple[float, float, float]:
     return (sg.x_m, sg.y_m, sg.centre_z_m)
 
 
-def _clear_of_signs(x_m: float, y_m: float, signs, skip_id: int = -1, min_m: float = 2.0) -> bool:
+def _clear_of_signs(
+    x_m: float, y_m: float, signs: Iterable[Sign], skip_id: int = -1, min_m: float = 2.0
+) -> bool:
     return all(np.hypot(o.x_m - x_m, o.y_m - y_m) >= min_m for o in signs if o.id != skip_id)
 
 
-def _moved_sign(world: World, poles, signs: list[Sign], sg: Sign, rng: np.random.Generator) -> Sign:
+def _moved_sign(
+    world: World, poles: Iterable[Pole], signs: list[Sign], sg: Sign, rng: np.random.Generator
+) -> Sign:
     """``sg`` moved a few metres along the road at its offset, turned with the road, on the ground there."""
     road = world.road
     s0, d0 = road.road_coords(np.array([sg.x_m]), np.array([sg.y_m]))
