@@ -1,5 +1,6 @@
 """Drive logs of the synthetic world in the KITTI raw layout: frames, label masks, OXTS packets,
-calibration, the ground truth of what the drive saw (``gt/``) and a contact sheet."""
+calibration, the ground truth of what the drive saw (``gt/``) and a contact sheet. Each log drives a
+world of its own, or (``one_world``) all drive one world, edited between drives (:mod:`.multidrive`)."""
 
 from __future__ import annotations
 
@@ -88,9 +89,9 @@ def world_versions(cfg: SynthConfig) -> tuple[World, World, list[WorldEdit]]:
     world = _log_world(cfg, 0)
     if not cfg.has_edits:
         return world, world, []
-    # The stretch every drive sees, whatever its start, speed (8 m/s at the least) and direction
-    # (the camera looks 5 m past the car's nose): objects there are edited, so that drives
-    # before and after the edits can tell.
+    # The stretch every drive passes, whatever its start, speed (8 m/s at the least) and direction,
+    # with 5 m to spare at its ends (an object right beside a drive's first or last pose is out of
+    # its view): objects there are edited, so that drives before and after the edits can tell.
     s_lo = _RUN_IN_M + START_OFFSET_M[1] + 5.0
     s_hi = _RUN_IN_M + START_OFFSET_M[0] + 8.0 * cfg.frames_per_log / 10.0 - 5.0
     edited, edits = edit_world(
