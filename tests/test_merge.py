@@ -13,6 +13,7 @@ from shapely.geometry import LineString, Point, box
 
 from hdmap_seg.cli import merge as merge_cli
 from hdmap_seg.errors import HdmapError
+from hdmap_seg.evaluate.map_metrics import union_ground_truth
 from hdmap_seg.export import geojson as geojson_mod
 from hdmap_seg.export import read_geojson, write_layers
 from hdmap_seg.geo.frames import LocalFrame
@@ -264,3 +265,25 @@ def test_gate_options_are_checked(drives, tmp_path):
     with pytest.raises(HdmapError, match=r"--max-gate-m must be a number >= 0"):
         merge_cli.run(["--out", str(tmp_path / "m"), str(drives[0]), "--max-gate-m", "nan"])
     assert MergeConfig().gate_chi2 == pytest.approx(9.21, abs=0.01)
+
+
+def test_the_truth_of_many_drives_is_one_feature_per_id_and_united_footprints(tmp_path):
+    def truth(name, pole_ids, footprint):
+        poles = [Feature(Point(i, 0.0, 0.0), {"id": i, "type": "pole"}) for i in pole_ids]
+        line = LineString([(footprint.bounds[0], 0.5), (footprint.bounds[2], 0.5)])
+        medians = [Feature(footprint, {"kind": FOOTPRINT}), Feature(line, {"kind": CENTERLINE})]
+        write_layers({POLES: poles, SIGNS: [], MEDIANS: medians}, tmp_path / name, FRAME, gpkg=False)
+        return tmp_path / name
+
+    out = union_ground_truth(
+        [truth("g0", [1, 2], box(0, 0, 10, 1)), truth("g1", [2, 3], box(5, 0, 20, 1))], tmp_path / "u"
+    )
+    assert [p["id"] for _, p in read_geojson(out / "poles.geojson")] == [1, 2, 3]
+    medians = read_geojson(out / "medians.geojson")
+    assert [p["kind"] for _, p in medians] == [FOOTPRINT, CENTERLINE]
+    area = shapely.area(
+        shapely.transform(
+            medians[0][0], lambda c: FRAME.world_from_wgs84_points(np.c_[c, 0 * c[:, 0]])[:, :2]
+        )
+    )
+    assert area == pytest.approx(20.0, rel=1e-3)
