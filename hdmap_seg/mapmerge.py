@@ -7,11 +7,12 @@ Everything happens in the ``world`` frame of the map's origin (metres, ENU).
 Poles and signs: a drive's points are matched one-to-one to the map's (Hungarian, scipy) on the
 squared horizontal distance over ``sigma_drive**2 + sigma_map**2 + floor**2`` (a chi-square gate
 with 2 degrees of freedom; the floor stands for what neither sigma knows, a drive's pose bias), and
-never further apart than ``max_gate_m``; signs also only within ``max_facing_deg`` of facing and
-``max_height_diff_m`` of height. One-to-one per drive keeps a drive's second, nearby point from being
+never further apart than ``max_gate_m``; signs also only within ``max_facing_deg`` of facing (modulo
+180 deg by default: masks do not tell a plate's face from its back, so a drive the other way maps the
+back's facing) and ``max_height_diff_m`` of height. One-to-one per drive keeps a drive's second, nearby point from being
 pulled into a feature it does not belong to, and the gate keeps an outlier from dragging one. Matched
 points are fused by inverse-variance weights ``1 / sigma_m**2`` (position, altitude, and a sign's
-height, size and facing as a weighted circular mean); the merged ``sigma_m`` is ``1 / sqrt(sum
+height and size; the facing as the weighted mean axis, turned to the side most weight saw); the merged ``sigma_m`` is ``1 / sqrt(sum
 weights)``. Unmatched points become new features.
 
 Medians: a drive's footprint that overlaps map footprints (a shared area) is united with all of
@@ -71,6 +72,9 @@ class MergeConfig:
     sigma_floor_m: float = 0.3
     max_gate_m: float = 2.0
     max_facing_deg: float = 45.0
+    #: Masks do not tell a plate's face from its back (docs/map.md, "Limitations"): a drive the other way
+    #: maps the back's facing, so by default facings are compared modulo 180 deg.
+    facing_either_side: bool = True
     max_height_diff_m: float = 1.0
 
     @property
@@ -259,6 +263,8 @@ def _point_sums(xyz: np.ndarray, props: dict, name: str) -> dict:
     if name == SIGNS:
         facing = math.radians(float(props["facing_deg"]))
         sums |= {"wcos": w * math.cos(facing), "wsin": w * math.sin(facing)}
+        # the plate's axis (facing modulo 180 deg) as a doubled angle, for drives that saw its back
+        sums |= {"wcos2": w * math.cos(2 * facing), "wsin2": w * math.sin(2 * facing)}
         for k in SIGN_MEANS:
             if isinstance(props.get(k), (int, float)):
                 sums[f"w_{k}"], sums[f"n_{k}"] = w * float(props[k]), w
@@ -301,7 +307,15 @@ def point_estimate(feat: dict) -> tuple[np.ndarray, float]:
 
 
 def _facing_deg(sums: dict) -> float:
-    return math.degrees(math.atan2(sums["wsin"], sums["wcos"])) % 360.0
+    """The merged facing: along the plate's axis, towards the side most of the weight saw."""
+    axis = math.degrees(math.atan2(sums["wsin2"], sums["wcos2"])) / 2.0
+    direction = math.degrees(math.atan2(sums["wsin"], sums["wcos"]))
+    return (axis if _angle_diff_deg(axis, direction) <= 90.0 else axis + 180.0) % 360.0
+
+
+def _facing_diff_deg(a_deg: float, b_deg: float, either_side: bool) -> float:
+    d = _angle_diff_deg(a_deg, b_deg)
+    return min(d, 180.0 - d) if either_side else d
 
 
 def _angle_diff_deg(a: float, b: float) -> float:
@@ -328,9 +342,10 @@ def _match(state: MergeState, name: str, drive: Drive, config: MergeConfig) -> l
                     continue
                 s = f["sums"]
                 height = s["w_height_m"] / s["n_height_m"] if s.get("n_height_m") else None
-                ok[i, j] = _angle_diff_deg(
-                    float(props["facing_deg"]), _facing_deg(s)
-                ) <= config.max_facing_deg and (
+                facing_diff = _facing_diff_deg(
+                    float(props["facing_deg"]), _facing_deg(s), config.facing_either_side
+                )
+                ok[i, j] = facing_diff <= config.max_facing_deg and (
                     height is None or abs(float(props["height_m"]) - height) <= config.max_height_diff_m
                 )
     # Every allowed pair costs less than any forbidden one, so the most pairs are made, then the closest.

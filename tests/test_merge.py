@@ -132,11 +132,16 @@ def test_signs_match_on_facing_and_height(tmp_path):
     a = make_drive(tmp_path, "a", signs=[sign(p, 0.2, 350.0), sign(B, 0.2, 90.0)])
     b = make_drive(tmp_path, "b", signs=[sign(p, 0.2, 10.0), sign(B, 0.2, 270.0)])  # B seen from the back
     c = make_drive(tmp_path, "c", signs=[sign(p, 0.2, 0.0, height_m=4.0)])  # another plate above
+    d = make_drive(tmp_path, "d", signs=[sign(p, 0.2, 60.0)])  # another plate on the post, turned
+    strict = merge_drives([a, b, c, d], config=MergeConfig(facing_either_side=False))
+    assert sorted(len(f["drives"]) for f in strict.points[SIGNS]) == [1, 1, 1, 1, 2]
     state = merge_drives([a, b, c])
-    assert sorted(len(f["drives"]) for f in state.points[SIGNS]) == [1, 1, 1, 2]
+    assert sorted(len(f["drives"]) for f in state.points[SIGNS]) == [1, 2, 2]
     merge_cli.run(["--out", str(tmp_path / "m"), str(a), str(b), str(c), "--no-gpkg"])
     two = [q for _, q in read_geojson(tmp_path / "m" / "signs.geojson") if q["n_drives"] == 2]
-    assert len(two) == 1 and min(two[0]["facing_deg"], 360 - two[0]["facing_deg"]) == pytest.approx(
+    two = sorted(two, key=lambda q: q["facing_deg"] % 180)
+    assert two[1]["facing_deg"] in (pytest.approx(90.0), pytest.approx(270.0))
+    assert len(two) == 2 and min(two[0]["facing_deg"], 360 - two[0]["facing_deg"]) == pytest.approx(
         0.0, abs=0.01
     )
     assert two[0]["height_m"] == pytest.approx(2.5)

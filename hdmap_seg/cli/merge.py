@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-height-diff-m", type=float, default=d.max_height_diff_m, help="signs' height difference"
     )
+    p.add_argument(
+        "--facing-strict",
+        action="store_true",
+        help="signs' facings must agree as directions (default: modulo 180 deg, masks not telling a plate's back)",
+    )
     p.add_argument("--no-gpkg", action="store_true", help="GeoJSON only")
     return p
 
@@ -64,6 +69,7 @@ def run(argv: list[str] | None = None) -> dict:
         max_gate_m=args.max_gate_m,
         max_facing_deg=args.max_facing_deg,
         max_height_diff_m=args.max_height_diff_m,
+        facing_either_side=not args.facing_strict,
     )
     for name in ("sigma_floor_m", "max_gate_m", "max_facing_deg", "max_height_diff_m"):
         if not getattr(config, name) >= 0:
