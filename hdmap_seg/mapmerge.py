@@ -60,8 +60,6 @@ RUN_RECORDS = ("vectorize.json", "summary.json")
 POINT_LAYERS = (POLES, SIGNS)
 #: Sign properties fused as inverse-variance weighted means.
 SIGN_MEANS = ("height_m", "width_m", "height_plate_m")
-#: Origins closer than this (degrees; metres for the altitude) are the same.
-ORIGIN_TOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -75,6 +73,8 @@ class MergeConfig:
     #: Masks do not tell a plate's face from its back (docs/map.md, "Limitations"): a drive the other way
     #: maps the back's facing, so by default facings are compared modulo 180 deg.
     facing_either_side: bool = True
+    #: A drive's coverage further than this from the map's origin is another place (or frame).
+    max_origin_distance_m: float = 20_000.0
     max_height_diff_m: float = 1.0
 
     @property
@@ -178,12 +178,6 @@ def default_drive_id(folder: Path) -> str:
         return Path(record["log"]).name
     folder = folder.resolve()
     return folder.parent.name if folder.name == "map" else folder.name
-
-
-def same_origin(a: LocalFrame, b: LocalFrame) -> bool:
-    return all(
-        abs(x - y) <= ORIGIN_TOL for x, y in zip(a.to_dict().values(), b.to_dict().values(), strict=True)
-    )
 
 
 def _to_world(geom: BaseGeometry, frame: LocalFrame) -> BaseGeometry:
@@ -509,7 +503,8 @@ def merge_drives(
     config: MergeConfig | None = None,
 ) -> MergeState:
     """Add the drives in ``folders`` (ids: ``drive_ids`` or :func:`default_drive_id`) to ``state`` (None:
-    a new map in the first recorded origin); checks ids and origins before merging anything."""
+    a new map in the first drive's recorded origin, else at its coverage's centre); checks ids and
+    places before merging anything."""
     config = config or MergeConfig()
     if drive_ids is not None and len(drive_ids) != len(folders):
         raise HdmapError(
@@ -537,14 +532,17 @@ def merge_drives(
                 LocalFrame(c.y, c.x, 0.0) if c is not None and not c.is_empty else LocalFrame(0.0, 0.0, 0.0)
             )
         state = MergeState(origin=first)
-    for f, o in zip(folders, origins, strict=True):
-        if o is None:
-            log.warning("%s: no vectorize.json or summary.json with an origin; assumed in the map's world", f)
-        elif not same_origin(o, state.origin):
-            raise HdmapError(
-                f"{f}: layers made in another world frame (origin {o.to_dict()}, the map's {state.origin.to_dict()})"
-            )
     drives = [read_drive(Path(f), i, state.origin) for f, i in zip(folders, ids, strict=True)]
+    for d in drives:
+        # The layers are WGS84 and each drive's origin only the frame it was computed in (its first frame's
+        # position unless vectorized with --origin), so origins may differ; layers far from the map's are
+        # another place, or coordinates written in another frame than their file says.
+        gap_m = float(d.coverage.distance(Point(0.0, 0.0))) if not d.coverage.is_empty else 0.0
+        if gap_m > config.max_origin_distance_m:
+            raise HdmapError(
+                f"{d.folder}: layers {gap_m / 1000:.1f} km from the map's origin {state.origin.to_dict()} "
+                f"(at most {config.max_origin_distance_m / 1000:g} km): another place or world frame"
+            )
     for d in drives:
         add_drive(state, d, config)
     return state

@@ -182,10 +182,24 @@ def test_adding_drives_equals_merging_them_at_once(drives, tmp_path):
 # ----------------------------------------------------------------------------------------- bad input
 
 
-def test_drives_of_another_origin_are_an_error_naming_them(drives, tmp_path):
-    other = make_drive(tmp_path, "far", [pole(A, 0.1)], origin=LocalFrame(48.0, 8.4, 110.0))
-    with pytest.raises(HdmapError, match=r"far/map: layers made in another world frame"):
-        merge_drives([*drives, other])
+def test_drives_far_from_the_map_are_an_error_naming_them(drives, tmp_path):
+    # 111 km north: layers written in another world frame than their file says, or another place
+    far = make_drive(tmp_path, "far", [pole(A, 0.1)], origin=LocalFrame(48.0, 8.4, 110.0))
+    with pytest.raises(HdmapError, match=r"far/map: layers 11\d\.\d km from the map's origin"):
+        merge_drives([*drives, far])
+
+
+def test_drives_recorded_in_other_origins_merge_in_wgs84(drives, tmp_path):
+    # vectorize's origin is the drive's first position: the layers are WGS84 whatever it is
+    other = make_drive(tmp_path, "other", [pole(A, 0.1)])
+    record = json.loads((other / "vectorize.json").read_text())
+    record["origin"] = {"lat0": 49.001, "lon0": 8.401, "alt0": 111.0}
+    (other / "vectorize.json").write_text(json.dumps(record))
+    state = merge_drives([other, *drives])
+    assert state.origin == LocalFrame(49.001, 8.401, 111.0)
+    assert sorted(len(f["drives"]) for f in state.points[POLES]) == [2, 4]
+    lonlatalt = state.origin.wgs84_from_world_points(point_estimate(state.points[POLES][0])[0][None])
+    assert np.linalg.norm(FRAME.world_from_wgs84_points(lonlatalt)[0, :2] - A[:2]) < 0.1
 
 
 def test_a_drive_without_coverage_is_an_error(drives):
@@ -235,12 +249,10 @@ def test_a_map_folder_not_written_by_merge_is_an_error(drives, tmp_path):
         merge_cli.run(["--out", str(tmp_path / "m"), str(drives[1])])
 
 
-def test_a_drive_without_a_run_record_is_assumed_in_the_map_frame(drives, tmp_path, caplog):
+def test_a_drive_without_a_run_record_is_named_by_its_folder(drives, tmp_path):
     bare = make_drive(tmp_path, "bare", [pole(A, 0.1)], record=False)
-    with caplog.at_level(logging.WARNING):
-        state = merge_drives([*drives, bare])
-    assert any("bare/map: no vectorize.json" in r.getMessage() for r in caplog.records)
-    assert state.drives[-1]["id"] == "bare" and len(state.points[POLES][0]["drives"]) == 4
+    state = merge_drives([bare, *drives])
+    assert state.drives[0]["id"] == "bare" and len(state.points[POLES][0]["drives"]) == 4
 
 
 def test_an_interrupted_merge_leaves_the_old_map_byte_identical(drives, tmp_path, monkeypatch):
