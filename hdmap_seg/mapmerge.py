@@ -27,12 +27,13 @@ so an interrupted merge leaves the old map as it was.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
 import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -475,25 +476,36 @@ def read_map(folder: Path) -> MergeState:
 
 def write_map(state: MergeState, folder: Path, gpkg: bool = True) -> list[Path]:
     """Write the whole map into a temporary folder beside ``folder``, then swap it in: an interrupted
-    write leaves the old map as it was (at worst beside a ``.<name>.old-*`` folder if killed between the
-    two renames)."""
+    write leaves the old map as it was (at worst in ``.<name>.old-*`` if killed between the two renames)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp, old = folder.parent / f".{folder.name}.tmp-{tag}", folder.parent / f".{folder.name}.old-{tag}"
+    tmp.mkdir()  # not mkdtemp: the map keeps the umask's permissions, not 0700
+    moved = False
     try:
         paths = write_layers(map_layers(state), tmp, state.origin, gpkg=gpkg)
         write_text_atomic(tmp / MANIFEST, json.dumps(state.to_json(), allow_nan=False) + "\n")
-        old = None
         if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            os.rename(folder, old / folder.name)
+            os.rename(folder, old)
+            moved = True
         os.rename(tmp, folder)
     except BaseException:
+        if moved and not folder.exists():
+            os.rename(old, folder)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if old is not None:
+    if moved:
         shutil.rmtree(old, ignore_errors=True)
     return [folder / p.name for p in paths] + [folder / MANIFEST]
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete the temporary folders of killed merges into ``folder`` (call it holding the lock)."""
+    stale = list(folder.parent.glob(f".{glob.escape(folder.name)}.tmp-*"))
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(stale)
 
 
 def merge_drives(

@@ -11,6 +11,7 @@ import pytest
 import shapely
 from shapely.geometry import LineString, Point, box
 
+from hdmap_seg import mapmerge
 from hdmap_seg.cli import merge as merge_cli
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.evaluate.map_metrics import union_ground_truth
@@ -274,7 +275,9 @@ def test_an_interrupted_merge_leaves_the_old_map_byte_identical(drives, tmp_path
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")) == [".m.lock.d"]
     monkeypatch.undo()
+    (tmp_path / ".m.tmp-killed").mkdir()  # what a killed merge leaves
     merge_cli.run(["--map", str(out), "--add", str(drives[2])])
+    assert not (tmp_path / ".m.tmp-killed").exists()
     assert [d["id"] for d in read_map(out).drives] == ["drive_a", "drive_b", "drive_c"]
 
 
@@ -304,3 +307,23 @@ def test_the_truth_of_many_drives_is_one_feature_per_id_and_united_footprints(tm
         )
     )
     assert area == pytest.approx(20.0, rel=1e-3)
+
+
+def test_a_failed_swap_puts_the_old_map_back(drives, tmp_path, monkeypatch):
+    out = tmp_path / "m"
+    merge_cli.run(["--out", str(out), str(drives[0])])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = mapmerge.os.rename, []
+
+    def fail_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the new map's rename, after the old one moved aside
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(mapmerge.os, "rename", fail_second)
+    with pytest.raises(OSError):
+        merge_cli.run(["--map", str(out), "--add", str(drives[1])])
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")) == [".m.lock.d"]
