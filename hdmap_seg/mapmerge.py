@@ -8,12 +8,13 @@ Poles and signs: a drive's points are matched one-to-one to the map's (Hungarian
 squared horizontal distance over ``sigma_drive**2 + sigma_map**2 + floor**2`` (a chi-square gate
 with 2 degrees of freedom; the floor stands for what neither sigma knows, a drive's pose bias), and
 never further apart than ``max_gate_m``; signs also only within ``max_facing_deg`` of facing (modulo
-180 deg by default: masks do not tell a plate's face from its back, so a drive the other way maps the
-back's facing) and ``max_height_diff_m`` of height. One-to-one per drive keeps a drive's second, nearby point from being
-pulled into a feature it does not belong to, and the gate keeps an outlier from dragging one. Matched
-points are fused by inverse-variance weights ``1 / sigma_m**2`` (position, altitude, and a sign's
-height and size; the facing as the weighted mean axis, turned to the side most weight saw); the merged ``sigma_m`` is ``1 / sqrt(sum
-weights)``. Unmatched points become new features.
+180 deg by default: masks do not tell a plate's face from its back, so a drive the other way maps
+the back's facing) and ``max_height_diff_m`` of height. One-to-one per drive keeps a drive's second,
+nearby point from being pulled into a feature it does not belong to, and the gate keeps an outlier
+from dragging one. Matched points are fused by inverse-variance weights ``1 / sigma_m**2``
+(position, altitude, and a sign's height and size; its facing as the weighted mean axis, turned to
+the side most weight saw); the merged ``sigma_m`` is ``1 / sqrt(sum weights)``. Unmatched points
+become new features.
 
 Medians: a drive's footprint that overlaps map footprints (a shared area) is united with all of
 them into one; its centre line is the longest of theirs. Coverage: the union of the drives'.
