@@ -416,7 +416,11 @@ def map_layers(state: MergeState) -> MapLayers:
                 "id": f["id"],
                 "type": name[:-1],
                 "n_drives": len(f["drives"]),
-                "n_covered": sum(bool(c.covers(Point(xyz[0], xyz[1]))) for c in coverages),
+                # a drive that saw it could see it, though poles beyond the kerb lie outside the ground it saw
+                "n_covered": sum(
+                    d["id"] in f["drives"] or bool(c.covers(Point(xyz[0], xyz[1])))
+                    for d, c in zip(state.drives, coverages, strict=True)
+                ),
                 "n_obs": f["n_obs"],
                 "first_seen": f["first_seen"],
                 "last_seen": f["last_seen"],

@@ -234,6 +234,8 @@ def test_an_empty_drive_is_a_warning_and_a_drive_that_saw_nothing(drives, tmp_pa
     empty = make_drive(tmp_path, "drive_empty")
     with caplog.at_level(logging.WARNING):
         state = merge_drives([*drives, empty])
+    outside = make_drive(tmp_path, "outside", [pole([100.0, 0.0, 0.0], 0.1)])  # beyond its coverage's edge
+    assert mapmerge.map_layers(merge_drives([outside, empty]))[POLES][0].properties["n_covered"] == 1
     assert any("drive_empty" in r.getMessage() and "no features" in r.getMessage() for r in caplog.records)
     assert [d["id"] for d in state.drives][-1] == "drive_empty"
     assert all("drive_empty" not in f["drives"] for f in state.points[POLES])
