@@ -10,6 +10,7 @@ hdmap-infer            tools/infer.py                :mod:`.infer`: batch infere
 hdmap-export           tools/export.py               :mod:`.export`: checkpoint -> ONNX (+ int8)
 hdmap-vectorize        tools/vectorize.py            :mod:`.vectorize`: drive log + masks -> map layers
 hdmap-eval-map         tools/eval_map.py             :mod:`.eval_map`: map metrics against ground truth
+hdmap-merge            tools/merge.py                :mod:`.merge`: many drives' layers -> one map
 hdmap-make-synthetic   tools/make_synthetic.py       :mod:`.make_synthetic`: the synthetic data and logs
 hdmap-class-weights    tools/class_weights.py        :mod:`.class_weights`: median-frequency weights
 hdmap-demo             tools/demo.py (``make demo``) :mod:`.demo`: the whole path on synthetic data

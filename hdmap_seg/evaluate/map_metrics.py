@@ -21,6 +21,7 @@ missing; both sides are clipped to it. Distances are metres in a local frame at 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -28,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import shapely
 from scipy.optimize import linear_sum_assignment
-from shapely.geometry import LineString, Polygon
+from shapely.geometry import LineString, Polygon, mapping
 from shapely.geometry.base import BaseGeometry
 
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.export.geojson import read_geojson
 from hdmap_seg.geo.frames import LocalFrame
+from hdmap_seg.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -336,3 +338,43 @@ def plot_map(pred_dir: Path, gt_dir: Path, frame: LocalFrame, path: Path) -> Non
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------- truth of many drives
+
+
+def union_ground_truth(gt_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
+    """The truth of several drives of one world (synthetic logs' ``gt/``) as one folder, for scoring a
+    merged map: poles and signs once per ``id`` (ids are the world's, the same in every log); median
+    footprints united where they overlap, each with the longest centre line inside it (the drives cover
+    about one stretch, so the longest stands for all). Lane markings are left out: no map has them yet."""
+    out_dir = Path(out_dir)
+    layers: dict[str, list[tuple[BaseGeometry, dict]]] = {}
+    for d in gt_dirs:
+        for name in (*POINT_LAYERS, "medians"):
+            if (Path(d) / f"{name}.geojson").is_file():
+                layers.setdefault(name, []).extend(read_geojson(Path(d) / f"{name}.geojson"))
+    out: dict[str, list[tuple[BaseGeometry, dict]]] = {}
+    for name in POINT_LAYERS:
+        if name in layers:
+            out[name] = list({p["id"]: (g, p) for g, p in reversed(layers[name])}.values())[::-1]
+    if "medians" in layers:
+        polys, lines = _split_medians(layers["medians"])
+        merged = []
+        for k, part in enumerate(
+            shapely.get_parts(shapely.union_all([g for g, _ in polys]) if polys else Polygon())
+        ):
+            props = {"kind": "footprint", "median_id": k}
+            merged.append((part, props))
+            inside = [g for g, _ in lines if part.buffer(1e-6).intersects(g)]
+            if inside:
+                merged.append((max(inside, key=lambda g: g.length), {**props, "kind": "centerline"}))
+        out["medians"] = merged
+    for name, feats in out.items():
+        fc = {
+            "type": "FeatureCollection",
+            "name": name,
+            "features": [{"type": "Feature", "geometry": mapping(g), "properties": p} for g, p in feats],
+        }
+        write_text_atomic(out_dir / f"{name}.geojson", json.dumps(fc) + "\n")
+    return out_dir

@@ -1,0 +1,565 @@
+"""The layers of many drives -> one map: ``hdmap-merge`` (docs/map.md, "Merging drives").
+
+A map is built by adding drives one at a time to a :class:`MergeState`, so that adding drives to a
+map later gives the map that merging them all at once would (the same drives in the same order).
+Everything happens in the ``world`` frame of the map's origin (metres, ENU).
+
+Poles and signs: a drive's points are matched one-to-one to the map's (Hungarian, scipy) on the
+squared horizontal distance over ``sigma_drive**2 + sigma_map**2 + floor**2`` (a chi-square gate
+with 2 degrees of freedom; the floor stands for what neither sigma knows, a drive's pose bias), and
+never further apart than ``max_gate_m``; signs also only within ``max_facing_deg`` of facing (modulo
+180 deg by default: masks do not tell a plate's face from its back, so a drive the other way maps
+the back's facing) and ``max_height_diff_m`` of height. One-to-one per drive keeps a drive's second,
+nearby point from being pulled into a feature it does not belong to, and the gate keeps an outlier
+from dragging one. Matched points are fused by inverse-variance weights ``1 / sigma_m**2``
+(position, altitude, and a sign's height and size; its facing as the weighted mean axis, turned to
+the side most weight saw); the merged ``sigma_m`` is ``1 / sqrt(sum weights)``. Unmatched points
+become new features.
+
+Medians: a drive's footprint that overlaps map footprints (a shared area) is united with all of
+them into one; its centre line is the longest of theirs. Coverage: the union of the drives'.
+Lane markings are not merged (no builder writes them yet).
+
+The map folder holds the layers (GeoJSON, GeoPackage) and ``merge.json``: the manifest (drives with
+their origin and coverage) and each feature's information sums at full precision, which is all that
+adding drives reuses. The whole new map is written into a temporary folder beside it and swapped in,
+so an interrupted merge leaves the old map as it was.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import shapely
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import chi2
+from shapely.geometry import Point
+from shapely.geometry.base import BaseGeometry
+
+from hdmap_seg.errors import HdmapError
+from hdmap_seg.export import write_layers
+from hdmap_seg.export.geojson import read_geojson
+from hdmap_seg.geo.frames import LocalFrame
+from hdmap_seg.io import read_text, write_text_atomic
+from hdmap_seg.maplayers import CENTERLINE, COVERAGE, FOOTPRINT, MEDIANS, POLES, SIGNS, Feature, MapLayers
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "merge.json"
+FORMAT = "hdmap-merge"
+VERSION = 1
+#: What a drive's folder may record its run in (hdmap-vectorize; batch inference).
+RUN_RECORDS = ("vectorize.json", "summary.json")
+POINT_LAYERS = (POLES, SIGNS)
+#: Sign properties fused as inverse-variance weighted means.
+SIGN_MEANS = ("height_m", "width_m", "height_plate_m")
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """The matching rules (module docstring)."""
+
+    gate_prob: float = 0.99
+    sigma_floor_m: float = 0.3
+    max_gate_m: float = 2.0
+    max_facing_deg: float = 45.0
+    #: Masks do not tell a plate's face from its back (docs/map.md, "Limitations"): a drive the other way
+    #: maps the back's facing, so by default facings are compared modulo 180 deg.
+    facing_either_side: bool = True
+    #: A drive's coverage further than this from the map's origin is another place (or frame).
+    max_origin_distance_m: float = 20_000.0
+    max_height_diff_m: float = 1.0
+
+    @property
+    def gate_chi2(self) -> float:
+        return float(chi2.ppf(self.gate_prob, df=2))
+
+
+@dataclass
+class Drive:
+    """One drive's layers, read into the map's world frame."""
+
+    drive_id: str
+    folder: Path
+    origin: LocalFrame | None
+    points: dict[str, list[tuple[np.ndarray, dict]]]  # layer -> [(xyz world, properties)]
+    footprints: list[tuple[BaseGeometry, BaseGeometry | None, dict]]  # (polygon, centre line, props)
+    coverage: BaseGeometry
+
+    @property
+    def n_features(self) -> int:
+        return sum(len(v) for v in self.points.values()) + len(self.footprints)
+
+
+@dataclass
+class MergeState:
+    """What a map knows to continue: its origin, its drives, and each feature's sums (JSON-able)."""
+
+    origin: LocalFrame
+    drives: list[dict] = field(default_factory=list)
+    points: dict[str, list[dict]] = field(default_factory=lambda: {POLES: [], SIGNS: []})
+    medians: list[dict] = field(default_factory=list)
+    next_id: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "origin": self.origin.to_dict(),
+            "next_id": self.next_id,
+            "drives": self.drives,
+            "points": self.points,
+            "medians": self.medians,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict, path: Path) -> MergeState:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise HdmapError(f"{path}: not a map written by hdmap-merge (no '{FORMAT}' manifest)")
+        if data.get("version") != VERSION:
+            raise HdmapError(
+                f"{path}: hdmap-merge manifest version {data.get('version')}, this reads {VERSION}"
+            )
+        try:
+            return cls(
+                origin=LocalFrame(**data["origin"]),
+                drives=list(data["drives"]),
+                points={name: list(data["points"][name]) for name in POINT_LAYERS},
+                medians=list(data["medians"]),
+                next_id=int(data["next_id"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise HdmapError(
+                f"{path}: incomplete hdmap-merge manifest ({type(err).__name__}: {err})"
+            ) from None
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+
+# ------------------------------------------------------------------------------ reading drives
+
+
+def _run_record(folder: Path) -> dict | None:
+    for name in RUN_RECORDS:
+        path = folder / name
+        if path.is_file():
+            try:
+                data = json.loads(read_text(path, "run record"))
+            except ValueError as err:
+                raise HdmapError(f"{path}: not valid JSON ({err})") from None
+            return data if isinstance(data, dict) else None
+    return None
+
+
+def drive_origin(folder: Path) -> LocalFrame | None:
+    """The world origin a drive's layers were made in (its vectorize.json or summary.json), if recorded."""
+    record = _run_record(folder)
+    if record is None or "origin" not in record:
+        return None
+    try:
+        return LocalFrame(**record["origin"])
+    except (TypeError, ValueError) as err:
+        raise HdmapError(f"{folder}: its run record's origin is not lat0/lon0/alt0 ({err})") from None
+
+
+def default_drive_id(folder: Path) -> str:
+    """A drive's id: the name of the log its run record names, else its folder's (its parent's for ``map``)."""
+    record = _run_record(folder)
+    if record and isinstance(record.get("log"), str):
+        return Path(record["log"]).name
+    folder = folder.resolve()
+    return folder.parent.name if folder.name == "map" else folder.name
+
+
+def _to_world(geom: BaseGeometry, frame: LocalFrame) -> BaseGeometry:
+    def fn(lonlat: np.ndarray) -> np.ndarray:
+        padded = np.c_[lonlat, np.zeros(len(lonlat))] if lonlat.shape[1] == 2 else lonlat
+        return frame.world_from_wgs84_points(padded)[:, : lonlat.shape[1]]
+
+    return shapely.transform(geom, fn, include_z=geom.has_z)
+
+
+def _sigma(path: Path, i: int, props: dict) -> float:
+    s = props.get("sigma_m")
+    if not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
+        raise HdmapError(f"{path}: feature {i} has no positive sigma_m (got {s!r}); the merge weighs by it")
+    return float(s)
+
+
+def read_drive(folder: Path, drive_id: str, frame: LocalFrame) -> Drive:
+    """A drive's layers folder -> :class:`Drive` in ``frame``'s world; one-line errors naming the file."""
+    if not folder.is_dir():
+        raise HdmapError(f"{folder}: drive layers folder not found")
+    cov_path = folder / f"{COVERAGE}.geojson"
+    if not cov_path.is_file():
+        raise HdmapError(
+            f"{cov_path}: missing; a drive's layers need the ground it saw (hdmap-vectorize writes it)"
+        )
+    coverage = shapely.union_all([_to_world(g, frame) for g, _ in read_geojson(cov_path)])
+    points: dict[str, list[tuple[np.ndarray, dict]]] = {}
+    for name in POINT_LAYERS:
+        path = folder / f"{name}.geojson"
+        points[name] = []
+        if not path.is_file():
+            continue
+        for i, (g, props) in enumerate(read_geojson(path)):
+            if g.geom_type != "Point" or not g.has_z:
+                raise HdmapError(f"{path}: feature {i} is a {g.geom_type}, not a Point [lon, lat, alt]")
+            xyz = frame.world_from_wgs84_points(np.array([[g.x, g.y, g.z]]))[0]
+            if not np.isfinite(xyz).all():
+                raise HdmapError(f"{path}: feature {i} has a coordinate that is not a finite number")
+            _sigma(path, i, props)
+            if name == SIGNS and not all(
+                isinstance(props.get(k), (int, float)) for k in ("facing_deg", "height_m")
+            ):
+                raise HdmapError(
+                    f"{path}: feature {i} lacks facing_deg or height_m; signs are matched on them"
+                )
+            points[name].append((xyz, props))
+    footprints = []
+    path = folder / f"{MEDIANS}.geojson"
+    if path.is_file():
+        feats = read_geojson(path)
+        lines = {p.get("id"): _to_world(g, frame) for g, p in feats if p.get("kind") == CENTERLINE}
+        for g, p in feats:
+            if p.get("kind") == FOOTPRINT:
+                poly = _to_world(g, frame)
+                if not poly.is_valid:
+                    poly = shapely.make_valid(poly)
+                footprints.append((poly, lines.get(p.get("id")), p))
+    return Drive(drive_id, folder, drive_origin(folder), points, footprints, coverage)
+
+
+# -------------------------------------------------------------------------------------- merging
+
+
+def _wkb(geom: BaseGeometry | None) -> str | None:
+    return None if geom is None else shapely.to_wkb(geom, hex=True, include_srid=False)
+
+
+def _from_wkb(text: str | None) -> BaseGeometry | None:
+    return None if text is None else shapely.from_wkb(text)
+
+
+def _point_sums(xyz: np.ndarray, props: dict, name: str) -> dict:
+    """A point's information sums: weight ``1/sigma**2`` and weight times each fused value."""
+    w = 1.0 / float(props["sigma_m"]) ** 2
+    sums = {"w": w, "wx": w * xyz[0], "wy": w * xyz[1], "wz": w * xyz[2]}
+    if name == SIGNS:
+        facing = math.radians(float(props["facing_deg"]))
+        sums |= {"wcos": w * math.cos(facing), "wsin": w * math.sin(facing)}
+        # the plate's axis (facing modulo 180 deg) as a doubled angle, for drives that saw its back
+        sums |= {"wcos2": w * math.cos(2 * facing), "wsin2": w * math.sin(2 * facing)}
+        for k in SIGN_MEANS:
+            if isinstance(props.get(k), (int, float)):
+                sums[f"w_{k}"], sums[f"n_{k}"] = w * float(props[k]), w
+    return {k: float(v) for k, v in sums.items()}
+
+
+def _confidence(props: dict) -> float:
+    c = props.get("confidence")
+    return float(c) if isinstance(c, (int, float)) and math.isfinite(c) else 0.0
+
+
+def _new_point(state: MergeState, name: str, xyz: np.ndarray, props: dict, drive_id: str) -> dict:
+    return {
+        "id": state.new_id(),
+        "sums": _point_sums(xyz, props, name),
+        "n_obs": int(props.get("n_obs") or 0),
+        "first_seen": props.get("first_seen"),
+        "last_seen": props.get("last_seen"),
+        "miss": 1.0 - _confidence(props),  # product of (1 - confidence): noisy-or over drives
+        "drives": [drive_id],
+    }
+
+
+def _add_to_point(feat: dict, name: str, xyz: np.ndarray, props: dict, drive_id: str) -> None:
+    for k, v in _point_sums(xyz, props, name).items():
+        feat["sums"][k] = feat["sums"].get(k, 0.0) + v
+    feat["n_obs"] += int(props.get("n_obs") or 0)
+    seen = [t for t in (feat["first_seen"], props.get("first_seen")) if t]
+    feat["first_seen"] = min(seen) if seen else None
+    seen = [t for t in (feat["last_seen"], props.get("last_seen")) if t]
+    feat["last_seen"] = max(seen) if seen else None
+    feat["miss"] *= 1.0 - _confidence(props)
+    feat["drives"].append(drive_id)
+
+
+def point_estimate(feat: dict) -> tuple[np.ndarray, float]:
+    """A merged point's world xyz (inverse-variance mean) and its ``sigma_m``."""
+    s = feat["sums"]
+    return np.array([s["wx"], s["wy"], s["wz"]]) / s["w"], 1.0 / math.sqrt(s["w"])
+
+
+def _facing_deg(sums: dict) -> float:
+    """The merged facing: along the plate's axis, towards the side most of the weight saw."""
+    axis = math.degrees(math.atan2(sums["wsin2"], sums["wcos2"])) / 2.0
+    direction = math.degrees(math.atan2(sums["wsin"], sums["wcos"]))
+    return (axis if _angle_diff_deg(axis, direction) <= 90.0 else axis + 180.0) % 360.0
+
+
+def _facing_diff_deg(a_deg: float, b_deg: float, either_side: bool) -> float:
+    d = _angle_diff_deg(a_deg, b_deg)
+    return min(d, 180.0 - d) if either_side else d
+
+
+def _angle_diff_deg(a: float, b: float) -> float:
+    return abs((a - b + 180.0) % 360.0 - 180.0)
+
+
+def _match(state: MergeState, name: str, drive: Drive, config: MergeConfig) -> list[tuple[int, int]]:
+    """One-to-one ``(drive point, map feature)`` pairs inside the gate (module docstring)."""
+    feats, pts = state.points[name], drive.points[name]
+    if not feats or not pts:
+        return []
+    est = [point_estimate(f) for f in feats]
+    map_xy = np.array([e[0][:2] for e in est])
+    map_var = np.array([e[1] ** 2 for e in est])
+    xy = np.array([p[0][:2] for p in pts])
+    var = np.array([float(p[1]["sigma_m"]) ** 2 for p in pts])
+    d2 = ((xy[:, None, :] - map_xy[None, :, :]) ** 2).sum(axis=2)
+    maha = d2 / (var[:, None] + map_var[None, :] + config.sigma_floor_m**2)
+    ok = (maha <= config.gate_chi2) & (d2 <= config.max_gate_m**2)
+    if name == SIGNS:
+        for i, (_, props) in enumerate(pts):
+            for j, f in enumerate(feats):
+                if not ok[i, j]:
+                    continue
+                s = f["sums"]
+                height = s["w_height_m"] / s["n_height_m"] if s.get("n_height_m") else None
+                facing_diff = _facing_diff_deg(
+                    float(props["facing_deg"]), _facing_deg(s), config.facing_either_side
+                )
+                ok[i, j] = facing_diff <= config.max_facing_deg and (
+                    height is None or abs(float(props["height_m"]) - height) <= config.max_height_diff_m
+                )
+    # Every allowed pair costs less than any forbidden one, so the most pairs are made, then the closest.
+    cost = np.where(ok, maha / config.gate_chi2, 1e6)
+    rows, cols = linear_sum_assignment(cost)
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if ok[r, c]]
+
+
+def _add_medians(state: MergeState, drive: Drive) -> None:
+    for poly, line, props in drive.footprints:
+        merged = [m for m in state.medians if _from_wkb(m["footprint"]).intersection(poly).area > 0]
+        rest = [m for m in state.medians if not any(m is x for x in merged)]
+        lines = [_from_wkb(m["centerline"]) for m in merged] + [line]
+        lines = [g for g in lines if g is not None]
+        footprint = shapely.union_all([_from_wkb(m["footprint"]) for m in merged] + [poly])
+        drives = list(dict.fromkeys([d for m in merged for d in m["drives"]] + [drive.drive_id]))
+        state.medians = rest + [
+            {
+                "id": min(m["id"] for m in merged) if merged else state.new_id(),
+                "footprint": _wkb(footprint),
+                "centerline": _wkb(max(lines, key=lambda g: g.length)) if lines else None,
+                "drives": drives,
+                "conf_sum": sum(m["conf_sum"] for m in merged) + _confidence(props),
+                "n_parts": sum(m["n_parts"] for m in merged) + 1,
+            }
+        ]
+
+
+def add_drive(state: MergeState, drive: Drive, config: MergeConfig) -> None:
+    """Merge one drive into ``state`` (in place)."""
+    if any(d["id"] == drive.drive_id for d in state.drives):
+        raise HdmapError(
+            f"{drive.folder}: drive id {drive.drive_id!r} is already in the map; give another with --drive-id"
+        )
+    if drive.n_features == 0:
+        log.warning(
+            "%s: drive %s has no features; merged as a drive that saw nothing", drive.folder, drive.drive_id
+        )
+    for name in POINT_LAYERS:
+        pairs = _match(state, name, drive, config)
+        matched = {i for i, _ in pairs}
+        for i, j in pairs:
+            xyz, props = drive.points[name][i]
+            _add_to_point(state.points[name][j], name, xyz, props, drive.drive_id)
+        for i, (xyz, props) in enumerate(drive.points[name]):
+            if i not in matched:
+                state.points[name].append(_new_point(state, name, xyz, props, drive.drive_id))
+    _add_medians(state, drive)
+    state.drives.append(
+        {
+            "id": drive.drive_id,
+            "folder": str(drive.folder),
+            "origin": None if drive.origin is None else drive.origin.to_dict(),
+            "features": {name: len(p) for name, p in drive.points.items()} | {MEDIANS: len(drive.footprints)},
+            "coverage": _wkb(drive.coverage),
+        }
+    )
+
+
+def map_layers(state: MergeState) -> MapLayers:
+    """The merged map's layers in the world frame, with their properties (docs/map.md)."""
+    coverages = [_from_wkb(d["coverage"]) for d in state.drives]
+    for c in coverages:
+        shapely.prepare(c)
+    layers: MapLayers = {}
+    for name in POINT_LAYERS:
+        out = []
+        for f in state.points[name]:
+            xyz, sigma_m = point_estimate(f)
+            s = f["sums"]
+            props = {
+                "id": f["id"],
+                "type": name[:-1],
+                "n_drives": len(f["drives"]),
+                # a drive that saw it could see it, though poles beyond the kerb lie outside the ground it saw
+                "n_covered": sum(
+                    d["id"] in f["drives"] or bool(c.covers(Point(xyz[0], xyz[1])))
+                    for d, c in zip(state.drives, coverages, strict=True)
+                ),
+                "n_obs": f["n_obs"],
+                "first_seen": f["first_seen"],
+                "last_seen": f["last_seen"],
+                "confidence": round(1.0 - f["miss"], 4),
+                "sigma_m": round(sigma_m, 4),
+                "drives": list(f["drives"]),
+            }
+            if name == SIGNS:
+                props["facing_deg"] = round(_facing_deg(s), 2)
+                for k in SIGN_MEANS:
+                    if s.get(f"n_{k}"):
+                        props[k] = round(s[f"w_{k}"] / s[f"n_{k}"], 3)
+            out.append(Feature(Point(*xyz), props))
+        layers[name] = out
+    medians = []
+    for m in state.medians:
+        props = {
+            "id": m["id"],
+            "n_drives": len(m["drives"]),
+            "drives": list(m["drives"]),
+            "confidence": round(m["conf_sum"] / m["n_parts"], 4),
+        }
+        footprint = _from_wkb(m["footprint"])
+        medians.append(Feature(footprint, {**props, "kind": FOOTPRINT, "area_m2": round(footprint.area, 2)}))
+        if m["centerline"] is not None:
+            line = _from_wkb(m["centerline"])
+            medians.append(Feature(line, {**props, "kind": CENTERLINE, "length_m": round(line.length, 2)}))
+    layers[MEDIANS] = medians
+    union = shapely.union_all(coverages) if coverages else shapely.Polygon()
+    layers[COVERAGE] = (
+        [Feature(union, {"area_m2": round(union.area, 1), "n_drives": len(coverages)})]
+        if not union.is_empty
+        else []
+    )
+    return layers
+
+
+# ------------------------------------------------------------------------------------ map folders
+
+
+def read_map(folder: Path) -> MergeState:
+    """An hdmap-merge map folder's state; a folder that another tool wrote is a one-line error."""
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise HdmapError(f"{folder}: map folder not found")
+    if not path.is_file():
+        raise HdmapError(f"{folder}: not a map written by hdmap-merge (no {MANIFEST})")
+    try:
+        data = json.loads(read_text(path, "hdmap-merge manifest"))
+    except ValueError as err:
+        raise HdmapError(f"{path}: not valid JSON ({err})") from None
+    state = MergeState.from_json(data, path)
+    for name in (*POINT_LAYERS, MEDIANS, COVERAGE):
+        if not (folder / f"{name}.geojson").is_file():
+            raise HdmapError(f"{folder / f'{name}.geojson'}: missing from the hdmap-merge map")
+    return state
+
+
+def write_map(state: MergeState, folder: Path, gpkg: bool = True) -> list[Path]:
+    """Write the whole map into a temporary folder beside ``folder``, then swap it in: an interrupted
+    write leaves the old map as it was (at worst in ``.<name>.old-*`` if killed between the two renames)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp, old = folder.parent / f".{folder.name}.tmp-{tag}", folder.parent / f".{folder.name}.old-{tag}"
+    tmp.mkdir()  # not mkdtemp: the map keeps the umask's permissions, not 0700
+    moved = False
+    try:
+        paths = write_layers(map_layers(state), tmp, state.origin, gpkg=gpkg)
+        write_text_atomic(tmp / MANIFEST, json.dumps(state.to_json(), allow_nan=False) + "\n")
+        if folder.exists():
+            os.rename(folder, old)
+            moved = True
+        os.rename(tmp, folder)
+    except BaseException:
+        if moved and not folder.exists():
+            os.rename(old, folder)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if moved:
+        shutil.rmtree(old, ignore_errors=True)
+    return [folder / p.name for p in paths] + [folder / MANIFEST]
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete the temporary folders of killed merges into ``folder`` (call it holding the lock)."""
+    stale = list(folder.parent.glob(f".{glob.escape(folder.name)}.tmp-*"))
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return len(stale)
+
+
+def merge_drives(
+    folders: list[Path],
+    drive_ids: list[str] | None = None,
+    state: MergeState | None = None,
+    config: MergeConfig | None = None,
+) -> MergeState:
+    """Add the drives in ``folders`` (ids: ``drive_ids`` or :func:`default_drive_id`) to ``state`` (None:
+    a new map in the first drive's recorded origin, else at its coverage's centre); checks ids and
+    places before merging anything."""
+    config = config or MergeConfig()
+    if drive_ids is not None and len(drive_ids) != len(folders):
+        raise HdmapError(
+            f"{len(drive_ids)} --drive-id for {len(folders)} drive folders; give one each or none"
+        )
+    for f in folders:
+        if not Path(f).is_dir():
+            raise HdmapError(f"{f}: drive layers folder not found")
+    ids = list(drive_ids) if drive_ids is not None else [default_drive_id(Path(f)) for f in folders]
+    known = {d["id"] for d in state.drives} if state else set()
+    seen: dict[str, Path] = {}
+    for f, i in zip(folders, ids, strict=True):
+        if i in seen or i in known:
+            where = f"{seen[i]} and {f}" if i in seen else f"{f} and the map"
+            raise HdmapError(f"{f}: duplicate drive id {i!r} ({where}); give unique ones with --drive-id")
+        seen[i] = Path(f)
+    origins = [drive_origin(Path(f)) for f in folders]
+    if state is None:
+        first = next((o for o in origins if o is not None), None)
+        if first is None:
+            # No drive records its origin: any frame serves, the layers being WGS84; the first coverage's centre.
+            cov = read_geojson(Path(folders[0]) / f"{COVERAGE}.geojson") if folders else []
+            c = shapely.union_all([g for g, _ in cov]).centroid if cov else None
+            first = (
+                LocalFrame(c.y, c.x, 0.0) if c is not None and not c.is_empty else LocalFrame(0.0, 0.0, 0.0)
+            )
+        state = MergeState(origin=first)
+    drives = [read_drive(Path(f), i, state.origin) for f, i in zip(folders, ids, strict=True)]
+    for d in drives:
+        # The layers are WGS84 and each drive's origin only the frame it was computed in (its first frame's
+        # position unless vectorized with --origin), so origins may differ; layers far from the map's are
+        # another place, or coordinates written in another frame than their file says.
+        gap_m = float(d.coverage.distance(Point(0.0, 0.0))) if not d.coverage.is_empty else 0.0
+        if gap_m > config.max_origin_distance_m:
+            raise HdmapError(
+                f"{d.folder}: layers {gap_m / 1000:.1f} km from the map's origin {state.origin.to_dict()} "
+                f"(at most {config.max_origin_distance_m / 1000:g} km): another place or world frame"
+            )
+    for d in drives:
+        add_drive(state, d, config)
+    return state

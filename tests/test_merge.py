@@ -1,0 +1,331 @@
+"""hdmap-merge: matching by sigma_m, inverse-variance fusion, incremental adds, bad input, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+from shapely.geometry import LineString, Point, box
+
+from hdmap_seg import mapmerge
+from hdmap_seg.cli import merge as merge_cli
+from hdmap_seg.errors import HdmapError
+from hdmap_seg.evaluate.map_metrics import union_ground_truth
+from hdmap_seg.export import geojson as geojson_mod
+from hdmap_seg.export import read_geojson, write_layers
+from hdmap_seg.geo.frames import LocalFrame
+from hdmap_seg.maplayers import CENTERLINE, COVERAGE, FOOTPRINT, MEDIANS, POLES, SIGNS, Feature
+from hdmap_seg.mapmerge import MergeConfig, merge_drives, point_estimate, read_map
+
+FRAME = LocalFrame(49.0, 8.4, 110.0)
+A = np.array([10.0, 5.0, 0.2])  # a pole every drive sees
+B = np.array([30.0, -4.0, 0.1])  # a pole drives a and c see
+
+
+def pole(xyz, sigma_m, t="2026-01-01T00:00:00.000Z", n_obs=5, confidence=0.8) -> Feature:
+    props = {"type": "pole", "n_obs": n_obs, "first_seen": t, "last_seen": t, "confidence": confidence}
+    return Feature(Point(*xyz), props | {"sigma_m": sigma_m})
+
+
+def sign(xyz, sigma_m, facing_deg, height_m=2.5) -> Feature:
+    feat = pole(xyz, sigma_m)
+    feat.properties |= {"type": "sign", "facing_deg": facing_deg, "height_m": height_m}
+    return feat
+
+
+def make_drive(root: Path, name: str, poles=(), signs=(), medians=(), origin=FRAME, record=True) -> Path:
+    folder = root / name / "map"
+    layers = {
+        POLES: list(poles),
+        SIGNS: list(signs),
+        MEDIANS: list(medians),
+        COVERAGE: [Feature(box(-20, -20, 60, 20), {"area_m2": 3200.0})],
+    }
+    write_layers(layers, folder, origin, gpkg=False)
+    if record:
+        (folder / "vectorize.json").write_text(
+            json.dumps({"log": str(root / name), "origin": origin.to_dict()})
+        )
+    return folder
+
+
+def read_world(path: Path) -> list[tuple[np.ndarray, dict]]:
+    """A layer's points in the world frame, as the drive wrote them (rounded to the file's decimals)."""
+    return [(FRAME.world_from_wgs84_points(np.array([[g.x, g.y, g.z]]))[0], p) for g, p in read_geojson(path)]
+
+
+@pytest.fixture
+def drives(tmp_path):
+    a = make_drive(tmp_path, "drive_a", [pole(A + [0.05, 0, 0], 0.1), pole(B + [0, 0.1, 0], 0.2)])
+    b = make_drive(tmp_path, "drive_b", [pole(A + [-0.1, 0.05, 0.02], 0.2, t="2026-01-02T00:00:00.000Z")])
+    c = make_drive(
+        tmp_path,
+        "drive_c",
+        [pole(A + [0.0, -0.2, 0], 0.3, t="2025-12-31T00:00:00.000Z"), pole(B + [0.1, 0, 0], 0.1)],
+    )
+    return [a, b, c]
+
+
+def test_merged_positions_are_the_inverse_variance_means(drives):
+    state = merge_drives(drives)
+    merged = {tuple(f["drives"]): f for f in state.points[POLES]}
+    assert set(merged) == {("drive_a", "drive_b", "drive_c"), ("drive_a", "drive_c")}
+    seen = [read_world(d / "poles.geojson") for d in drives]
+    for key, picks in (
+        (("drive_a", "drive_b", "drive_c"), [seen[0][0], seen[1][0], seen[2][0]]),
+        (("drive_a", "drive_c"), [seen[0][1], seen[2][1]]),
+    ):
+        w = np.array([1.0 / p["sigma_m"] ** 2 for _, p in picks])
+        want = (w[:, None] * np.array([xyz for xyz, _ in picks])).sum(axis=0) / w.sum()
+        got, sigma_m = point_estimate(merged[key])
+        np.testing.assert_allclose(got, want, atol=1e-9)
+        assert sigma_m == pytest.approx(w.sum() ** -0.5, abs=1e-12)
+    a = merged[("drive_a", "drive_b", "drive_c")]
+    assert (a["n_obs"], a["first_seen"], a["last_seen"]) == (
+        15,
+        "2025-12-31T00:00:00.000Z",
+        "2026-01-02T00:00:00.000Z",
+    )
+
+
+def test_the_written_map_names_the_drives_that_saw_each_feature(drives, tmp_path):
+    merge_cli.run(["--out", str(tmp_path / "m"), *map(str, drives), "--no-gpkg"])
+    props = sorted(
+        (p for _, p in read_geojson(tmp_path / "m" / "poles.geojson")), key=lambda p: p["n_drives"]
+    )
+    assert [(p["n_drives"], p["drives"]) for p in props] == [
+        (2, ["drive_a", "drive_c"]),
+        (3, ["drive_a", "drive_b", "drive_c"]),
+    ]
+    assert props[1]["n_obs"] == 15 and props[1]["n_covered"] == 3
+    assert props[1]["sigma_m"] == pytest.approx((1 / 0.01 + 1 / 0.04 + 1 / 0.09) ** -0.5, abs=1e-4)
+    assert props[1]["confidence"] == pytest.approx(1 - 0.2**3, abs=1e-4)
+
+
+def test_an_outlier_pole_3_m_away_stays_apart(tmp_path):
+    a = make_drive(tmp_path, "a", [pole(A, 0.1)])
+    b = make_drive(tmp_path, "b", [pole(A + [0.1, 0, 0], 0.1)])
+    c = make_drive(
+        tmp_path, "c", [pole(A + [3.0, 0, 0], 0.5)]
+    )  # large sigma: only max_gate_m and the floor hold it
+    state = merge_drives([a, b, c])
+    assert sorted(len(f["drives"]) for f in state.points[POLES]) == [1, 2]
+    pos = sorted(point_estimate(f)[0][0] for f in state.points[POLES])
+    assert pos[0] == pytest.approx(A[0] + 0.05, abs=0.02) and pos[1] == pytest.approx(A[0] + 3.0, abs=0.02)
+
+
+def test_one_drive_matches_one_to_one(tmp_path):
+    # drive b saw two poles 0.6 m apart near one pole of drive a: only the closer joins it
+    a = make_drive(tmp_path, "a", [pole(A, 0.1)])
+    b = make_drive(tmp_path, "b", [pole(A + [0.1, 0, 0], 0.1), pole(A + [-0.5, 0, 0], 0.1)])
+    state = merge_drives([a, b])
+    by_n = sorted(state.points[POLES], key=lambda f: len(f["drives"]))
+    assert [len(f["drives"]) for f in by_n] == [1, 2]
+    assert point_estimate(by_n[0])[0][0] == pytest.approx(A[0] - 0.5, abs=0.02)
+
+
+def test_signs_match_on_facing_and_height(tmp_path):
+    p = A + [0, 0, 2.5]
+    a = make_drive(tmp_path, "a", signs=[sign(p, 0.2, 350.0), sign(B, 0.2, 90.0)])
+    b = make_drive(tmp_path, "b", signs=[sign(p, 0.2, 10.0), sign(B, 0.2, 270.0)])  # B seen from the back
+    c = make_drive(tmp_path, "c", signs=[sign(p, 0.2, 0.0, height_m=4.0)])  # another plate above
+    d = make_drive(tmp_path, "d", signs=[sign(p, 0.2, 60.0)])  # another plate on the post, turned
+    strict = merge_drives([a, b, c, d], config=MergeConfig(facing_either_side=False))
+    assert sorted(len(f["drives"]) for f in strict.points[SIGNS]) == [1, 1, 1, 1, 2]
+    state = merge_drives([a, b, c])
+    assert sorted(len(f["drives"]) for f in state.points[SIGNS]) == [1, 2, 2]
+    merge_cli.run(["--out", str(tmp_path / "m"), str(a), str(b), str(c), "--no-gpkg"])
+    two = [q for _, q in read_geojson(tmp_path / "m" / "signs.geojson") if q["n_drives"] == 2]
+    two = sorted(two, key=lambda q: q["facing_deg"] % 180)
+    assert two[1]["facing_deg"] in (pytest.approx(90.0), pytest.approx(270.0))
+    assert len(two) == 2 and min(two[0]["facing_deg"], 360 - two[0]["facing_deg"]) == pytest.approx(
+        0.0, abs=0.01
+    )
+    assert two[0]["height_m"] == pytest.approx(2.5)
+
+
+def test_overlapping_median_footprints_merge(tmp_path):
+    def median(poly, i):
+        props = {"id": i, "confidence": 0.5, "area_m2": poly.area}
+        line = LineString([(poly.bounds[0], poly.centroid.y), (poly.bounds[2], poly.centroid.y)])
+        return [Feature(poly, props | {"kind": FOOTPRINT}), Feature(line, props | {"kind": CENTERLINE})]
+
+    a = make_drive(tmp_path, "a", medians=median(box(0, 0, 10, 1), 0) + median(box(30, 0, 35, 1), 1))
+    b = make_drive(tmp_path, "b", medians=median(box(8, 0, 20, 1), 0))
+    state = merge_drives([a, b])
+    assert sorted(m["drives"] for m in state.medians) == [["a"], ["a", "b"]]
+    merged = next(m for m in state.medians if len(m["drives"]) == 2)
+    assert shapely.from_wkb(merged["footprint"]).area == pytest.approx(20.0, abs=0.05)
+    assert shapely.from_wkb(merged["centerline"]).length == pytest.approx(12.0, abs=0.05)
+
+
+def test_adding_drives_equals_merging_them_at_once(drives, tmp_path):
+    merge_cli.run(["--out", str(tmp_path / "all"), *map(str, drives)])
+    merge_cli.run(["--out", str(tmp_path / "inc"), str(drives[0])])
+    merge_cli.run(["--map", str(tmp_path / "inc"), "--add", str(drives[1]), str(drives[2])])
+    one, inc = read_map(tmp_path / "all"), read_map(tmp_path / "inc")
+    assert [d["id"] for d in inc.drives] == ["drive_a", "drive_b", "drive_c"]
+    for name in (POLES, SIGNS):
+        assert len(one.points[name]) == len(inc.points[name])
+        for f, g in zip(one.points[name], inc.points[name], strict=True):
+            assert (f["id"], f["drives"], f["n_obs"]) == (g["id"], g["drives"], g["n_obs"])
+            np.testing.assert_allclose(point_estimate(f)[0], point_estimate(g)[0], atol=1e-9, rtol=0)
+    for name in ("poles", "signs", "medians", "coverage"):
+        assert (tmp_path / "all" / f"{name}.geojson").read_bytes() == (
+            tmp_path / "inc" / f"{name}.geojson"
+        ).read_bytes()
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+
+def test_drives_far_from_the_map_are_an_error_naming_them(drives, tmp_path):
+    # 111 km north: layers written in another world frame than their file says, or another place
+    far = make_drive(tmp_path, "far", [pole(A, 0.1)], origin=LocalFrame(48.0, 8.4, 110.0))
+    with pytest.raises(HdmapError, match=r"far/map: layers 11\d\.\d km from the map's origin"):
+        merge_drives([*drives, far])
+
+
+def test_drives_recorded_in_other_origins_merge_in_wgs84(drives, tmp_path):
+    # vectorize's origin is the drive's first position: the layers are WGS84 whatever it is
+    other = make_drive(tmp_path, "other", [pole(A, 0.1)])
+    record = json.loads((other / "vectorize.json").read_text())
+    record["origin"] = {"lat0": 49.001, "lon0": 8.401, "alt0": 111.0}
+    (other / "vectorize.json").write_text(json.dumps(record))
+    state = merge_drives([other, *drives])
+    assert state.origin == LocalFrame(49.001, 8.401, 111.0)
+    assert sorted(len(f["drives"]) for f in state.points[POLES]) == [2, 4]
+    lonlatalt = state.origin.wgs84_from_world_points(point_estimate(state.points[POLES][0])[0][None])
+    assert np.linalg.norm(FRAME.world_from_wgs84_points(lonlatalt)[0, :2] - A[:2]) < 0.1
+
+
+def test_a_drive_without_coverage_is_an_error(drives):
+    (drives[1] / "coverage.geojson").unlink()
+    with pytest.raises(HdmapError, match=r"drive_b/map/coverage.geojson: missing"):
+        merge_drives(drives)
+
+
+def test_duplicate_drive_ids_are_an_error(drives, tmp_path):
+    twin = make_drive(tmp_path / "elsewhere", "drive_a", [pole(A, 0.1)])
+    with pytest.raises(HdmapError, match=r"duplicate drive id 'drive_a'"):
+        merge_drives([*drives, twin])
+    with pytest.raises(HdmapError, match=r"duplicate drive id 'x'"):
+        merge_drives(drives[:2], ["x", "x"])
+    merge_cli.run(["--out", str(tmp_path / "m"), str(drives[0])])
+    with pytest.raises(HdmapError, match=r"duplicate drive id 'drive_a' .*the map"):
+        merge_cli.run(["--map", str(tmp_path / "m"), "--add", str(twin)])
+
+
+def test_corrupt_geojson_is_a_one_line_error_with_exit_2(drives, tmp_path, capsys):
+    (drives[2] / "poles.geojson").write_text('{"type": "FeatureCollection", "features": [')
+    with pytest.raises(SystemExit) as exc:
+        merge_cli.main(["--out", str(tmp_path / "m"), *map(str, drives)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "drive_c/map/poles.geojson" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_an_empty_drive_is_a_warning_and_a_drive_that_saw_nothing(drives, tmp_path, caplog):
+    empty = make_drive(tmp_path, "drive_empty")
+    with caplog.at_level(logging.WARNING):
+        state = merge_drives([*drives, empty])
+    outside = make_drive(tmp_path, "outside", [pole([100.0, 0.0, 0.0], 0.1)])  # beyond its coverage's edge
+    assert mapmerge.map_layers(merge_drives([outside, empty]))[POLES][0].properties["n_covered"] == 1
+    assert any("drive_empty" in r.getMessage() and "no features" in r.getMessage() for r in caplog.records)
+    assert [d["id"] for d in state.drives][-1] == "drive_empty"
+    assert all("drive_empty" not in f["drives"] for f in state.points[POLES])
+
+
+def test_a_map_folder_not_written_by_merge_is_an_error(drives, tmp_path):
+    with pytest.raises(HdmapError, match=r"drive_a/map: not a map written by hdmap-merge"):
+        merge_cli.run(["--map", str(drives[0]), "--add", str(drives[1])])
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "merge.json").write_text('{"format": "something else"}')
+    with pytest.raises(HdmapError, match=r"m/merge.json: not a map written by hdmap-merge"):
+        merge_cli.run(["--map", str(tmp_path / "m"), "--add", str(drives[1])])
+    with pytest.raises(HdmapError, match=r"exists and is not empty"):
+        merge_cli.run(["--out", str(tmp_path / "m"), str(drives[1])])
+
+
+def test_a_drive_without_a_run_record_is_named_by_its_folder(drives, tmp_path):
+    bare = make_drive(tmp_path, "bare", [pole(A, 0.1)], record=False)
+    state = merge_drives([bare, *drives])
+    assert state.drives[0]["id"] == "bare" and len(state.points[POLES][0]["drives"]) == 4
+
+
+def test_an_interrupted_merge_leaves_the_old_map_byte_identical(drives, tmp_path, monkeypatch):
+    out = tmp_path / "m"
+    merge_cli.run(["--out", str(out), str(drives[0]), str(drives[1])])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = geojson_mod.write_geojson, []
+
+    def fail_second(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(geojson_mod, "write_geojson", fail_second)
+    with pytest.raises(OSError):
+        merge_cli.run(["--map", str(out), "--add", str(drives[2])])
+    assert len(calls) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")) == [".m.lock.d"]
+    monkeypatch.undo()
+    (tmp_path / ".m.tmp-killed").mkdir()  # what a killed merge leaves
+    merge_cli.run(["--map", str(out), "--add", str(drives[2])])
+    assert not (tmp_path / ".m.tmp-killed").exists()
+    assert [d["id"] for d in read_map(out).drives] == ["drive_a", "drive_b", "drive_c"]
+
+
+def test_gate_options_are_checked(drives, tmp_path):
+    with pytest.raises(HdmapError, match=r"--max-gate-m must be a number >= 0"):
+        merge_cli.run(["--out", str(tmp_path / "m"), str(drives[0]), "--max-gate-m", "nan"])
+    assert MergeConfig().gate_chi2 == pytest.approx(9.21, abs=0.01)
+
+
+def test_the_truth_of_many_drives_is_one_feature_per_id_and_united_footprints(tmp_path):
+    def truth(name, pole_ids, footprint):
+        poles = [Feature(Point(i, 0.0, 0.0), {"id": i, "type": "pole"}) for i in pole_ids]
+        line = LineString([(footprint.bounds[0], 0.5), (footprint.bounds[2], 0.5)])
+        medians = [Feature(footprint, {"kind": FOOTPRINT}), Feature(line, {"kind": CENTERLINE})]
+        write_layers({POLES: poles, SIGNS: [], MEDIANS: medians}, tmp_path / name, FRAME, gpkg=False)
+        return tmp_path / name
+
+    out = union_ground_truth(
+        [truth("g0", [1, 2], box(0, 0, 10, 1)), truth("g1", [2, 3], box(5, 0, 20, 1))], tmp_path / "u"
+    )
+    assert [p["id"] for _, p in read_geojson(out / "poles.geojson")] == [1, 2, 3]
+    medians = read_geojson(out / "medians.geojson")
+    assert [p["kind"] for _, p in medians] == [FOOTPRINT, CENTERLINE]
+    area = shapely.area(
+        shapely.transform(
+            medians[0][0], lambda c: FRAME.world_from_wgs84_points(np.c_[c, 0 * c[:, 0]])[:, :2]
+        )
+    )
+    assert area == pytest.approx(20.0, rel=1e-3)
+
+
+def test_a_failed_swap_puts_the_old_map_back(drives, tmp_path, monkeypatch):
+    out = tmp_path / "m"
+    merge_cli.run(["--out", str(out), str(drives[0])])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = mapmerge.os.rename, []
+
+    def fail_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the new map's rename, after the old one moved aside
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(mapmerge.os, "rename", fail_second)
+    with pytest.raises(OSError):
+        merge_cli.run(["--map", str(out), "--add", str(drives[1])])
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")) == [".m.lock.d"]
