@@ -153,8 +153,10 @@ class FrameGeometry:
         on_ground = shapely.union_all(parts) if len(parts) > 1 else (parts[0] if parts else Polygon())
         return on_ground.intersection(self._disc())
 
+    @cached_property
     def visible_ground(self) -> BaseGeometry:
-        """The ground this frame sees within range (its footprint).
+        """The ground this frame sees within range (its footprint; computed once, for every grid
+        that counts what the frame saw).
 
         The image below :attr:`top_ground_row_px` (the rest shows no ground within range), its
         border mapped through the distortion model. Its sides are the only edges that are not
