@@ -103,7 +103,7 @@ class LaneMarkingConfig:
     # Pieces up to this long are dashes, chained across gaps into one dashed line; longer ones are
     # solid lines, never joined across a gap (a solid line broken by a median opening is two lines).
     max_dash_m: float = 10.0
-    max_gap_m: float = 15.0  # longest gap between the dashes of one line
+    max_gap_m: float = 30.0  # longest gap between the dashes of one line: one dash may be missing
     max_offset_m: float = 0.5  # a dash's end may lie this far beside the line of the one before
     max_turn_deg: float = 20.0  # ... and turn this much from it
 

@@ -13,7 +13,7 @@ line); its centre line is the longest path through its nodes (two Dijkstra sweep
 ends by half the end node's length of paint, and its width is its painted area over that length.
 Strokes up to ``max_dash_m`` long are dashes: they are chained end to start across gaps up to
 ``max_gap_m`` when the next one lies ahead on the line of the last (within ``max_offset_m`` beside
-it, turning at most ``max_turn_deg``), nearest gaps first. A chain is one dashed line; a longer
+it beyond what a curve explains, turning at most ``max_turn_deg``), nearest gaps first. A chain is one dashed line; a longer
 stroke is one solid line; a dash that joins no other is left out (a stop line, an arrow's stem, a
 dash seen once).
 """
@@ -195,8 +195,13 @@ def chain_strokes(strokes: list[_Stroke], cfg: LaneMarkingConfig) -> list[list[_
         gap = pts[b] - pts[a]
         along = np.einsum("ij,ij->i", gap, dirs[a])
         back = -np.einsum("ij,ij->i", gap, dirs[b])  # the gap as seen from b's side
-        offset = np.maximum(np.abs(_cross(dirs[a], gap)), np.abs(_cross(dirs[b], gap)))
         facing = -np.einsum("ij,ij->i", dirs[a], dirs[b])
+        # On a curve the chord leaves each end's tangent by half the turn between them: the offset
+        # beside the line is what is left after that, so that a long gap on a curve still links
+        # and the next line over (a lane width beside it) does not.
+        turn = np.arcsin(np.clip(_cross(dirs[a], -dirs[b]), -1.0, 1.0))
+        span = np.linalg.norm(gap, axis=1) * np.sin(0.5 * turn)
+        offset = np.maximum(np.abs(_cross(dirs[a], gap) - span), np.abs(_cross(-dirs[b], gap) + span))
         ok = (
             (along > 0)
             & (back > 0)
