@@ -98,7 +98,11 @@ class LaneMarkingBuilder:
         self.votes = LaneVotes(cfg)
 
     def add(self, frame: FrameStamp, masks: LayerMasks, geometry: FrameGeometry) -> None:
-        self.votes.see(frame.index, geometry.visible_ground)
+        # Paint beyond max_range_m is left out (the grid keeps only what a frame saw): a far line
+        # lands wherever the ground model's height error moves it along the ray, and paints the
+        # road between the far side's lines.
+        near = shapely.Point(geometry.center[:2]).buffer(self.cfg.max_range_m)
+        self.votes.see(frame.index, geometry.visible_ground.intersection(near))
         polygons = mask_polygons(masks[LANE_MARKINGS], self.cfg.min_pixels)
         if polygons:
             self.votes.vote(geometry.image_polygons_to_ground(polygons))
