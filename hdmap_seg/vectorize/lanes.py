@@ -2,20 +2,22 @@
 
 Each frame's marking pixels become polygons in the image (the medians' :func:`mask_polygons`),
 projected onto the road surface and voted on a grid of their own (:class:`LaneVotes`, ``cell_m``
-0.05 m: a marking is 0.10-0.20 m wide) against the frame's visible ground; a cell is paint when
-enough of the frames that saw it say so, so that a car passing over a line does not cut it. Tiles
-retire behind the car as the medians' do; a retired tile keeps its paint as *nodes*: the painted
-cells pooled into ``_NODE_M`` squares, each the centroid of its cells (on the marking's centre
-line, since a marking is narrower than a square), their count and vote fractions.
+0.05 m: a marking is 0.10-0.20 m wide) against the frame's visible ground within ``max_range_m``;
+a cell is paint when enough of the frames that saw it say so, so that a car passing over a line
+does not cut it. Tiles retire behind the car as the medians' do; a retired tile keeps its paint
+as *nodes*: the painted cells pooled into ``_NODE_M`` squares, each the centroid of its cells (on
+the marking's centre line, since a marking is narrower than a square), their count and vote
+fractions.
 
 After the last frame, nodes closer than ``_LINK_M`` are one *stroke* (a dash, or a stretch of solid
-line); its centre line is the longest path through its nodes (two Dijkstra sweeps), run out at both
-ends by half the end node's length of paint, and its width is its painted area over that length.
-Strokes up to ``max_dash_m`` long are dashes: they are chained end to start across gaps up to
-``max_gap_m`` when the next one lies ahead on the line of the last (within ``max_offset_m`` beside
-it beyond what a curve explains, turning at most ``max_turn_deg``), nearest gaps first. A chain is one dashed line; a longer
-stroke is one solid line; a dash that joins no other is left out (a stop line, an arrow's stem, a
-dash seen once).
+line). Its centre line follows the longest path through its nodes (two Dijkstra sweeps), the nodes
+pooled again every ``_NODE_M`` along that path, and is run out at both ends by half the end step's
+length of paint; its width is its painted area over that length. Strokes up to ``max_dash_m`` long
+are dashes: they are chained end to start across gaps up to ``max_gap_m`` when the next one lies
+ahead on the line of the last (within ``max_offset_m`` beside it beyond what a curve explains,
+turning at most ``max_turn_deg``), nearest gaps first. A chain is one dashed line; a longer stroke
+is one solid line; a dash that joins no other is left out (a stop line, an arrow's stem, a dash
+seen once).
 """
 
 from __future__ import annotations
