@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import shapely
+import shapely.affinity
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, dijkstra
 from scipy.spatial import cKDTree
@@ -105,8 +106,11 @@ class LaneMarkingBuilder:
         # road between the far side's lines.
         near = shapely.Point(geometry.center[:2]).buffer(self.cfg.max_range_m)
         self.votes.see(frame.index, geometry.visible_ground.intersection(near))
-        polygons = mask_polygons(masks[LANE_MARKINGS], self.cfg.min_pixels)
+        # Rows above the ground within range hold only paint that is left out: not outlined at all.
+        top = geometry.ground_row_px(self.cfg.max_range_m)
+        polygons = mask_polygons(masks[LANE_MARKINGS][top:], self.cfg.min_pixels)
         if polygons:
+            polygons = [shapely.affinity.translate(p, yoff=top) for p in polygons]
             self.votes.vote(geometry.image_polygons_to_ground(polygons))
 
     def finish(self) -> list[Feature]:
