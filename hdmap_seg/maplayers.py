@@ -21,10 +21,9 @@ SIGNS = "signs"
 MEDIANS = "medians"
 #: The ground the drive saw within range: written beside the layers, fed by no class.
 COVERAGE = "coverage"
-#: In the synthetic ground truth, and scored when both sides have it; no builder makes it yet.
 LANE_MARKINGS = "lane_markings"
 #: The class whose pixels feed each layer, in file order.
-LAYER_CLASS = {POLES: "pole", SIGNS: "sign", MEDIANS: "median"}
+LAYER_CLASS = {POLES: "pole", SIGNS: "sign", MEDIANS: "median", LANE_MARKINGS: "lane_marking"}
 
 #: A median is two features, told apart by their ``kind`` property: its footprint (Polygon) and its
 #: centre line (LineString).

@@ -252,7 +252,7 @@ def test_camvid_class_map_feeds_its_ids_into_the_same_layers():
     class_map = load_class_map(REPO / "conf" / "class_map" / "camvid_to_roads.yaml")
     classes = layer_classes(class_map.source, class_map)
     assert classes == {"pole": [2], "sign": [6]}  # CamVid's Pole and SignSymbol; it has no median class
-    assert layer_classes(ROAD_CLASSES.names) == {"pole": [4], "sign": [5], "median": [3]}
+    assert layer_classes(ROAD_CLASSES.names) == {"pole": [4], "sign": [5], "median": [3], "lane_marking": [2]}
     with pytest.raises(HdmapError, match="need its class map"):
         layer_classes(class_map.source)
     config = for_mask_classes(VectorizeConfig(), class_map.source, class_map)
@@ -284,8 +284,8 @@ def test_builder_rejects_bad_input():
         builder.add_frame(3, np.zeros((375, 1242), np.uint8), T)
     with pytest.raises(HdmapError, match="NaN or inf"):
         builder.add_frame(4, np.zeros((375, 1242), np.uint8), np.full((4, 4), np.nan))
-    with pytest.raises(HdmapError, match="lane markings are not vectorized yet"):
-        VectorizeConfig.from_dict({"classes": {"lane_marking": [2]}})
+    with pytest.raises(HdmapError, match=r"no layer builder for \['road'\]"):
+        VectorizeConfig.from_dict({"classes": {"road": [1]}})
     with pytest.raises(HdmapError, match="min_obz"):
         load_vectorize_config("road", ["pole.min_obz=3"])
 

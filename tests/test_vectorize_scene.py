@@ -22,7 +22,7 @@ ORIGIN = LocalFrame(49.0, 8.4, 110.0)
 IMU_HEIGHT_M = 0.93
 # OpenCV camera axes in the vehicle frame (x forward, y left, z up): z_cam -> x, x_cam -> -y, y_cam -> -z.
 R_VEHICLE_FROM_CAM = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
-POLE, SIGN, MEDIAN, ROAD = 4, 5, 3, 1
+POLE, SIGN, MEDIAN, LANE_MARKING, ROAD = 4, 5, 3, 2, 1
 _FINE = 3  # render_mask draws this many times finer and keeps each pixel's centre sample
 
 
@@ -40,6 +40,7 @@ class Scene:
         default_factory=lambda: np.zeros((0, 5))
     )  # x, y, z centre, diameter, facing yaw
     medians: list = field(default_factory=list)  # (M, 2) ground polygons, world xy
+    markings: list = field(default_factory=list)  # (M, 2) ground polygons of paint on the road, world xy
 
 
 def default_scene() -> Scene:
@@ -170,7 +171,9 @@ def render_mask(
     mask = np.zeros((camera.height, camera.width), np.uint8)
     x = C[0]
     road = np.array([[x - 5, -6.0], [x + 80, -6.0], [x + 80, 6.0], [x - 5, 6.0]])
-    for poly, value in [(road, ROAD)] + [(m, MEDIAN) for m in scene.medians]:
+    for poly, value in (
+        [(road, ROAD)] + [(m, MEDIAN) for m in scene.medians] + [(m, LANE_MARKING) for m in scene.markings]
+    ):
         dense = _densify(poly, 0.25)
         _fill_world_polygon(
             mask, camera, T_cam_from_world, np.c_[dense, ground(dense[:, 0], dense[:, 1])], value

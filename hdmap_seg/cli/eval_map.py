@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Map metrics: points P/R/F1 at 0.5/1/2 m, Chamfer AP at 0.5/1.0/1.5 m, polygon IoU.",
         epilog="Definitions: docs/map.md, 'Map metrics'.",
     )
-    p.add_argument("pred", type=Path, help="folder of predicted layers (poles/signs/medians.geojson)")
+    p.add_argument(
+        "pred", type=Path, help="folder of predicted layers (poles/signs/medians/lane_markings.geojson)"
+    )
     p.add_argument("gt", type=Path, help="folder of ground-truth layers")
     p.add_argument("--out", type=Path, help="where metrics.json and map.png go (default: PRED/eval)")
     p.add_argument("--no-roi", action="store_true", help="do not clip to the prediction's coverage.geojson")

@@ -20,7 +20,7 @@ from hdmap_seg.vectorize.config import for_mask_classes, load_vectorize_config
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hdmap-vectorize",
-        description="Turn a drive log's label masks into map layers: poles, signs, medians (GeoJSON, GeoPackage).",
+        description="Turn a drive log's label masks into map layers: poles, signs, medians, lane markings (GeoJSON, GeoPackage).",
         epilog="Layouts, layer properties and every config key: docs/map.md.",
     )
     p.add_argument("log", type=Path, help="drive log folder (KITTI raw, or generic with poses.csv)")

@@ -21,7 +21,16 @@ from shapely.geometry.base import BaseGeometry
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.frames import LocalFrame
 from hdmap_seg.io import atomic_path, write_text_atomic
-from hdmap_seg.maplayers import CENTERLINE, FOOTPRINT, MEDIANS, POLES, SIGNS, Feature, MapLayers
+from hdmap_seg.maplayers import (
+    CENTERLINE,
+    FOOTPRINT,
+    LANE_MARKINGS,
+    MEDIANS,
+    POLES,
+    SIGNS,
+    Feature,
+    MapLayers,
+)
 
 DECIMALS = 7
 GRID_DEG = 10.0**-DECIMALS
@@ -195,7 +204,8 @@ def _layer_geometry_type(name: str, geoms: list[BaseGeometry]) -> str:
         t = types.pop()
         return f"{t} Z" if geoms[0].has_z else t
     if not types:
-        return {POLES: "Point Z", SIGNS: "Point Z", MEDIAN_CENTERLINES: "LineString"}.get(name, "Polygon")
+        lines = {MEDIAN_CENTERLINES: "LineString", LANE_MARKINGS: "LineString"}
+        return {POLES: "Point Z", SIGNS: "Point Z", **lines}.get(name, "Polygon")
     return "Unknown"
 
 

@@ -3,7 +3,7 @@
     builder = MapBuilder(log.camera, config)
     for i in range(len(log)):
         builder.add_frame(i, mask_i, log.T_world_from_cam(i), log[i].timestamp)
-    layers = builder.finish()            # {"poles": [...], "signs": [...], "medians": [...], "coverage": [...]}
+    layers = builder.finish()            # {"poles": [...], ..., "lane_markings": [...], "coverage": [...]}
     write_layers(layers, out_dir, log.origin)
 
 Each layer the config feeds has its builder (:mod:`~hdmap_seg.vectorize.layer_builder`):
@@ -31,9 +31,10 @@ from hdmap_seg.geo.camera import CameraModel
 from hdmap_seg.geo.drivelog import DriveLog, find_log_jumps, smooth_log
 from hdmap_seg.geo.ground import LevelPlane, TrajectoryGround
 from hdmap_seg.imageio import read_mask
-from hdmap_seg.maplayers import COVERAGE, LAYER_CLASS, MEDIANS, POLES, SIGNS, MapLayers
+from hdmap_seg.maplayers import COVERAGE, LANE_MARKINGS, LAYER_CLASS, MEDIANS, POLES, SIGNS, MapLayers
 from hdmap_seg.vectorize.config import VectorizeConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
+from hdmap_seg.vectorize.lanes import LaneMarkingBuilder
 from hdmap_seg.vectorize.layer_builder import FrameStamp, LayerBuilder, LayerMasks
 from hdmap_seg.vectorize.medians import GroundVotes, MedianBuilder
 from hdmap_seg.vectorize.poles import PoleBuilder
@@ -50,6 +51,7 @@ BUILDERS: dict[str, Callable[[VectorizeConfig, GroundAt, GroundVotes], LayerBuil
     POLES: lambda cfg, ground_at, votes: PoleBuilder(cfg.pole, cfg.pose, ground_at),
     SIGNS: lambda cfg, ground_at, votes: SignBuilder(cfg.sign, cfg.max_range_m, cfg.pose, ground_at),
     MEDIANS: lambda cfg, ground_at, votes: MedianBuilder(cfg.median, votes),
+    LANE_MARKINGS: lambda cfg, ground_at, votes: LaneMarkingBuilder(cfg.lane_marking),
 }
 
 
@@ -118,7 +120,7 @@ class MapBuilder:
         )
         known = self.ground_model.known_area(frame_index) if self.ground_model is not None else None
         geom = FrameGeometry(self.camera, T_world_from_cam, surface, self.config.max_range_m, known)
-        self.ground.see(frame_index, geom.visible_ground())
+        self.ground.see(frame_index, geom.visible_ground)
         frame = FrameStamp(frame_index, timestamp)
         for builder in self.builders.values():
             builder.add(frame, masks, geom)

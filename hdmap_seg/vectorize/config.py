@@ -26,8 +26,7 @@ from hdmap_seg.errors import HdmapError
 from hdmap_seg.io import yaml_error
 from hdmap_seg.maplayers import LAYER_CLASS
 
-#: The classes that feed a layer, keys of ``classes`` (one builder each; ``lane_marking`` will join them:
-#: docs/map.md, "Lane markings").
+#: The classes that feed a layer, keys of ``classes`` (one builder each).
 FEEDING_CLASSES = tuple(LAYER_CLASS.values())
 GROUND_MODELS = ("trajectory", "plane")
 CONF_DIR = paths.CONF_DIR / "vectorize"
@@ -88,6 +87,31 @@ class MedianConfig:
 
 
 @dataclass
+class LaneMarkingConfig:
+    # Paint farther from the camera is left out: 0.15 m of error in the ground's height beside the
+    # path (a crowned far carriageway) moves a point 2.7 m along the ray at 30 m, 1.8 m at 20 m.
+    max_range_m: float = 20.0
+    min_pixels: int = 6  # marking parts smaller than this in the image are speckle (a far dash is a few px)
+    # Finer than the medians' grid: a marking is 0.10-0.20 m wide, and its width is measured on the grid.
+    cell_m: float = 0.05
+    tile_cells: int = 512
+    # A cell is paint if at least this fraction of the frames that saw it say so, and this many: lower
+    # than the medians' since traffic hides the far lines in most frames (the grid's "seen" is the
+    # ground within range, hidden or not).
+    vote_fraction: float = 0.2
+    min_votes: int = 3
+    retire_after_frames: int = 40
+    simplify_m: float = 0.05
+    min_length_m: float = 0.5  # shorter painted strokes are speckle
+    # Pieces up to this long are dashes, chained across gaps into one dashed line; longer ones are
+    # solid lines, never joined across a gap (a solid line broken by a median opening is two lines).
+    max_dash_m: float = 10.0
+    max_gap_m: float = 30.0  # longest gap between the dashes of one line: one dash may be missing
+    max_offset_m: float = 0.5  # a dash's end may lie this far beside the line of the one before
+    max_turn_deg: float = 20.0  # ... and turn this much from it
+
+
+@dataclass
 class GroundConfig:
     # trajectory: the road surface from the drive's poses; plane: level under the car
     model: str = "trajectory"
@@ -115,7 +139,9 @@ class PoseConfig:
 @dataclass
 class VectorizeConfig:
     #: layer -> mask class ids that feed it
-    classes: dict[str, list[int]] = field(default_factory=lambda: {"pole": [4], "sign": [5], "median": [3]})
+    classes: dict[str, list[int]] = field(
+        default_factory=lambda: {"pole": [4], "sign": [5], "median": [3], "lane_marking": [2]}
+    )
     ignore_index: int = 255
     #: masks hold class ids 0..num_classes-1 and ignore_index, any other value is an error;
     #: None: see :meth:`mask_class_count`
@@ -124,6 +150,7 @@ class VectorizeConfig:
     pole: PoleConfig = field(default_factory=PoleConfig)
     sign: SignConfig = field(default_factory=SignConfig)
     median: MedianConfig = field(default_factory=MedianConfig)
+    lane_marking: LaneMarkingConfig = field(default_factory=LaneMarkingConfig)
     ground: GroundConfig = field(default_factory=GroundConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
 
@@ -134,9 +161,8 @@ class VectorizeConfig:
             )
         unknown = sorted(set(self.classes) - set(FEEDING_CLASSES))
         if unknown:
-            later = " (lane markings are not vectorized yet)" if "lane_marking" in unknown else ""
             raise HdmapError(
-                f"vectorize config: no layer builder for {unknown}{later}; layers are {list(FEEDING_CLASSES)}"
+                f"vectorize config: no layer builder for {unknown}; layers are {list(FEEDING_CLASSES)}"
             )
         if not 0 <= self.ignore_index <= 255:
             raise HdmapError(f"vectorize config: ignore_index must be 0..255, got {self.ignore_index}")
@@ -160,7 +186,7 @@ class VectorizeConfig:
 
     def mask_class_count(self) -> int | None:
         """How many classes the masks hold (ids ``0..n-1``, ``ignore_index`` besides): ``num_classes``, or
-        unset, the project's taxonomy's 6 when the layers take its ids (pole 4, sign 5, median 3); None
+        unset, the project's taxonomy's 6 when the layers take its ids (pole 4, sign 5, median 3, lane_marking 2); None
         when not known (masks of another taxonomy through a class map): their values are not checked."""
         if self.num_classes is not None:
             return self.num_classes
@@ -203,7 +229,8 @@ def load_vectorize_config(name_or_path: str | os.PathLike, overrides: list[str] 
 def layer_classes(names: Sequence[str], class_map: ClassMap | None = None) -> dict[str, list[int]]:
     """The mask ids that feed each layer, from the masks' class names in id order.
 
-    A class feeds the layer of its name (``pole``, ``sign``, ``median``: the project's taxonomy).
+    A class feeds the layer of its name (``pole``, ``sign``, ``median``, ``lane_marking``: the
+    project's taxonomy).
     Native names (CamVid's ``Pole``, Vistas' ``object--support--pole``) go through ``class_map``
     first, the file training reads (conf/class_map/*.yaml), so that a model trained on a data set's
     own classes writes the same layers. Raises when no class feeds any layer.

@@ -111,15 +111,19 @@ class FrameGeometry:
 
     @cached_property
     def top_ground_row_px(self) -> int:
-        """The highest image row (smallest ``v``) that shows ground within range; rows above cannot.
+        """The highest image row (smallest ``v``) that shows ground within range; rows above cannot."""
+        return self.ground_row_px(self.max_range_m)
 
-        Found by projecting the ground ``max_range_m`` away along the bearings of the image's columns.
+    def ground_row_px(self, range_m: float) -> int:
+        """The highest image row that shows ground within ``range_m`` of the camera.
+
+        Found by projecting the ground ``range_m`` away along the bearings of the image's columns.
         """
         w, _ = self.camera.size
         cols = np.stack([np.linspace(0, w - 1, 9), np.full(9, self.camera.K[1, 2])], 1)
         dirs = self.rays_world(cols)[:, :2]
         bearing = dirs / np.maximum(np.linalg.norm(dirs, axis=1, keepdims=True), 1e-12)
-        xy = self.center[:2] + self.max_range_m * bearing
+        xy = self.center[:2] + range_m * bearing
         p_world = np.concatenate([xy, self.surface.height_m(xy)[:, None]], axis=1)
         R, C = self.T_world_from_cam[:3, :3], self.center
         uv, in_front = self.camera.project((p_world - C) @ R)
@@ -153,8 +157,10 @@ class FrameGeometry:
         on_ground = shapely.union_all(parts) if len(parts) > 1 else (parts[0] if parts else Polygon())
         return on_ground.intersection(self._disc())
 
+    @cached_property
     def visible_ground(self) -> BaseGeometry:
-        """The ground this frame sees within range (its footprint).
+        """The ground this frame sees within range (its footprint; computed once, for every grid
+        that counts what the frame saw).
 
         The image below :attr:`top_ground_row_px` (the rest shows no ground within range), its
         border mapped through the distortion model. Its sides are the only edges that are not

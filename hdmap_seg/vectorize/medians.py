@@ -25,7 +25,7 @@ from shapely.geometry.base import BaseGeometry
 
 from hdmap_seg.geo.ground import Raised
 from hdmap_seg.maplayers import CENTERLINE, FOOTPRINT, MEDIANS, Feature
-from hdmap_seg.vectorize.config import MedianConfig
+from hdmap_seg.vectorize.config import LaneMarkingConfig, MedianConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layer_builder import FrameStamp, LayerMasks
 
@@ -64,10 +64,12 @@ class GroundVotes:
     """Vote grid over the ground: coverage and median footprints, streaming with bounded memory.
 
     Each frame is seen (:meth:`see`, its visible ground: the coverage, and what its median votes
-    count against), then voted (:meth:`vote`, its median footprint) when medians are built.
+    count against), then voted (:meth:`vote`, its median footprint) when medians are built. Lane
+    markings vote on a grid of their own (:class:`~hdmap_seg.vectorize.lanes.LaneVotes`: finer cells,
+    kept as points rather than polygons).
     """
 
-    def __init__(self, cfg: MedianConfig) -> None:
+    def __init__(self, cfg: MedianConfig | LaneMarkingConfig) -> None:
         self.cfg = cfg
         self.tiles: dict[tuple[int, int], _Tile] = {}
         self.median_pieces: list[_Piece] = []
@@ -133,7 +135,7 @@ class GroundVotes:
         ox, oy = key[0] * self._tile_m, key[1] * self._tile_m
         covered = (tile.seen > 0).astype(np.uint8)
         self.coverage_pieces.extend(_contours_to_polygons(covered, ox, oy, cfg.cell_m))
-        is_median = (tile.votes >= cfg.min_votes) & (tile.votes >= cfg.vote_fraction * tile.seen)
+        is_median = self._voted(tile)
         if not is_median.any():
             return
         score = np.where(is_median, tile.votes / np.maximum(tile.seen, 1), 0.0)
@@ -143,6 +145,10 @@ class GroundVotes:
         for lab in range(1, n_cells):
             for poly in _contours_to_polygons((labels == lab).astype(np.uint8), ox, oy, cfg.cell_m):
                 self.median_pieces.append(_Piece(poly, float(sums[lab]), int(counts[lab])))
+
+    def _voted(self, tile: _Tile) -> np.ndarray:
+        """``(n, n)`` bool: the tile's cells that enough of the frames that saw them voted for."""
+        return (tile.votes >= self.cfg.min_votes) & (tile.votes >= self.cfg.vote_fraction * tile.seen)
 
     def close(self) -> None:
         """Polygonise every tile left: after the last frame."""
