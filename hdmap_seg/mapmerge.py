@@ -18,7 +18,7 @@ become new features.
 
 Medians: a drive's footprint that overlaps map footprints (a shared area) is united with all of
 them into one; its centre line is the longest of theirs. Coverage: the union of the drives'.
-Lane markings are not merged (no builder writes them yet).
+Lane markings are not merged yet: a drive's ``lane_markings.geojson`` is ignored.
 
 The map folder holds the layers (GeoJSON, GeoPackage) and ``merge.json``: the manifest (drives with
 their origin and coverage) and each feature's information sums at full precision, which is all that

@@ -1,12 +1,14 @@
-"""The demo report's overlay strip: frames stacked as they are, and a failed write publishes nothing."""
+"""The demo report: the overlay strip (frames stacked as they are, a failed write publishes nothing) and the metrics table."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from hdmap_seg.report import overlay_strip
+from hdmap_seg.report import overlay_strip, write_report
 
 
 def _frames(tmp_path):
@@ -38,3 +40,12 @@ def test_overlay_strip_that_cannot_be_written_publishes_no_file(tmp_path, monkey
     with pytest.raises(ValueError, match="could not encode"):
         overlay_strip(_frames(tmp_path), out_dir / "strip.png", width=50)
     assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_the_report_shows_the_lane_marking_layer_beside_the_others(tmp_path):
+    medians = {"AP@0.5m": 0.5, "AP@1m": 0.75, "AP@1.5m": 1.0, "iou": 0.9}
+    lanes = {"AP@0.5m": 0.625, "AP@1m": 0.875, "AP@1.5m": None, "n_pred": 9, "n_gt": 8}
+    page = write_report(tmp_path, {"medians": {"footprints": medians}, "lane_markings": lanes}, {}, {})
+    html = Path(page).read_text()
+    assert "lane markings" in html and "0.625 / 0.875 / -" in html and "9 / 8" in html
+    assert "0.500 / 0.750 / 1.000" in html
