@@ -69,7 +69,9 @@ def _metrics_rows(metrics: dict) -> list[tuple[str, str, str]]:
             rows.append((f"medians {kind}", "polygon IoU", f"{m['iou']:.3f}"))
     lanes = metrics.get("lane_markings")
     if lanes:
-        aps = " / ".join("-" if lanes[k] is None else f"{lanes[k]:.3f}" for k in ("AP@0.5m", "AP@1m", "AP@1.5m"))
+        aps = " / ".join(
+            "-" if lanes[k] is None else f"{lanes[k]:.3f}" for k in ("AP@0.5m", "AP@1m", "AP@1.5m")
+        )
         rows.append(("lane markings", "Chamfer AP @0.5 / 1.0 / 1.5 m", aps))
         rows.append(("lane markings", "predicted / true", f"{lanes['n_pred']} / {lanes['n_gt']}"))
     return rows
