@@ -20,6 +20,7 @@ DEMO_BAR = {
     ("poles", "@1m", "f1"): 0.8,
     ("signs", "@2m", "f1"): 0.7,
     ("medians", "footprints", "AP@1m"): 0.7,
+    ("lane_markings", "AP@1m"): 0.6,
 }
 
 
