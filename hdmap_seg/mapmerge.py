@@ -47,8 +47,8 @@ from shapely.geometry.base import BaseGeometry
 
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.export import write_layers
-from hdmap_seg.export.geojson import read_geojson
-from hdmap_seg.geo.frames import LocalFrame
+from hdmap_seg.export.geojson import read_geojson, to_world
+from hdmap_seg.geo.frames import LocalFrame, angle_diff_deg
 from hdmap_seg.io import read_text, write_text_atomic
 from hdmap_seg.maplayers import CENTERLINE, COVERAGE, FOOTPRINT, MEDIANS, POLES, SIGNS, Feature, MapLayers
 
@@ -182,14 +182,6 @@ def default_drive_id(folder: Path) -> str:
     return folder.parent.name if folder.name == "map" else folder.name
 
 
-def _to_world(geom: BaseGeometry, frame: LocalFrame) -> BaseGeometry:
-    def fn(lonlat: np.ndarray) -> np.ndarray:
-        padded = np.c_[lonlat, np.zeros(len(lonlat))] if lonlat.shape[1] == 2 else lonlat
-        return frame.world_from_wgs84_points(padded)[:, : lonlat.shape[1]]
-
-    return shapely.transform(geom, fn, include_z=geom.has_z)
-
-
 def _sigma(path: Path, i: int, props: dict) -> float:
     s = props.get("sigma_m")
     if not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
@@ -206,7 +198,7 @@ def read_drive(folder: Path, drive_id: str, frame: LocalFrame) -> Drive:
         raise HdmapError(
             f"{cov_path}: missing; a drive's layers need the ground it saw (hdmap-vectorize writes it)"
         )
-    coverage = shapely.union_all([_to_world(g, frame) for g, _ in read_geojson(cov_path)])
+    coverage = shapely.union_all([to_world(g, frame) for g, _ in read_geojson(cov_path)])
     points: dict[str, list[tuple[np.ndarray, dict]]] = {}
     for name in POINT_LAYERS:
         path = folder / f"{name}.geojson"
@@ -231,10 +223,10 @@ def read_drive(folder: Path, drive_id: str, frame: LocalFrame) -> Drive:
     path = folder / f"{MEDIANS}.geojson"
     if path.is_file():
         feats = read_geojson(path)
-        lines = {p.get("id"): _to_world(g, frame) for g, p in feats if p.get("kind") == CENTERLINE}
+        lines = {p.get("id"): to_world(g, frame) for g, p in feats if p.get("kind") == CENTERLINE}
         for g, p in feats:
             if p.get("kind") == FOOTPRINT:
-                poly = _to_world(g, frame)
+                poly = to_world(g, frame)
                 if not poly.is_valid:
                     poly = shapely.make_valid(poly)
                 footprints.append((poly, lines.get(p.get("id")), p))
@@ -306,16 +298,12 @@ def _facing_deg(sums: dict) -> float:
     """The merged facing: along the plate's axis, towards the side most of the weight saw."""
     axis = math.degrees(math.atan2(sums["wsin2"], sums["wcos2"])) / 2.0
     direction = math.degrees(math.atan2(sums["wsin"], sums["wcos"]))
-    return (axis if _angle_diff_deg(axis, direction) <= 90.0 else axis + 180.0) % 360.0
+    return (axis if angle_diff_deg(axis, direction) <= 90.0 else axis + 180.0) % 360.0
 
 
 def _facing_diff_deg(a_deg: float, b_deg: float, either_side: bool) -> float:
-    d = _angle_diff_deg(a_deg, b_deg)
+    d = angle_diff_deg(a_deg, b_deg)
     return min(d, 180.0 - d) if either_side else d
-
-
-def _angle_diff_deg(a: float, b: float) -> float:
-    return abs((a - b + 180.0) % 360.0 - 180.0)
 
 
 def _match(state: MergeState, name: str, drive: Drive, config: MergeConfig) -> list[tuple[int, int]]:
@@ -505,8 +493,9 @@ def write_map(state: MergeState, folder: Path, gpkg: bool = True) -> list[Path]:
     return [folder / p.name for p in paths] + [folder / MANIFEST]
 
 
-def remove_stale_temps(folder: Path) -> int:
-    """Delete the temporary folders of killed merges into ``folder`` (call it holding the lock)."""
+def remove_stale_map_copies(folder: Path) -> int:
+    """Delete the temporary map folders of killed merges into ``folder`` (call it holding the lock); the files
+    a killed single-file writer leaves are :func:`hdmap_seg.io.remove_stale_temps`'s."""
     stale = list(folder.parent.glob(f".{glob.escape(folder.name)}.tmp-*"))
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)

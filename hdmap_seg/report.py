@@ -48,6 +48,11 @@ def overlay_strip(images: Sequence[Path], out_png: Path, width: int = 900) -> Pa
     return out_png
 
 
+def _chamfer_aps(m: dict) -> str:
+    """``"0.875 / 1.000 / -"``: a layer's Chamfer AP at 0.5 / 1.0 / 1.5 m (- where it has none)."""
+    return " / ".join("-" if m[k] is None else f"{m[k]:.3f}" for k in ("AP@0.5m", "AP@1m", "AP@1.5m"))
+
+
 def _metrics_rows(metrics: dict) -> list[tuple[str, str, str]]:
     rows = []
     for layer in ("poles", "signs"):
@@ -64,16 +69,12 @@ def _metrics_rows(metrics: dict) -> list[tuple[str, str, str]]:
             rows.append((layer, "mean / p90 error (m)", f"{m['mean_error_m']} / {m['p90_error_m']}"))
             rows.append((layer, "predicted / true", f"{m['n_pred']} / {m['n_gt']}"))
     for kind, m in (metrics.get("medians") or {}).items():
-        aps = " / ".join(f"{m[k]:.3f}" for k in ("AP@0.5m", "AP@1m", "AP@1.5m"))
-        rows.append((f"medians {kind}", "Chamfer AP @0.5 / 1.0 / 1.5 m", aps))
+        rows.append((f"medians {kind}", "Chamfer AP @0.5 / 1.0 / 1.5 m", _chamfer_aps(m)))
         if m.get("iou") is not None:
             rows.append((f"medians {kind}", "polygon IoU", f"{m['iou']:.3f}"))
     lanes = metrics.get("lane_markings")
     if lanes:
-        aps = " / ".join(
-            "-" if lanes[k] is None else f"{lanes[k]:.3f}" for k in ("AP@0.5m", "AP@1m", "AP@1.5m")
-        )
-        rows.append(("lane markings", "Chamfer AP @0.5 / 1.0 / 1.5 m", aps))
+        rows.append(("lane markings", "Chamfer AP @0.5 / 1.0 / 1.5 m", _chamfer_aps(lanes)))
         rows.append(("lane markings", "predicted / true", f"{lanes['n_pred']} / {lanes['n_gt']}"))
     return rows
 

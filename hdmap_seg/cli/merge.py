@@ -12,7 +12,14 @@ from pathlib import Path
 from hdmap_seg.errors import HdmapError, exit_on_user_error
 from hdmap_seg.io import exclusive_lock
 from hdmap_seg.maplayers import count_features
-from hdmap_seg.mapmerge import MergeConfig, map_layers, merge_drives, read_map, remove_stale_temps, write_map
+from hdmap_seg.mapmerge import (
+    MergeConfig,
+    map_layers,
+    merge_drives,
+    read_map,
+    remove_stale_map_copies,
+    write_map,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +99,7 @@ def run(argv: list[str] | None = None) -> dict:
     target.parent.mkdir(parents=True, exist_ok=True)
     lock_dir = target.parent / f".{target.name}.lock.d"
     with exclusive_lock(lock_dir, "hdmap-merge"):
-        remove_stale_temps(target)  # of a killed merge; the lock says none is live
+        remove_stale_map_copies(target)  # of a killed merge; the lock says none is live
         state = merge_drives(folders, args.drive_id, state, config)
         write_map(state, target, gpkg=not args.no_gpkg)
     counts = count_features(map_layers(state))

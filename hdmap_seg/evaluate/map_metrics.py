@@ -33,8 +33,8 @@ from shapely.geometry import LineString, Polygon, mapping
 from shapely.geometry.base import BaseGeometry
 
 from hdmap_seg.errors import HdmapError
-from hdmap_seg.export.geojson import read_geojson
-from hdmap_seg.geo.frames import LocalFrame
+from hdmap_seg.export.geojson import read_geojson, to_world
+from hdmap_seg.geo.frames import LocalFrame, angle_diff_deg
 from hdmap_seg.io import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,7 @@ def point_metrics(pred: np.ndarray, gt: np.ndarray, pred_props=None, gt_props=No
         dz = np.array([abs(pred[i, 2] - gt[j, 2]) for i, j, _ in pairs])
         out["mean_alt_error_m"] = round(float(dz.mean()), 4)
     if pairs and pred_props and gt_props and all("facing_deg" in p for p in pred_props + gt_props):
-        dang = [
-            abs((pred_props[i]["facing_deg"] - gt_props[j]["facing_deg"] + 180) % 360 - 180)
-            for i, j, _ in pairs
-        ]
+        dang = [angle_diff_deg(pred_props[i]["facing_deg"], gt_props[j]["facing_deg"]) for i, j, _ in pairs]
         out["mean_facing_error_deg"] = round(float(np.mean(dang)), 2)
     if pairs and pred_props and gt_props and all("height_m" in p for p in pred_props + gt_props):
         dh = np.array([abs(pred_props[i]["height_m"] - gt_props[j]["height_m"]) for i, j, _ in pairs])
@@ -162,11 +159,7 @@ def _load(folder: Path, name: str, frame: LocalFrame) -> list[tuple[BaseGeometry
         if not np.isfinite(shapely.get_coordinates(g, include_z=g.has_z)).all():
             raise HdmapError(f"{path}: feature {i} has a coordinate that is not a finite number")
 
-    def to_world(lonlat: np.ndarray) -> np.ndarray:
-        padded = np.c_[lonlat, np.zeros(len(lonlat))] if lonlat.shape[1] == 2 else lonlat
-        return frame.world_from_wgs84_points(padded)[:, : lonlat.shape[1]]
-
-    return [(shapely.transform(g, to_world, include_z=g.has_z), props) for g, props in features]
+    return [(to_world(g, frame), props) for g, props in features]
 
 
 def _frame_of(gt_dir: Path) -> LocalFrame:

@@ -68,6 +68,17 @@ def to_wgs84(geom: BaseGeometry, origin: LocalFrame) -> BaseGeometry:
     return shapely.orient_polygons(out, exterior_cw=False)
 
 
+def to_world(geom: BaseGeometry, origin: LocalFrame) -> BaseGeometry:
+    """A WGS84 lon/lat(/alt) geometry (as :func:`read_geojson` gives it) -> the ``world`` frame of
+    ``origin``, metres; a 2-D geometry stays 2-D (taken at the origin's altitude)."""
+
+    def world(lonlat: np.ndarray) -> np.ndarray:
+        padded = np.c_[lonlat, np.zeros(len(lonlat))] if lonlat.shape[1] == 2 else lonlat
+        return origin.world_from_wgs84_points(padded)[:, : lonlat.shape[1]]
+
+    return shapely.transform(geom, world, include_z=geom.has_z)
+
+
 def _cut_at_antimeridian(geom: BaseGeometry, dim: int) -> BaseGeometry:
     """A lon/lat line (``dim`` 1) or polygon (2) reaching past longitude +-180 -> its pieces moved into
     [-180, 180]."""

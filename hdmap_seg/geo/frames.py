@@ -59,6 +59,11 @@ def rpy_from_rotation(R: np.ndarray) -> tuple[float, float, float]:
     return float(roll), float(pitch), float(yaw)
 
 
+def angle_diff_deg(a_deg: float | np.ndarray, b_deg: float | np.ndarray) -> float | np.ndarray:
+    """The smaller angle between two directions in degrees, 0..180 (359 and 1 are 2 apart)."""
+    return abs((a_deg - b_deg + 180.0) % 360.0 - 180.0)
+
+
 def make_transform(R: np.ndarray, t: np.ndarray) -> np.ndarray:
     """4x4 homogeneous transform from a 3x3 rotation and a translation 3-vector."""
     T = np.eye(4)

@@ -55,25 +55,19 @@ def log_name(index: int) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _log_setup(cfg: SynthConfig, index: int) -> tuple[World, Drive, LocalFrame]:
-    origin = LocalFrame(cfg.lat0, cfg.lon0, cfg.alt0)
-    rig = cfg.rig()
     if cfg.one_world:
         world, plan = _drive_of_one_world(cfg, index)
-        drive = make_drive(
-            world,
-            cfg.frames_per_log,
-            frame_rng(cfg.seed, "log", index),
-            rig.imu_height_m,
-            s_start_m=_RUN_IN_M + plan.start_offset_m,
-            lane_d_m=plan.lane_d_m,
-            direction=plan.direction,
-        )
-        return world, drive, origin
-    world = _log_world(cfg, index)
+        how = {
+            "s_start_m": _RUN_IN_M + plan.start_offset_m,
+            "lane_d_m": plan.lane_d_m,
+            "direction": plan.direction,
+        }
+    else:
+        world, how = _log_world(cfg, index), {"s_start_m": _RUN_IN_M}
     drive = make_drive(
-        world, cfg.frames_per_log, frame_rng(cfg.seed, "log", index), rig.imu_height_m, s_start_m=_RUN_IN_M
+        world, cfg.frames_per_log, frame_rng(cfg.seed, "log", index), cfg.rig().imu_height_m, **how
     )
-    return world, drive, origin
+    return world, drive, LocalFrame(cfg.lat0, cfg.lon0, cfg.alt0)
 
 
 def _log_world(cfg: SynthConfig, index: int) -> World:
