@@ -55,8 +55,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path:
         # Lightning would load it inside fit, and stop on a checkpoint of another model with a traceback.
         check_resume(ckpt_path, module, module.hparams.model_config)
-        # A run killed while saving left its temporary file beside the checkpoint it is resumed from.
-        remove_stale_temps(Path(ckpt_path).parent)
+    # A run killed while writing left its temporary files in its run folder (learning curve) and
+    # beside its checkpoints, resumed from or not (a kill inside the first save leaves none to resume).
+    stale_dirs = {Path(trainer.default_root_dir)} | ({Path(ckpt_path).parent} if ckpt_path else set())
+    if getattr(trainer.checkpoint_callback, "dirpath", None):
+        stale_dirs.add(Path(trainer.checkpoint_callback.dirpath))
+    for folder in stale_dirs:
+        remove_stale_temps(folder)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
