@@ -5,11 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pyogrio
 import pytest
-from shapely.geometry import LineString
+import shapely
+from shapely.geometry import LineString, Polygon
 from test_vectorize_scene import ORIGIN, Scene, kitti_like_camera, render_mask, trajectory
 
 from hdmap_seg.export import write_layers
+from hdmap_seg.geo.frames import make_transform, rotation_from_rpy
+from hdmap_seg.geo.ground import LevelPlane
 from hdmap_seg.vectorize import MapBuilder, VectorizeConfig
+from hdmap_seg.vectorize.config import LaneMarkingConfig
+from hdmap_seg.vectorize.frame import FrameGeometry
+from hdmap_seg.vectorize.lanes import LaneVotes
 
 SOLID_Y_M, SOLID_WIDTH_M = -4.0, 0.15
 DASHED_Y_M, DASHED_WIDTH_M = 0.0, 0.12
@@ -79,3 +85,47 @@ def test_a_config_without_lane_marking_builds_no_such_layer():
     T = trajectory(1)[0]
     builder.add_frame(0, render_mask(camera, T, _scene()), T @ camera.T_vehicle_from_cam)
     assert "lane_markings" not in builder.finish()
+
+
+def test_a_painted_ring_with_a_hole_is_voted_where_it_lies_on_the_ground():
+    """Ground points projected into the image and back land where they were (pitch, roll, height),
+    and the rings vote even-odd: the hole's cells get no vote, nor cells the frame did not see."""
+    camera = kitti_like_camera(dist=(-0.37, 0.2, 0.0, 0.0))
+    T_wv = make_transform(rotation_from_rpy(0.02, -0.03, 0.4), [50.0, 20.0, 7.93])  # ground at z = 7
+    T_wc = T_wv @ camera.T_vehicle_from_cam
+    geom = FrameGeometry(camera, T_wc, LevelPlane(7.0), 30.0)
+    ahead = T_wv[:2, :2] @ np.array([1.0, 0.0])
+    centre = T_wv[:2, 3] + 8.0 * ahead
+    outer = centre + np.array([[-1, -1], [1, -1], [1, 1], [-1, 1], [-1, -1]], float)
+    inner = centre + 0.4 * np.array([[-1, -1], [1, -1], [1, 1], [-1, 1], [-1, -1]], float)
+    rings_px = []
+    for ring in (outer, inner):
+        p_world = np.c_[ring, np.full(len(ring), 7.0), np.ones(len(ring))]
+        uv, ok = camera.project((np.linalg.inv(T_wc) @ p_world.T).T[:, :3])
+        assert ok.all()
+        rings_px.append(uv)
+    on_ground = geom.image_rings_to_ground(rings_px)
+    np.testing.assert_allclose(on_ground[0], outer, atol=1e-6)
+    np.testing.assert_allclose(on_ground[1], inner, atol=1e-6)
+
+    cfg = LaneMarkingConfig()
+    votes = LaneVotes(cfg)
+    # The frame saw only the half of the square nearer the car.
+    seen = Polygon(centre + [[-5.0, -5.0], [5.0, -5.0], [5.0, 5.0], [-5.0, 5.0]]).intersection(
+        shapely.Point(T_wv[:2, 3]).buffer(8.0)
+    )
+    votes.see(0, seen)
+    votes.vote_rings(on_ground)
+    cell = cfg.cell_m
+    voted = sum(float(t.votes.sum()) for t in votes.tiles.values()) * cell**2
+    # The grid paints every cell an edge touches: half a cell beyond each edge.
+    expected = Polygon(outer, [inner]).intersection(seen).buffer(0.5 * cell, join_style="mitre").area
+    assert voted == pytest.approx(expected, rel=0.03)
+    # No vote inside the hole or beyond what was seen: every voted cell's centre lies in the ring's
+    # region grown by one cell.
+    region = Polygon(outer, [inner]).intersection(seen).buffer(cell)
+    for (tc, tr), tile in votes.tiles.items():
+        rows, cols = np.nonzero(tile.votes)
+        x = (tc * cfg.tile_cells + cols + 0.5) * cell
+        y = (tr * cfg.tile_cells + rows + 0.5) * cell
+        assert shapely.contains_xy(region, x, y).all()

@@ -65,6 +65,15 @@ class FrameGeometry:
         """World rays from the camera -> ``(N, 3)`` ground points and ``(N,)`` flags (hit within range)."""
         return intersect_rays(surface or self.surface, self.center, dirs, self.max_range_m, self.ground_z_m)
 
+    def image_rings_to_ground(self, rings_px: list[np.ndarray]) -> list[np.ndarray]:
+        """Closed pixel rings -> their closed ground rings (world xy) on the frame's surface, not
+        densified and not cut to range (for regions already within it; see :meth:`_rings_to_ground`)."""
+        if not rings_px:
+            return []
+        cuts = np.cumsum([len(r) for r in rings_px])[:-1]
+        norm = np.split(self.camera.normalized_from_pixels(np.concatenate(rings_px)), cuts)
+        return self._rings_to_ground(norm, self.surface)
+
     def _rings_to_ground(self, rings_norm: list[np.ndarray], surface: Surface) -> list[np.ndarray]:
         """Closed rings of normalised image points -> their ground rings (world xy, closed).
 

@@ -105,6 +105,21 @@ class GroundVotes:
             return
         votes = np.zeros_like(w.seen)
         _fill(votes, median, w.c0, w.r0, self.cfg.cell_m)
+        self._add_votes(votes)
+
+    def vote_rings(self, rings: list[np.ndarray]) -> None:
+        """Vote the region inside closed world rings (even-odd: a ring inside another is a hole),
+        within what the frame seen last saw."""
+        w = self._window
+        if w is None or not rings:
+            return
+        votes = np.zeros_like(w.seen)
+        cv2.fillPoly(votes, _grid_rings(rings, w.c0, w.r0, self.cfg.cell_m), 1, cv2.LINE_8, _SHIFT)
+        self._add_votes(votes)
+
+    def _add_votes(self, votes: np.ndarray) -> None:
+        """Add one frame's votes (its window, 0/1) where the frame saw."""
+        w = self._window
         votes &= w.seen
         for tile, tile_sl, win_sl in self._tiles_of(w):
             tile.votes[tile_sl] += votes[win_sl]
@@ -235,7 +250,7 @@ def mask_polygons(binary: np.ndarray, min_pixels: int) -> list[Polygon]:
     def ring(c: np.ndarray) -> np.ndarray:
         return cv2.approxPolyDP(c, _CONTOUR_TOLERANCE_PX, True).reshape(-1, 2).astype(float)
 
-    out = []
+    polygons = []
     for i, c in enumerate(contours):
         if hierarchy[i][3] != -1 or len(c) < 3 or cv2.contourArea(c) < min_pixels:
             continue
@@ -246,28 +261,34 @@ def mask_polygons(binary: np.ndarray, min_pixels: int) -> list[Polygon]:
                 holes.append(ring(h))
             child = hierarchy[child][0]
         outer = ring(c)
-        if len(outer) < 3:
-            continue
-        poly = Polygon(outer, [h for h in holes if len(h) >= 3])
-        if not poly.is_valid:  # a ragged mask's contour touches itself where the region is a pixel wide
-            poly = shapely.make_valid(poly)
-        out.extend(shapely.get_parts(poly.buffer(0.5, join_style="mitre")))
-    return out
+        if len(outer) >= 3:
+            polygons.append(Polygon(outer, [h for h in holes if len(h) >= 3]))
+    if not polygons:
+        return []
+    polygons = np.array(polygons, dtype=object)
+    # A ragged mask's contour touches itself where the region is a pixel wide. The "structure"
+    # repair keeps such collapsed parts as lines (the buffer then gives them their pixel of width)
+    # and is ten times faster than "linework".
+    invalid = ~shapely.is_valid(polygons)
+    polygons[invalid] = shapely.make_valid(polygons[invalid], method="structure", keep_collapsed=True)
+    return list(shapely.get_parts(shapely.buffer(polygons, 0.5, join_style="mitre")))
 
 
 def _fill(canvas: np.ndarray, geom: BaseGeometry, c0: int, r0: int, cell: float) -> None:
     """Rasterise polygons (with holes) into ``canvas`` (cell ``(r, c)`` centred at ``((c0+c+.5) cell, (r0+r+.5) cell)``)."""
+    for poly in _polygons(geom):
+        cv2.fillPoly(canvas, _grid_rings([poly.exterior.coords], c0, r0, cell), 1, cv2.LINE_8, _SHIFT)
+        if poly.interiors:
+            holes = _grid_rings([r.coords for r in poly.interiors], c0, r0, cell)
+            cv2.fillPoly(canvas, holes, 0, cv2.LINE_8, _SHIFT)
+
+
+def _grid_rings(rings, c0: int, r0: int, cell: float) -> list[np.ndarray]:
+    """World rings -> cv2.fillPoly's fixed-point rings on a grid whose cell ``(r, c)`` is centred at
+    ``((c0+c+.5) cell, (r0+r+.5) cell)``."""
     scale = (1 << _SHIFT) / cell
     off = np.array([c0 + 0.5, r0 + 0.5]) * (1 << _SHIFT)
-
-    def ring(coords) -> np.ndarray:
-        return np.round(np.asarray(coords)[:, :2] * scale - off).astype(np.int32)
-
-    for poly in _polygons(geom):
-        cv2.fillPoly(canvas, [ring(poly.exterior.coords)], 1, lineType=cv2.LINE_8, shift=_SHIFT)
-        holes = [ring(r.coords) for r in poly.interiors]
-        if holes:
-            cv2.fillPoly(canvas, holes, 0, lineType=cv2.LINE_8, shift=_SHIFT)
+    return [np.round(np.asarray(r)[:, :2] * scale - off).astype(np.int32) for r in rings]
 
 
 def _contours_to_polygons(binary: np.ndarray, ox: float, oy: float, cell: float) -> list[Polygon]:
