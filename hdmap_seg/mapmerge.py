@@ -47,16 +47,33 @@ from shapely.geometry.base import BaseGeometry
 
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.export import write_layers
-from hdmap_seg.export.geojson import read_geojson, to_world
+from hdmap_seg.export.geojson import read_geojson, to_world, write_geojson
 from hdmap_seg.geo.frames import LocalFrame, angle_diff_deg
 from hdmap_seg.io import read_text, write_text_atomic
+from hdmap_seg.mapchanges import (
+    ADDED,
+    CANDIDATE,
+    GONE,
+    MAPPED,
+    MOVED,
+    REMOVED,
+    Change,
+    ChangeConfig,
+    covered,
+    inside,
+    moved_pairs,
+    nearest_m,
+)
 from hdmap_seg.maplayers import CENTERLINE, COVERAGE, FOOTPRINT, MEDIANS, POLES, SIGNS, Feature, MapLayers
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "merge.json"
+CHANGES = "changes"
 FORMAT = "hdmap-merge"
-VERSION = 1
+VERSION = 2
+#: Manifests this code reads: version 1 had no change detection (every feature mapped, none missed).
+READS_VERSIONS = (1, 2)
 #: What a drive's folder may record its run in (hdmap-vectorize; batch inference).
 RUN_RECORDS = ("vectorize.json", "summary.json")
 POINT_LAYERS = (POLES, SIGNS)
@@ -78,6 +95,7 @@ class MergeConfig:
     #: A drive's coverage further than this from the map's origin is another place (or frame).
     max_origin_distance_m: float = 20_000.0
     max_height_diff_m: float = 1.0
+    change: ChangeConfig = field(default_factory=ChangeConfig)
 
     @property
     def gate_chi2(self) -> float:
@@ -109,6 +127,8 @@ class MergeState:
     points: dict[str, list[dict]] = field(default_factory=lambda: {POLES: [], SIGNS: []})
     medians: list[dict] = field(default_factory=list)
     next_id: int = 0
+    #: What the drives added since the map was read said changed (not kept: each run writes its own).
+    changes: list[Change] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -125,18 +145,23 @@ class MergeState:
     def from_json(cls, data: dict, path: Path) -> MergeState:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise HdmapError(f"{path}: not a map written by hdmap-merge (no '{FORMAT}' manifest)")
-        if data.get("version") != VERSION:
+        if data.get("version") not in READS_VERSIONS:
             raise HdmapError(
-                f"{path}: hdmap-merge manifest version {data.get('version')}, this reads {VERSION}"
+                f"{path}: hdmap-merge manifest version {data.get('version')}, this reads {READS_VERSIONS}"
             )
         try:
-            return cls(
+            state = cls(
                 origin=LocalFrame(**data["origin"]),
                 drives=list(data["drives"]),
                 points={name: list(data["points"][name]) for name in POINT_LAYERS},
                 medians=list(data["medians"]),
                 next_id=int(data["next_id"]),
             )
+            for feats in state.points.values():
+                for f in feats:
+                    f.setdefault("status", MAPPED)
+                    f.setdefault("missed_by", [])
+            return state
         except (KeyError, TypeError, ValueError) as err:
             raise HdmapError(
                 f"{path}: incomplete hdmap-merge manifest ({type(err).__name__}: {err})"
@@ -273,6 +298,8 @@ def _new_point(state: MergeState, name: str, xyz: np.ndarray, props: dict, drive
         "last_seen": props.get("last_seen"),
         "miss": 1.0 - _confidence(props),  # product of (1 - confidence): noisy-or over drives
         "drives": [drive_id],
+        "status": MAPPED,
+        "missed_by": [],  # drives that covered it and did not see it, since one last did
     }
 
 
@@ -306,9 +333,9 @@ def _facing_diff_deg(a_deg: float, b_deg: float, either_side: bool) -> float:
     return min(d, 180.0 - d) if either_side else d
 
 
-def _match(state: MergeState, name: str, drive: Drive, config: MergeConfig) -> list[tuple[int, int]]:
-    """One-to-one ``(drive point, map feature)`` pairs inside the gate (module docstring)."""
-    feats, pts = state.points[name], drive.points[name]
+def _match(feats: list[dict], name: str, drive: Drive, config: MergeConfig) -> list[tuple[int, int]]:
+    """One-to-one ``(drive point, index in feats)`` pairs inside the gate (module docstring)."""
+    pts = drive.points[name]
     if not feats or not pts:
         return []
     est = [point_estimate(f) for f in feats]
@@ -358,8 +385,181 @@ def _add_medians(state: MergeState, drive: Drive) -> None:
         ]
 
 
+def _within_gate(
+    a_xyz: np.ndarray, a_sigma: np.ndarray, b_xyz: np.ndarray, b_sigma: np.ndarray, config: MergeConfig
+) -> np.ndarray:
+    """``(len(a), len(b))`` flags: horizontally within the chi-square gate of each other (no cap)."""
+    d2 = ((a_xyz[:, None, :2] - b_xyz[None, :, :2]) ** 2).sum(axis=2)
+    var = a_sigma[:, None] ** 2 + b_sigma[None, :] ** 2 + config.sigma_floor_m**2
+    return d2 <= config.gate_chi2 * var
+
+
+def _sign_key(props: dict) -> tuple[float, float | None]:
+    return float(props["facing_deg"]), float(props["height_m"])
+
+
+def _map_sign_key(feat: dict) -> tuple[float, float | None]:
+    s = feat["sums"]
+    return _facing_deg(s), (s["w_height_m"] / s["n_height_m"] if s.get("n_height_m") else None)
+
+
+def _add_points(
+    state: MergeState,
+    name: str,
+    drive: Drive,
+    config: MergeConfig,
+    looked: BaseGeometry | None,
+    here: BaseGeometry,
+) -> list[Change]:
+    """Merge one drive's points of layer ``name`` into ``state`` and say what changed (mapchanges).
+
+    ``looked``: where the map's earlier drives could have seen (None: the map has none yet);
+    ``here``: where this drive could have.
+    """
+    rules = config.change
+    feats, pts, drive_id = state.points[name], drive.points[name], drive.drive_id
+    live = [j for j, f in enumerate(feats) if f["status"] != GONE]
+    pairs = [(i, live[k]) for i, k in _match([feats[j] for j in live], name, drive, config)]
+    est = {j: point_estimate(feats[j]) for j in live}  # before this drive's points join them
+    by_id = {f["id"]: f for f in feats}
+    changes: list[Change] = []
+
+    def report(
+        change: str, f: dict, xyz, old_xyz, n_obs: int, distance_m, n_agree: int, applied: bool
+    ) -> None:
+        sigma_m = point_estimate(f)[1]
+        changes.append(
+            Change(
+                change,
+                name,
+                f["id"],
+                drive_id,
+                np.asarray(xyz),
+                old_xyz,
+                n_obs,
+                distance_m,
+                sigma_m,
+                n_agree,
+                applied,
+            )
+        )
+
+    # Seen again: a candidate is confirmed once enough drives saw it.
+    confirmed: list[tuple[dict, dict]] = []
+    for i, j in pairs:
+        xyz, props = pts[i]
+        f = feats[j]
+        _add_to_point(f, name, xyz, props, drive_id)
+        f["missed_by"] = []
+        if f["status"] == CANDIDATE:
+            if len(f["drives"]) >= rules.min_drives:
+                f["status"] = MAPPED
+            confirmed.append((f, props))
+    continued = {f["moved_from"] for f, _ in confirmed if "moved_from" in f}  # ids a moved one replaces
+    matched_drive = {i for i, _ in pairs}
+    matched_map = {j for _, j in pairs}
+    new = [i for i in range(len(pts)) if i not in matched_drive]
+    new_xyz = np.array([pts[i][0] for i in new]).reshape(-1, 3)
+    if looked is None:  # the map's first drive: everything is new ground
+        for i in new:
+            feats.append(_new_point(state, name, *pts[i], drive_id))
+        return changes
+
+    # A drive point within the gate of a map feature (by position alone: facings and heights are
+    # noisy, a plate seen from afar or behind) is evidence that it is there, matched or not.
+    unmatched = [j for j in live if j not in matched_map]
+    near = _within_gate(
+        np.array([est[j][0] for j in unmatched]).reshape(-1, 3),
+        np.array([est[j][1] for j in unmatched]),
+        np.array([p[0] for p in pts]).reshape(-1, 3),
+        np.array([float(p[1]["sigma_m"]) for p in pts]),
+        config,
+    )
+    for j in np.asarray(unmatched)[near.any(axis=1)] if len(unmatched) else []:
+        feats[j]["missed_by"] = []
+    missed = [
+        j
+        for j, seen in zip(unmatched, near.any(axis=1), strict=True)
+        if not seen and covered(here, est[j][0][None, :2])[0]
+    ]
+    missed_xyz = np.array([est[j][0] for j in missed]).reshape(-1, 3)
+    near_map = near[:, new].any(axis=0) if len(unmatched) else np.zeros(len(new), bool)
+    where_looked = covered(looked, new_xyz[:, :2]) & ~near_map
+    in_looked = [k for k in range(len(new)) if where_looked[k]]
+    moves = moved_pairs(
+        name,
+        missed_xyz,
+        [_map_sign_key(feats[j]) for j in missed] if name == SIGNS else [],
+        new_xyz[in_looked],
+        [_sign_key(pts[new[k]][1]) for k in in_looked] if name == SIGNS else [],
+        rules,
+        lambda a, b: _facing_diff_deg(a, b, config.facing_either_side),
+    )
+    moved_to = {missed[a]: in_looked[b] for a, b in moves}  # map index -> index in new
+    moved_from = {b: a for a, b in moved_to.items()}
+    drive_xyz = np.array([p[0] for p in pts]).reshape(-1, 3)
+    map_xyz = np.array([est[j][0] for j in live]).reshape(-1, 3)
+
+    # Missed where this drive could have seen: gone once the last min_drives covering drives missed it.
+    for j, nearest in zip(missed, nearest_m(missed_xyz, drive_xyz), strict=True):
+        f = feats[j]
+        f["missed_by"].append(drive_id)
+        if len(f["missed_by"]) >= rules.min_drives:
+            f["status"] = GONE
+        if j in moved_to or f["id"] in continued:
+            continue  # reported as moved
+        report(
+            REMOVED, f, est[j][0], est[j][0], f["n_obs"], nearest, len(f["missed_by"]), f["status"] == GONE
+        )
+
+    for f, props in confirmed:
+        old = by_id.get(f.get("moved_from", -1))
+        xyz = point_estimate(f)[0]
+        old_xyz = None if old is None else point_estimate(old)[0]
+        report(
+            ADDED if old is None else MOVED,
+            f,
+            xyz,
+            old_xyz,
+            int(props.get("n_obs") or 0),
+            None if old_xyz is None else float(np.linalg.norm(xyz[:2] - old_xyz[:2])),
+            len(f["drives"]),
+            f["status"] == MAPPED and (old is None or old["status"] == GONE),
+        )
+
+    # Seen for the first time: where the map had looked, a candidate (added, or moved from a missed one).
+    nearest_map = nearest_m(new_xyz, map_xyz)
+    for k, i in enumerate(new):
+        xyz, props = pts[i]
+        f = _new_point(state, name, xyz, props, drive_id)
+        feats.append(f)
+        if not where_looked[k]:
+            continue
+        f["status"] = MAPPED if rules.min_drives <= 1 else CANDIDATE
+        old_j = moved_from.get(k)
+        if old_j is None:
+            report(
+                ADDED, f, xyz, None, int(props.get("n_obs") or 0), nearest_map[k], 1, f["status"] == MAPPED
+            )
+            continue
+        f["moved_from"] = feats[old_j]["id"]
+        old_xyz = est[old_j][0]
+        applied = f["status"] == MAPPED and feats[old_j]["status"] == GONE
+        report(
+            MOVED,
+            f,
+            xyz,
+            old_xyz,
+            int(props.get("n_obs") or 0),
+            float(np.linalg.norm(np.asarray(xyz)[:2] - old_xyz[:2])),
+            1,
+            applied,
+        )
+    return changes
+
+
 def add_drive(state: MergeState, drive: Drive, config: MergeConfig) -> None:
-    """Merge one drive into ``state`` (in place)."""
+    """Merge one drive into ``state`` (in place); what it says changed joins ``state.changes``."""
     if any(d["id"] == drive.drive_id for d in state.drives):
         raise HdmapError(
             f"{drive.folder}: drive id {drive.drive_id!r} is already in the map; give another with --drive-id"
@@ -368,15 +568,15 @@ def add_drive(state: MergeState, drive: Drive, config: MergeConfig) -> None:
         log.warning(
             "%s: drive %s has no features; merged as a drive that saw nothing", drive.folder, drive.drive_id
         )
+    # Where the map's earlier drives had looked, and where this one could have seen (mapchanges).
+    looked = (
+        inside(shapely.union_all([_from_wkb(d["coverage"]) for d in state.drives]), config.change.inside_m)
+        if state.drives
+        else None
+    )
+    here = inside(drive.coverage, config.change.inside_m)
     for name in POINT_LAYERS:
-        pairs = _match(state, name, drive, config)
-        matched = {i for i, _ in pairs}
-        for i, j in pairs:
-            xyz, props = drive.points[name][i]
-            _add_to_point(state.points[name][j], name, xyz, props, drive.drive_id)
-        for i, (xyz, props) in enumerate(drive.points[name]):
-            if i not in matched:
-                state.points[name].append(_new_point(state, name, xyz, props, drive.drive_id))
+        state.changes.extend(_add_points(state, name, drive, config, looked, here))
     _add_medians(state, drive)
     state.drives.append(
         {
@@ -398,6 +598,8 @@ def map_layers(state: MergeState) -> MapLayers:
     for name in POINT_LAYERS:
         out = []
         for f in state.points[name]:
+            if f["status"] != MAPPED:
+                continue
             xyz, sigma_m = point_estimate(f)
             s = f["sums"]
             props = {
@@ -478,6 +680,8 @@ def write_map(state: MergeState, folder: Path, gpkg: bool = True) -> list[Path]:
     moved = False
     try:
         paths = write_layers(map_layers(state), tmp, state.origin, gpkg=gpkg)
+        changes = [c.feature() for c in state.changes]
+        paths.append(write_geojson(tmp / f"{CHANGES}.geojson", changes, state.origin, name=CHANGES))
         write_text_atomic(tmp / MANIFEST, json.dumps(state.to_json(), allow_nan=False) + "\n")
         if folder.exists():
             os.rename(folder, old)

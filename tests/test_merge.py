@@ -14,16 +14,19 @@ from shapely.geometry import LineString, Point, box
 from hdmap_seg import mapmerge
 from hdmap_seg.cli import merge as merge_cli
 from hdmap_seg.errors import HdmapError
-from hdmap_seg.evaluate.map_metrics import union_ground_truth
+from hdmap_seg.evaluate.map_metrics import evaluate_changes, union_ground_truth
 from hdmap_seg.export import geojson as geojson_mod
 from hdmap_seg.export import read_geojson, write_layers
 from hdmap_seg.geo.frames import LocalFrame
+from hdmap_seg.mapchanges import ChangeConfig
 from hdmap_seg.maplayers import CENTERLINE, COVERAGE, FOOTPRINT, MEDIANS, POLES, SIGNS, Feature
 from hdmap_seg.mapmerge import MergeConfig, merge_drives, point_estimate, read_map
+from hdmap_seg.synthetic.multidrive import WorldEdit, write_edits
 
 FRAME = LocalFrame(49.0, 8.4, 110.0)
 A = np.array([10.0, 5.0, 0.2])  # a pole every drive sees
 B = np.array([30.0, -4.0, 0.1])  # a pole drives a and c see
+COVERAGE_BOX = box(-20, -20, 60, 20)  # what a drive saw, unless said
 
 
 def pole(xyz, sigma_m, t="2026-01-01T00:00:00.000Z", n_obs=5, confidence=0.8) -> Feature:
@@ -37,13 +40,22 @@ def sign(xyz, sigma_m, facing_deg, height_m=2.5) -> Feature:
     return feat
 
 
-def make_drive(root: Path, name: str, poles=(), signs=(), medians=(), origin=FRAME, record=True) -> Path:
+def make_drive(
+    root: Path,
+    name: str,
+    poles=(),
+    signs=(),
+    medians=(),
+    origin=FRAME,
+    record=True,
+    coverage=None,
+) -> Path:
     folder = root / name / "map"
     layers = {
         POLES: list(poles),
         SIGNS: list(signs),
         MEDIANS: list(medians),
-        COVERAGE: [Feature(box(-20, -20, 60, 20), {"area_m2": 3200.0})],
+        COVERAGE: [Feature(coverage or COVERAGE_BOX, {"area_m2": (coverage or COVERAGE_BOX).area})],
     }
     write_layers(layers, folder, origin, gpkg=False)
     if record:
@@ -329,3 +341,171 @@ def test_a_failed_swap_puts_the_old_map_back(drives, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")) == [".m.lock.d"]
+
+
+# ------------------------------------------------------------------------------------ change detection
+
+
+def _changes(folder: Path) -> list[dict]:
+    out = []
+    for g, p in read_geojson(folder / "changes.geojson"):
+        lonlat = np.asarray(g.coords)
+        p["xy"] = FRAME.world_from_wgs84_points(np.c_[lonlat[:, :2], np.zeros(len(lonlat))])[:, :2]
+        out.append(p)
+    return out
+
+
+def _ids(folder: Path, name: str = POLES) -> list[int]:
+    return sorted(p["id"] for _, p in read_geojson(folder / f"{name}.geojson"))
+
+
+def test_a_pole_two_drives_miss_where_they_saw_leaves_the_map(tmp_path):
+    seen = [pole(A, 0.1), pole(B, 0.1)]
+    a, b = make_drive(tmp_path, "a", seen), make_drive(tmp_path, "b", seen)
+    c, d = make_drive(tmp_path, "c", [pole(A, 0.1)]), make_drive(tmp_path, "d", [pole(A, 0.1)])
+    m = tmp_path / "m"
+    merge_cli.run(["--out", str(m), str(a), str(b), "--no-gpkg"])
+    assert _changes(m) == [] and len(_ids(m)) == 2
+    merge_cli.run(["--map", str(m), "--add", str(c), "--no-gpkg"])
+    (change,) = _changes(m)
+    assert (change["change"], change["layer"], change["drive"]) == ("removed", "poles", "c")
+    assert (change["n_agree"], change["applied"]) == (1, False)  # one drive: the map keeps it
+    np.testing.assert_allclose(change["xy"][0], B[:2], atol=0.01)
+    assert change["distance_m"] == pytest.approx(np.linalg.norm(B[:2] - A[:2]), abs=0.01)
+    assert len(_ids(m)) == 2
+    merge_cli.run(["--map", str(m), "--add", str(d), "--no-gpkg"])
+    (change,) = _changes(m)
+    assert (change["change"], change["n_agree"], change["applied"]) == ("removed", 2, True)
+    (left,) = read_geojson(m / "poles.geojson")
+    np.testing.assert_allclose(FRAME.world_from_wgs84_points(np.array([left[0].coords[0]]))[0], A, atol=0.01)
+    # The map remembers: it stays out however the map grows, unless a drive sees it again.
+    state = read_map(m)
+    assert [f["status"] for f in sorted(state.points[POLES], key=lambda f: f["id"])] == ["mapped", "removed"]
+
+
+def test_no_removal_is_reported_where_the_drive_did_not_see(tmp_path):
+    a = make_drive(tmp_path, "a", [pole(A, 0.1), pole(B, 0.1)])
+    # c saw only x < 20 (B at x = 30 is outside), d saw up to x = 33: B lies within 5 m of its edge.
+    c = make_drive(tmp_path, "c", [pole(A, 0.1)], coverage=box(-20, -20, 20, 20))
+    d = make_drive(tmp_path, "d", [pole(A, 0.1)], coverage=box(-20, -20, 33, 20))
+    state = merge_drives([a, c, d], config=MergeConfig())
+    assert state.changes == []
+    assert all(f["status"] == "mapped" for f in state.points[POLES])
+    # With no margin, d's coverage holds B: one drive's evidence, reported and not applied.
+    state = merge_drives([a, c, d], config=MergeConfig(change=ChangeConfig(inside_m=0.0)))
+    assert [(c.change, c.drive_id, c.applied) for c in state.changes] == [("removed", "d", False)]
+
+
+def test_an_added_pole_enters_the_map_once_two_drives_saw_it(tmp_path):
+    C = np.array([0.0, 8.0, 0.1])
+    a, b = make_drive(tmp_path, "a", [pole(A, 0.1)]), make_drive(tmp_path, "b", [pole(A, 0.1)])
+    # Only where the map had looked: a pole beyond its coverage is new ground, mapped at once.
+    far = np.array([80.0, 0.0, 0.1])
+    wide = box(-20, -20, 100, 20)
+    c = make_drive(tmp_path, "c", [pole(A, 0.1), pole(C, 0.1), pole(far, 0.1)], coverage=wide)
+    d = make_drive(tmp_path, "d", [pole(A, 0.1), pole(C + [0.05, 0, 0], 0.1), pole(far, 0.1)], coverage=wide)
+    m = tmp_path / "m"
+    merge_cli.run(["--out", str(m), str(a), str(b), str(c), "--no-gpkg"])
+    (change,) = _changes(m)
+    assert (change["change"], change["drive"], change["n_agree"], change["applied"]) == (
+        "added",
+        "c",
+        1,
+        False,
+    )
+    np.testing.assert_allclose(change["xy"][0], C[:2], atol=0.01)
+    assert change["distance_m"] == pytest.approx(np.linalg.norm(C[:2] - A[:2]), abs=0.01)
+    assert len(_ids(m)) == 2  # A and the far pole; C waits for a second drive
+    merge_cli.run(["--map", str(m), "--add", str(d), "--no-gpkg"])
+    (change,) = _changes(m)
+    assert (change["change"], change["drive"], change["n_agree"], change["applied"]) == (
+        "added",
+        "d",
+        2,
+        True,
+    )
+    assert len(_ids(m)) == 3
+
+
+def test_a_moved_sign_is_one_change_and_moves_the_map_once_two_drives_agree(tmp_path):
+    old, new = A + [0, 0, 2.5], A + [3.0, 0.2, 2.5]
+    a = make_drive(tmp_path, "a", signs=[sign(old, 0.2, 90.0)])
+    b = make_drive(tmp_path, "b", signs=[sign(old, 0.2, 270.0)])  # from the back
+    c = make_drive(tmp_path, "c", signs=[sign(new, 0.2, 92.0)])
+    d = make_drive(tmp_path, "d", signs=[sign(new + [0.05, 0, 0], 0.2, 88.0)])
+    m = tmp_path / "m"
+    merge_cli.run(["--out", str(m), str(a), str(b), str(c), "--no-gpkg"])
+    (change,) = _changes(m)
+    assert (change["change"], change["layer"], change["n_agree"], change["applied"]) == (
+        "moved",
+        "signs",
+        1,
+        False,
+    )
+    np.testing.assert_allclose(change["xy"], [old[:2], new[:2]], atol=0.01)  # a line from where to where
+    assert change["distance_m"] == pytest.approx(np.linalg.norm((new - old)[:2]), abs=0.01)
+    (sign_now,) = read_geojson(m / "signs.geojson")
+    assert FRAME.world_from_wgs84_points(np.array([sign_now[0].coords[0]]))[0][0] == pytest.approx(
+        old[0], abs=0.01
+    )
+    merge_cli.run(["--map", str(m), "--add", str(d), "--no-gpkg"])
+    (change,) = _changes(m)
+    assert (change["change"], change["n_agree"], change["applied"]) == ("moved", 2, True)
+    (sign_now,) = read_geojson(m / "signs.geojson")
+    assert FRAME.world_from_wgs84_points(np.array([sign_now[0].coords[0]]))[0][0] == pytest.approx(
+        new[0] + 0.025, abs=0.02
+    )
+
+
+def test_one_drive_suffices_with_change_drives_1(tmp_path):
+    a = make_drive(tmp_path, "a", [pole(A, 0.1), pole(B, 0.1)])
+    c = make_drive(tmp_path, "c", [pole(A, 0.1)])
+    m = tmp_path / "m"
+    merge_cli.run(["--out", str(m), str(a), str(c), "--change-drives", "1", "--no-gpkg"])
+    assert [(c["change"], c["applied"]) for c in _changes(m)] == [("removed", True)]
+    assert len(_ids(m)) == 1
+
+
+def test_change_options_are_checked(drives, tmp_path, capsys):
+    for args in (["--change-drives", "0"], ["--max-move-m", "-1"], ["--change-inside-m", "nan"]):
+        with pytest.raises(SystemExit) as exc:
+            merge_cli.main(["--out", str(tmp_path / "m"), str(drives[0]), *args])
+        assert exc.value.code == 2
+        assert args[0] in capsys.readouterr().err
+
+
+def test_a_map_of_the_first_manifest_version_reads_as_all_mapped(drives, tmp_path):
+    m = tmp_path / "m"
+    merge_cli.run(["--out", str(m), *map(str, drives[:2]), "--no-gpkg"])
+    data = json.loads((m / "merge.json").read_text())
+    data["version"] = 1
+    for feats in data["points"].values():
+        for f in feats:
+            del f["status"], f["missed_by"]
+    (m / "merge.json").write_text(json.dumps(data))
+    merge_cli.run(["--map", str(m), "--add", str(drives[2]), "--no-gpkg"])
+    assert len(_ids(m)) == 2 and json.loads((m / "merge.json").read_text())["version"] == 2
+
+
+def test_change_metrics_score_the_map_against_the_edits(tmp_path):
+    old, new = A + [0, 0, 2.5], A + [3.0, 0.2, 2.5]
+    before = {"poles": [pole(A, 0.1), pole(B, 0.1)], "signs": [sign(old, 0.2, 90.0)]}
+    after = {"poles": [pole(A, 0.1)], "signs": [sign(new, 0.2, 90.0)]}
+    folders = [make_drive(tmp_path, n, **(before if n in "ab" else after)) for n in "abcd"]
+    m = tmp_path / "m"
+    merge_cli.run(["--out", str(m), *map(str, folders), "--no-gpkg"])
+    edits = [
+        WorldEdit("removed", POLES, 1, tuple(B), None),
+        WorldEdit("moved", SIGNS, 2, tuple(old), tuple(new)),
+        WorldEdit("added", SIGNS, 3, None, (0.0, -10.0, 2.5)),  # a sign no drive saw
+    ]
+    write_edits(tmp_path / "edits.geojson", edits, 2, FRAME)
+    metrics = evaluate_changes(m, tmp_path / "edits.geojson")
+    applied = metrics["applied"]
+    assert (applied["removed"]["tp"], applied["moved"]["tp"], applied["added"]["tp"]) == (1, 1, 0)
+    assert applied["precision"] == 1.0 and applied["recall"] == pytest.approx(2 / 3)
+    assert metrics["removed_outside_coverage"] == 0
+    # A move scored at one end only is no match.
+    edits[1] = WorldEdit("moved", SIGNS, 2, tuple(old + [2.0, 0, 0]), tuple(new))
+    write_edits(tmp_path / "edits.geojson", edits, 2, FRAME)
+    assert evaluate_changes(m, tmp_path / "edits.geojson")["applied"]["moved"]["tp"] == 0

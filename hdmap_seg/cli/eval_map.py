@@ -10,7 +10,14 @@ import json
 from pathlib import Path
 
 from hdmap_seg.errors import exit_on_user_error
-from hdmap_seg.evaluate.map_metrics import CHAMFER_THRESHOLDS_M, POINT_THRESHOLDS_M, evaluate_maps, plot_map
+from hdmap_seg.evaluate.map_metrics import (
+    CHAMFER_THRESHOLDS_M,
+    CHANGE_KINDS,
+    POINT_THRESHOLDS_M,
+    evaluate_changes,
+    evaluate_maps,
+    plot_map,
+)
 from hdmap_seg.geo.frames import LocalFrame
 from hdmap_seg.io import write_text_atomic
 
@@ -27,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("gt", type=Path, help="folder of ground-truth layers")
     p.add_argument("--out", type=Path, help="where metrics.json and map.png go (default: PRED/eval)")
     p.add_argument("--no-roi", action="store_true", help="do not clip to the prediction's coverage.geojson")
+    p.add_argument(
+        "--edits",
+        type=Path,
+        help="also score PRED/changes.geojson (a map hdmap-merge wrote) against these edits (a synthetic edits.geojson)",
+    )
     return p
 
 
@@ -65,6 +77,15 @@ def format_table(m: dict) -> str:
             lines.append(
                 f"{name:<22}{r['n_pred']:>5}{r['n_gt']:>5}{aps}  {'' if iou is None else f'{iou:.3f}'}"
             )
+    if "changes" in m:
+        c = m["changes"]
+        for which in ("applied", "reported"):
+            r = c[which]
+            kinds = ", ".join(f"{k} {r[k]['tp']}/{r[k]['n_pred']} of {r[k]['n_edits']}" for k in CHANGE_KINDS)
+            p = "-" if r["precision"] is None else f"{r['precision']:.2f}"
+            rec = "-" if r["recall"] is None else f"{r['recall']:.2f}"
+            lines.append(f"changes {which:<14} P {p} R {rec}  (true/predicted of edits: {kinds})")
+        lines.append(f"removals outside the reporting drive's coverage: {c['removed_outside_coverage']}")
     return "\n".join(lines)
 
 
@@ -78,6 +99,8 @@ def run(argv: list[str] | None = None) -> dict:
     """Parse ``argv`` and do the work; returns the summary."""
     args = build_parser().parse_args(argv)
     metrics = evaluate_maps(args.pred, args.gt, use_roi=not args.no_roi)
+    if args.edits is not None:
+        metrics["changes"] = evaluate_changes(args.pred, args.edits)
     out = args.out or args.pred / "eval"
     frame = LocalFrame(**metrics.pop("_frame"))
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

@@ -7,12 +7,15 @@ hdmap-merge --map MAP --add DRIVE_LAYERS... [--drive-id ID ...]   drives added t
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 
 from hdmap_seg.errors import HdmapError, exit_on_user_error
 from hdmap_seg.io import exclusive_lock
+from hdmap_seg.mapchanges import ADDED, MOVED, REMOVED, ChangeConfig
 from hdmap_seg.maplayers import count_features
 from hdmap_seg.mapmerge import (
+    CHANGES,
     MergeConfig,
     map_layers,
     merge_drives,
@@ -56,6 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="signs' facings must agree as directions (default: modulo 180 deg, masks not telling a plate's back)",
     )
+    c = d.change
+    p.add_argument(
+        "--change-drives",
+        type=int,
+        default=c.min_drives,
+        help="drives that must agree before the map itself changes (a feature leaves or enters it)",
+    )
+    p.add_argument(
+        "--change-inside-m",
+        type=float,
+        default=c.inside_m,
+        help="changes are looked for this far inside a drive's coverage",
+    )
+    p.add_argument(
+        "--max-move-m",
+        type=float,
+        default=c.max_move_m,
+        help="a removed and an added feature this close moved",
+    )
     p.add_argument("--no-gpkg", action="store_true", help="GeoJSON only")
     return p
 
@@ -77,10 +99,18 @@ def run(argv: list[str] | None = None) -> dict:
         max_facing_deg=args.max_facing_deg,
         max_height_diff_m=args.max_height_diff_m,
         facing_either_side=not args.facing_strict,
+        change=ChangeConfig(
+            min_drives=args.change_drives, inside_m=args.change_inside_m, max_move_m=args.max_move_m
+        ),
     )
     for name in ("sigma_floor_m", "max_gate_m", "max_facing_deg", "max_height_diff_m"):
         if not getattr(config, name) >= 0:
             raise HdmapError(f"--{name.replace('_', '-')} must be a number >= 0, got {getattr(config, name)}")
+    if args.change_drives < 1:
+        raise HdmapError(f"--change-drives must be at least 1, got {args.change_drives}")
+    for name in ("change_inside_m", "max_move_m"):
+        if not getattr(args, name) >= 0:
+            raise HdmapError(f"--{name.replace('_', '-')} must be a number >= 0, got {getattr(args, name)}")
     if args.out is not None:
         if args.add:
             raise HdmapError("--add goes with --map; a new map (--out) takes its drives as arguments")
@@ -106,6 +136,13 @@ def run(argv: list[str] | None = None) -> dict:
     print(f"{len(state.drives)} drives -> {target}")
     for name, n in counts.items():
         print(f"  {name:<10} {n}")
+    kinds = Counter((c.change, c.applied) for c in state.changes)
+    print(
+        f"  changes    {len(state.changes)} reported by the drives added ({CHANGES}.geojson): "
+        + ", ".join(
+            f"{k} {kinds[(k, True)]} applied / {kinds[(k, False)]} pending" for k in (REMOVED, ADDED, MOVED)
+        )
+    )
     return counts
 
 

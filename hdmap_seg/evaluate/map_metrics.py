@@ -336,6 +336,84 @@ def plot_map(pred_dir: Path, gt_dir: Path, frame: LocalFrame, path: Path) -> Non
 # ------------------------------------------------------------------------- truth of many drives
 
 
+CHANGE_THRESHOLD_M = 1.5
+CHANGE_KINDS = ("removed", "added", "moved")
+
+
+def evaluate_changes(map_dir: str | os.PathLike, edits_path: str | os.PathLike) -> dict:
+    """A merged map's ``changes.geojson`` (hdmap-merge) against the world's edits (the synthetic
+    ``edits.geojson``): precision and recall per kind of change, of the changes the map applied and
+    of all reported (any drive's view, agreed or not), and the removals reported outside the
+    reporting drive's coverage (there should be none).
+
+    A change is one per map feature (its last report). It matches an edit of the same kind and
+    layer one-to-one when within ``CHANGE_THRESHOLD_M``: a removal where the object was, an
+    addition where it is, a move at both ends.
+    """
+    map_dir, edits_path = Path(map_dir), Path(edits_path)
+    manifest = map_dir / "merge.json"
+    try:
+        state = json.loads(manifest.read_text())
+        frame = LocalFrame(**state["origin"])
+        coverage = {d["id"]: shapely.from_wkb(d["coverage"]) for d in state["drives"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise HdmapError(f"{manifest}: not a map hdmap-merge wrote ({type(err).__name__}: {err})") from None
+    if not (map_dir / "changes.geojson").is_file():
+        raise HdmapError(f"{map_dir / 'changes.geojson'}: not found (hdmap-merge writes it)")
+    latest: dict[tuple[str, int], tuple[BaseGeometry, dict]] = {}
+    for g, props in _load(map_dir, "changes", frame):
+        latest[(props["layer"], props["feature_id"])] = (g, props)
+    if not edits_path.is_file():
+        raise HdmapError(f"{edits_path}: edits file not found")
+    edits = []
+    for _, props in read_geojson(edits_path):
+        ends = [
+            None if props.get(k) is None else frame.world_from_wgs84_points(np.array([props[k]], float))[0]
+            for k in ("old", "new")
+        ]
+        edits.append((props["change"], props["layer"], *ends))
+
+    def ends(g: BaseGeometry, kind: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        xy = shapely.get_coordinates(g)
+        return (xy[0], None) if kind == "removed" else (None, xy[-1]) if kind == "added" else (xy[0], xy[-1])
+
+    def score(pred: list) -> dict:
+        out = {}
+        tp_all = 0
+        for kind in CHANGE_KINDS:
+            p = [x for x in pred if x[0] == kind]
+            e = [x for x in edits if x[0] == kind]
+            cost = np.full((len(p), len(e)), np.inf)
+            for i, (_, layer, old, new) in enumerate(p):
+                for j, (_, layer_e, old_e, new_e) in enumerate(e):
+                    if layer == layer_e:
+                        d = [
+                            np.linalg.norm(a[:2] - b[:2])
+                            for a, b in ((old, old_e), (new, new_e))
+                            if a is not None
+                        ]
+                        cost[i, j] = max(d)
+            ok = cost <= CHANGE_THRESHOLD_M
+            rows, cols = linear_sum_assignment(np.where(ok, cost, 1e6)) if ok.size else ([], [])
+            tp = sum(bool(ok[r, c]) for r, c in zip(rows, cols, strict=True))
+            tp_all += tp
+            out[kind] = {"n_pred": len(p), "n_edits": len(e), "tp": tp}
+        n_pred, n_edits = len(pred), len(edits)
+        out["precision"] = tp_all / n_pred if n_pred else None
+        out["recall"] = tp_all / n_edits if n_edits else None
+        out["tp"], out["n_pred"], out["n_edits"] = tp_all, n_pred, n_edits
+        return out
+
+    reported = [(p["change"], p["layer"], *ends(g, p["change"])) for g, p in latest.values()]
+    applied = [(p["change"], p["layer"], *ends(g, p["change"])) for g, p in latest.values() if p["applied"]]
+    outside = 0
+    for g, p in _load(map_dir, "changes", frame):
+        region = coverage.get(p["drive"])
+        if p["change"] == "removed" and (region is None or not region.covers(g)):
+            outside += 1
+    return {"applied": score(applied), "reported": score(reported), "removed_outside_coverage": outside}
+
+
 def union_ground_truth(gt_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
     """The truth of several drives of one world (synthetic logs' ``gt/``) as one folder, for scoring a
     merged map: poles and signs once per ``id`` (ids are the world's, the same in every log); median
