@@ -427,20 +427,19 @@ def _add_points(
     def report(
         change: str, f: dict, xyz, old_xyz, n_obs: int, distance_m, n_agree: int, applied: bool
     ) -> None:
-        sigma_m = point_estimate(f)[1]
         changes.append(
             Change(
-                change,
-                name,
-                f["id"],
-                drive_id,
-                np.asarray(xyz),
-                old_xyz,
-                n_obs,
-                distance_m,
-                sigma_m,
-                n_agree,
-                applied,
+                change=change,
+                layer=name,
+                feature_id=f["id"],
+                drive_id=drive_id,
+                xyz=np.asarray(xyz),
+                old_xyz=old_xyz,
+                n_obs=n_obs,
+                distance_m=distance_m,
+                sigma_m=point_estimate(f)[1],
+                n_agree=n_agree,
+                applied=applied,
             )
         )
 
