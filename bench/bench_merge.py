@@ -62,11 +62,15 @@ def main() -> None:
                     f"{layer}_f1@1": r.get("@1m", {}).get("f1"),
                     f"{layer}_mean_err_m": r.get("mean_error_m"),
                 }
+            lanes = m.get("lane_markings", {})
+            row |= {f"lanes_{k}": lanes.get(k) for k in ("n_pred", "n_gt", "AP@0.5m", "AP@1m", "AP@1.5m")}
             rows.append(row)
             print(
                 f"{root.name:<8} {name:<22} poles {row['poles_pred']}/{row['poles_gt']} F1@0.5 {row['poles_f1@0.5']}"
                 f" F1@1 {row['poles_f1@1']} err {row['poles_mean_err_m']}   signs {row['signs_pred']}/"
-                f"{row['signs_gt']} F1@0.5 {row['signs_f1@0.5']} F1@1 {row['signs_f1@1']} err {row['signs_mean_err_m']}",
+                f"{row['signs_gt']} F1@0.5 {row['signs_f1@0.5']} F1@1 {row['signs_f1@1']} err {row['signs_mean_err_m']}"
+                f"   lanes {row['lanes_n_pred']}/{row['lanes_n_gt']} AP@0.5/1/1.5 {row['lanes_AP@0.5m']}"
+                f" {row['lanes_AP@1m']} {row['lanes_AP@1.5m']}",
                 flush=True,
             )
     args.out.write_text(json.dumps(rows, indent=2) + "\n")

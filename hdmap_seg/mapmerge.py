@@ -18,7 +18,8 @@ become new features.
 
 Medians: a drive's footprint that overlaps map footprints (a shared area) is united with all of
 them into one; its centre line is the longest of theirs. Coverage: the union of the drives'.
-Lane markings are not merged yet: a drive's ``lane_markings.geojson`` is ignored.
+Lane lines: by curve distance, fused vertex by vertex (:mod:`hdmap_seg.lanemerge`). Change
+detection (:mod:`hdmap_seg.mapchanges`) runs for every drive added to a map that has drives.
 
 The map folder holds the layers (GeoJSON, GeoPackage) and ``merge.json``: the manifest (drives with
 their origin and coverage) and each feature's information sums at full precision, which is all that
@@ -42,7 +43,7 @@ import numpy as np
 import shapely
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import chi2
-from shapely.geometry import Point
+from shapely.geometry import LineString, Point
 from shapely.geometry.base import BaseGeometry
 
 from hdmap_seg.errors import HdmapError
@@ -50,6 +51,7 @@ from hdmap_seg.export import write_layers
 from hdmap_seg.export.geojson import read_geojson, to_world, write_geojson
 from hdmap_seg.geo.frames import LocalFrame, angle_diff_deg
 from hdmap_seg.io import read_text, write_text_atomic
+from hdmap_seg.lanemerge import fuse, overlap_m, resample
 from hdmap_seg.mapchanges import (
     ADDED,
     CANDIDATE,
@@ -64,7 +66,17 @@ from hdmap_seg.mapchanges import (
     moved_pairs,
     nearest_m,
 )
-from hdmap_seg.maplayers import CENTERLINE, COVERAGE, FOOTPRINT, MEDIANS, POLES, SIGNS, Feature, MapLayers
+from hdmap_seg.maplayers import (
+    CENTERLINE,
+    COVERAGE,
+    FOOTPRINT,
+    LANE_MARKINGS,
+    MEDIANS,
+    POLES,
+    SIGNS,
+    Feature,
+    MapLayers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +108,10 @@ class MergeConfig:
     max_origin_distance_m: float = 20_000.0
     max_height_diff_m: float = 1.0
     change: ChangeConfig = field(default_factory=ChangeConfig)
+    #: Lane lines: a drive's line is a map line where it runs within this of it ...
+    lane_gate_m: float = 0.5
+    #: ... over at least this much of the map line's length (or half the drive line's, if shorter).
+    lane_min_overlap_m: float = 5.0
 
     @property
     def gate_chi2(self) -> float:
@@ -112,10 +128,11 @@ class Drive:
     points: dict[str, list[tuple[np.ndarray, dict]]]  # layer -> [(xyz world, properties)]
     footprints: list[tuple[BaseGeometry, BaseGeometry | None, dict]]  # (polygon, centre line, props)
     coverage: BaseGeometry
+    lanes: list[tuple[LineString, dict]] = field(default_factory=list)  # world xy lane-marking lines
 
     @property
     def n_features(self) -> int:
-        return sum(len(v) for v in self.points.values()) + len(self.footprints)
+        return sum(len(v) for v in self.points.values()) + len(self.footprints) + len(self.lanes)
 
 
 @dataclass
@@ -126,6 +143,7 @@ class MergeState:
     drives: list[dict] = field(default_factory=list)
     points: dict[str, list[dict]] = field(default_factory=lambda: {POLES: [], SIGNS: []})
     medians: list[dict] = field(default_factory=list)
+    lanes: list[dict] = field(default_factory=list)
     next_id: int = 0
     #: What the drives added since the map was read said changed (not kept: each run writes its own).
     changes: list[Change] = field(default_factory=list)
@@ -139,6 +157,7 @@ class MergeState:
             "drives": self.drives,
             "points": self.points,
             "medians": self.medians,
+            "lanes": self.lanes,
         }
 
     @classmethod
@@ -155,6 +174,7 @@ class MergeState:
                 drives=list(data["drives"]),
                 points={name: list(data["points"][name]) for name in POINT_LAYERS},
                 medians=list(data["medians"]),
+                lanes=list(data.get("lanes", [])),  # version 1 merged no lane lines
                 next_id=int(data["next_id"]),
             )
             for feats in state.points.values():
@@ -255,7 +275,14 @@ def read_drive(folder: Path, drive_id: str, frame: LocalFrame) -> Drive:
                 if not poly.is_valid:
                     poly = shapely.make_valid(poly)
                 footprints.append((poly, lines.get(p.get("id")), p))
-    return Drive(drive_id, folder, drive_origin(folder), points, footprints, coverage)
+    lanes = []
+    path = folder / f"{LANE_MARKINGS}.geojson"
+    if path.is_file():
+        for i, (g, p) in enumerate(read_geojson(path)):
+            if g.geom_type != "LineString" or g.length == 0:
+                raise HdmapError(f"{path}: feature {i} is a {g.geom_type}, not a LineString of some length")
+            lanes.append((shapely.force_2d(to_world(g, frame)), p))
+    return Drive(drive_id, folder, drive_origin(folder), points, footprints, coverage, lanes)
 
 
 # -------------------------------------------------------------------------------------- merging
@@ -557,6 +584,57 @@ def _add_points(
     return changes
 
 
+def _lane_sums(props: dict, length_m: float) -> dict:
+    """A drive line's contribution to a merged line's properties, weighted by its length."""
+    sums = {f"style_{props.get('style')}": length_m}
+    for k in ("width_m", "dash_m", "gap_m"):
+        if isinstance(props.get(k), (int, float)):
+            sums[f"w_{k}"], sums[f"n_{k}"] = length_m * float(props[k]), length_m
+    return sums
+
+
+def _add_lanes(state: MergeState, drive: Drive, config: MergeConfig) -> None:
+    """Fuse each of the drive's lane lines into the map line it overlaps most, else a new one (lanemerge)."""
+    for line, props in drive.lanes:
+        need = min(config.lane_min_overlap_m, 0.5 * line.length)
+        best, best_m = None, need
+        for lane in state.lanes:
+            m = overlap_m(np.asarray(lane["xy"]), line, config.lane_gate_m)
+            if m >= best_m:
+                best, best_m = lane, m
+        sums = _lane_sums(props, line.length)
+        if best is None:
+            xy = resample(line)
+            lane = {"id": state.new_id(), "xy": xy.tolist(), "w": [1.0] * len(xy), "sums": {}, "drives": []}
+            lane["miss"] = 1.0  # product of (1 - confidence): noisy-or over drives
+            state.lanes.append(lane)
+        else:
+            lane = best
+            xy, w = fuse(np.asarray(lane["xy"]), np.asarray(lane["w"]), line, 1.0, config.lane_gate_m)
+            lane["xy"], lane["w"] = xy.tolist(), w.tolist()
+        for k, v in sums.items():
+            lane["sums"][k] = lane["sums"].get(k, 0.0) + v
+        lane["miss"] *= 1.0 - _confidence(props)
+        if drive.drive_id not in lane["drives"]:
+            lane["drives"].append(drive.drive_id)
+
+
+def _lane_feature(lane: dict) -> Feature:
+    s = lane["sums"]
+    line = LineString(lane["xy"])
+    style = max((k for k in s if k.startswith("style_")), key=lambda k: s[k], default="style_None")[6:]
+    props = {"id": lane["id"], "style": style}
+    keys = ("width_m", "dash_m", "gap_m") if style == "dashed" else ("width_m",)
+    props |= {k: round(s[f"w_{k}"] / s[f"n_{k}"], 3) for k in keys if s.get(f"n_{k}")}
+    props |= {
+        "length_m": round(line.length, 1),
+        "n_drives": len(lane["drives"]),
+        "drives": list(lane["drives"]),
+        "confidence": round(1.0 - lane["miss"], 4),
+    }
+    return Feature(line, props)
+
+
 def add_drive(state: MergeState, drive: Drive, config: MergeConfig) -> None:
     """Merge one drive into ``state`` (in place); what it says changed joins ``state.changes``."""
     if any(d["id"] == drive.drive_id for d in state.drives):
@@ -577,12 +655,14 @@ def add_drive(state: MergeState, drive: Drive, config: MergeConfig) -> None:
     for name in POINT_LAYERS:
         state.changes.extend(_add_points(state, name, drive, config, looked, here))
     _add_medians(state, drive)
+    _add_lanes(state, drive, config)
     state.drives.append(
         {
             "id": drive.drive_id,
             "folder": str(drive.folder),
             "origin": None if drive.origin is None else drive.origin.to_dict(),
-            "features": {name: len(p) for name, p in drive.points.items()} | {MEDIANS: len(drive.footprints)},
+            "features": {name: len(p) for name, p in drive.points.items()}
+            | {MEDIANS: len(drive.footprints), LANE_MARKINGS: len(drive.lanes)},
             "coverage": _wkb(drive.coverage),
         }
     )
@@ -638,6 +718,8 @@ def map_layers(state: MergeState) -> MapLayers:
             line = _from_wkb(m["centerline"])
             medians.append(Feature(line, {**props, "kind": CENTERLINE, "length_m": round(line.length, 2)}))
     layers[MEDIANS] = medians
+    if state.lanes:
+        layers[LANE_MARKINGS] = [_lane_feature(lane) for lane in state.lanes]
     union = shapely.union_all(coverages) if coverages else shapely.Polygon()
     layers[COVERAGE] = (
         [Feature(union, {"area_m2": round(union.area, 1), "n_drives": len(coverages)})]

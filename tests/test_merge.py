@@ -19,7 +19,7 @@ from hdmap_seg.export import geojson as geojson_mod
 from hdmap_seg.export import read_geojson, write_layers
 from hdmap_seg.geo.frames import LocalFrame
 from hdmap_seg.mapchanges import ChangeConfig
-from hdmap_seg.maplayers import CENTERLINE, COVERAGE, FOOTPRINT, MEDIANS, POLES, SIGNS, Feature
+from hdmap_seg.maplayers import CENTERLINE, COVERAGE, FOOTPRINT, LANE_MARKINGS, MEDIANS, POLES, SIGNS, Feature
 from hdmap_seg.mapmerge import MergeConfig, merge_drives, point_estimate, read_map
 from hdmap_seg.synthetic.multidrive import WorldEdit, write_edits
 
@@ -49,12 +49,14 @@ def make_drive(
     origin=FRAME,
     record=True,
     coverage=None,
+    lanes=(),
 ) -> Path:
     folder = root / name / "map"
     layers = {
         POLES: list(poles),
         SIGNS: list(signs),
         MEDIANS: list(medians),
+        LANE_MARKINGS: list(lanes),
         COVERAGE: [Feature(coverage or COVERAGE_BOX, {"area_m2": (coverage or COVERAGE_BOX).area})],
     }
     write_layers(layers, folder, origin, gpkg=False)
@@ -306,7 +308,14 @@ def test_the_truth_of_many_drives_is_one_feature_per_id_and_united_footprints(tm
         poles = [Feature(Point(i, 0.0, 0.0), {"id": i, "type": "pole"}) for i in pole_ids]
         line = LineString([(footprint.bounds[0], 0.5), (footprint.bounds[2], 0.5)])
         medians = [Feature(footprint, {"kind": FOOTPRINT}), Feature(line, {"kind": CENTERLINE})]
-        write_layers({POLES: poles, SIGNS: [], MEDIANS: medians}, tmp_path / name, FRAME, gpkg=False)
+        lanes = [  # the world's lines, each seen by this drive as far as it went
+            Feature(
+                LineString([(footprint.bounds[0], y), (footprint.bounds[2], y)]), {"side": "ego", "line": k}
+            )
+            for k, y in enumerate((3.0, 6.0))
+        ]
+        layers = {POLES: poles, SIGNS: [], MEDIANS: medians, LANE_MARKINGS: lanes}
+        write_layers(layers, tmp_path / name, FRAME, gpkg=False)
         return tmp_path / name
 
     out = union_ground_truth(
@@ -321,6 +330,11 @@ def test_the_truth_of_many_drives_is_one_feature_per_id_and_united_footprints(tm
         )
     )
     assert area == pytest.approx(20.0, rel=1e-3)
+    lanes = read_geojson(out / "lane_markings.geojson")
+    assert sorted(p["line"] for _, p in lanes) == [0, 1]
+    for g, _ in lanes:  # the longer drive's: x 5 to 20
+        x = FRAME.world_from_wgs84_points(np.c_[np.asarray(g.coords), [0.0, 0.0]])[:, 0]
+        assert sorted(x) == [pytest.approx(5.0, abs=0.01), pytest.approx(20.0, abs=0.01)]  # 7 decimals
 
 
 def test_a_failed_swap_puts_the_old_map_back(drives, tmp_path, monkeypatch):
@@ -509,3 +523,47 @@ def test_change_metrics_score_the_map_against_the_edits(tmp_path):
     edits[1] = WorldEdit("moved", SIGNS, 2, tuple(old + [2.0, 0, 0]), tuple(new))
     write_edits(tmp_path / "edits.geojson", edits, 2, FRAME)
     assert evaluate_changes(m, tmp_path / "edits.geojson")["applied"]["moved"]["tp"] == 0
+
+
+# ----------------------------------------------------------------------------------------- lane lines
+
+
+def lane(x0, x1, y, style="solid", width_m=0.15, confidence=0.9, **extra) -> Feature:
+    props = {"style": style, "width_m": width_m, "length_m": x1 - x0, "confidence": confidence, **extra}
+    return Feature(LineString([(x0, y), ((x0 + x1) / 2, y), (x1, y)]), props)
+
+
+def _lanes(folder: Path) -> list[tuple[np.ndarray, dict]]:
+    out = []
+    for g, p in read_geojson(folder / "lane_markings.geojson"):
+        lonlat = np.asarray(g.coords)
+        out.append((FRAME.world_from_wgs84_points(np.c_[lonlat[:, :2], np.zeros(len(lonlat))])[:, :2], p))
+    return sorted(out, key=lambda t: t[0][:, 1].mean())
+
+
+def test_lane_lines_of_two_drives_fuse_where_they_overlap_and_run_on_where_one_saw(tmp_path):
+    a = make_drive(tmp_path, "a", lanes=[lane(0, 50, 0.1, width_m=0.14), lane(0, 50, 3.6)])
+    b = make_drive(tmp_path, "b", lanes=[lane(60, 10, -0.1, width_m=0.18)])  # drawn the other way
+    m = tmp_path / "m"
+    merge_cli.run(["--out", str(m), str(a), str(b), "--no-gpkg"])
+    (xy, props), (xy_far, props_far) = _lanes(m)
+    assert props["n_drives"] == 2 and props["drives"] == ["a", "b"] and props_far["n_drives"] == 1
+    assert xy[:, 0].min() == pytest.approx(0.0, abs=0.3) and xy[:, 0].max() == pytest.approx(60.0, abs=0.3)
+    both = (xy[:, 0] > 11) & (xy[:, 0] < 49)
+    np.testing.assert_allclose(xy[both, 1], 0.0, atol=0.01)  # the mean of +0.1 and -0.1
+    np.testing.assert_allclose(xy[xy[:, 0] < 9, 1], 0.1, atol=0.01)
+    np.testing.assert_allclose(xy[xy[:, 0] > 51, 1], -0.1, atol=0.01)
+    assert props["width_m"] == pytest.approx((0.14 * 50 + 0.18 * 50) / 100, abs=1e-3)  # by length seen
+    assert props["confidence"] == pytest.approx(1 - 0.1**2, abs=1e-4)
+    np.testing.assert_allclose(xy_far[:, 1], 3.6, atol=0.01)  # the next line over stays apart
+
+
+def test_a_lane_line_takes_the_style_most_of_its_length_says(tmp_path):
+    a = make_drive(tmp_path, "a", lanes=[lane(0, 60, 0.0, "dashed", dash_m=3.0, gap_m=9.0)])
+    b = make_drive(tmp_path, "b", lanes=[lane(0, 20, 0.05, "solid")])  # dashes run together, seen once
+    c = make_drive(tmp_path, "c", lanes=[lane(0, 60, -0.05, "dashed", dash_m=3.2, gap_m=8.8)])
+    m = tmp_path / "m"
+    merge_cli.run(["--out", str(m), str(a), str(b), str(c), "--no-gpkg"])
+    ((_, props),) = _lanes(m)
+    assert props["style"] == "dashed" and props["n_drives"] == 3
+    assert (props["dash_m"], props["gap_m"]) == (pytest.approx(3.1), pytest.approx(8.9))

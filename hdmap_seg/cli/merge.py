@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="signs' facings must agree as directions (default: modulo 180 deg, masks not telling a plate's back)",
     )
+    p.add_argument(
+        "--lane-gate-m",
+        type=float,
+        default=d.lane_gate_m,
+        help="a drive's lane line is a map line where it runs this close to it",
+    )
     c = d.change
     p.add_argument(
         "--change-drives",
@@ -99,11 +105,12 @@ def run(argv: list[str] | None = None) -> dict:
         max_facing_deg=args.max_facing_deg,
         max_height_diff_m=args.max_height_diff_m,
         facing_either_side=not args.facing_strict,
+        lane_gate_m=args.lane_gate_m,
         change=ChangeConfig(
             min_drives=args.change_drives, inside_m=args.change_inside_m, max_move_m=args.max_move_m
         ),
     )
-    for name in ("sigma_floor_m", "max_gate_m", "max_facing_deg", "max_height_diff_m"):
+    for name in ("sigma_floor_m", "max_gate_m", "max_facing_deg", "max_height_diff_m", "lane_gate_m"):
         if not getattr(config, name) >= 0:
             raise HdmapError(f"--{name.replace('_', '-')} must be a number >= 0, got {getattr(config, name)}")
     if args.change_drives < 1:

@@ -418,11 +418,12 @@ def union_ground_truth(gt_dirs: list[str | os.PathLike], out_dir: str | os.PathL
     """The truth of several drives of one world (synthetic logs' ``gt/``) as one folder, for scoring a
     merged map: poles and signs once per ``id`` (ids are the world's, the same in every log); median
     footprints united where they overlap, each with the longest centre line inside it (the drives cover
-    about one stretch, so the longest stands for all). Lane markings are left out: no map has them yet."""
+    about one stretch, so the longest stands for all); lane markings once per line (``side``, ``line``:
+    the world's), the longest of the drives'."""
     out_dir = Path(out_dir)
     layers: dict[str, list[tuple[BaseGeometry, dict]]] = {}
     for d in gt_dirs:
-        for name in (*POINT_LAYERS, "medians"):
+        for name in (*POINT_LAYERS, "medians", "lane_markings"):
             if (Path(d) / f"{name}.geojson").is_file():
                 layers.setdefault(name, []).extend(read_geojson(Path(d) / f"{name}.geojson"))
     out: dict[str, list[tuple[BaseGeometry, dict]]] = {}
@@ -441,6 +442,13 @@ def union_ground_truth(gt_dirs: list[str | os.PathLike], out_dir: str | os.PathL
             if inside:
                 merged.append((max(inside, key=lambda g: g.length), {**props, "kind": "centerline"}))
         out["medians"] = merged
+    if "lane_markings" in layers:
+        longest: dict[tuple, tuple[BaseGeometry, dict]] = {}
+        for g, p in layers["lane_markings"]:
+            key = (p.get("side"), p.get("line"))
+            if key not in longest or g.length > longest[key][0].length:
+                longest[key] = (g, p)
+        out["lane_markings"] = list(longest.values())
     for name, feats in out.items():
         fc = {
             "type": "FeatureCollection",
