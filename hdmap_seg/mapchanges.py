@@ -63,6 +63,7 @@ class Change:
     sigma_m: float
     n_agree: int
     applied: bool
+    from_id: int | None = None  # a move's: the map feature it moved from
 
     def feature(self) -> Feature:
         geom = (
@@ -82,6 +83,7 @@ class Change:
                 "sigma_m": round(self.sigma_m, 4),
                 "n_agree": self.n_agree,
                 "applied": self.applied,
+                "from_feature_id": self.from_id,
             },
         )
 

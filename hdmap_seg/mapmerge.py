@@ -467,6 +467,7 @@ def _add_points(
                 sigma_m=point_estimate(f)[1],
                 n_agree=n_agree,
                 applied=applied,
+                from_id=f.get("moved_from") if change == MOVED else None,
             )
         )
 

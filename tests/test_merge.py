@@ -304,7 +304,7 @@ def test_gate_options_are_checked(drives, tmp_path):
 
 
 def test_the_truth_of_many_drives_is_one_feature_per_id_and_united_footprints(tmp_path):
-    def truth(name, pole_ids, footprint):
+    def truth(name, pole_ids, footprint, extra_lanes=()):
         poles = [Feature(Point(i, 0.0, 0.0), {"id": i, "type": "pole"}) for i in pole_ids]
         line = LineString([(footprint.bounds[0], 0.5), (footprint.bounds[2], 0.5)])
         medians = [Feature(footprint, {"kind": FOOTPRINT}), Feature(line, {"kind": CENTERLINE})]
@@ -313,13 +313,23 @@ def test_the_truth_of_many_drives_is_one_feature_per_id_and_united_footprints(tm
                 LineString([(footprint.bounds[0], y), (footprint.bounds[2], y)]), {"side": "ego", "line": k}
             )
             for k, y in enumerate((3.0, 6.0))
-        ]
+        ] + list(extra_lanes)
         layers = {POLES: poles, SIGNS: [], MEDIANS: medians, LANE_MARKINGS: lanes}
         write_layers(layers, tmp_path / name, FRAME, gpkg=False)
         return tmp_path / name
 
     out = union_ground_truth(
-        [truth("g0", [1, 2], box(0, 0, 10, 1)), truth("g1", [2, 3], box(5, 0, 20, 1))], tmp_path / "u"
+        [
+            truth("g0", [1, 2], box(0, 0, 10, 1)),
+            # line 0 again past a median opening: another piece of the same line
+            truth(
+                "g1",
+                [2, 3],
+                box(5, 0, 20, 1),
+                [Feature(LineString([(30, 3), (40, 3)]), {"side": "ego", "line": 0})],
+            ),
+        ],
+        tmp_path / "u",
     )
     assert [p["id"] for _, p in read_geojson(out / "poles.geojson")] == [1, 2, 3]
     medians = read_geojson(out / "medians.geojson")
@@ -330,11 +340,14 @@ def test_the_truth_of_many_drives_is_one_feature_per_id_and_united_footprints(tm
         )
     )
     assert area == pytest.approx(20.0, rel=1e-3)
-    lanes = read_geojson(out / "lane_markings.geojson")
-    assert sorted(p["line"] for _, p in lanes) == [0, 1]
-    for g, _ in lanes:  # the longer drive's: x 5 to 20
-        x = FRAME.world_from_wgs84_points(np.c_[np.asarray(g.coords), [0.0, 0.0]])[:, 0]
-        assert sorted(x) == [pytest.approx(5.0, abs=0.01), pytest.approx(20.0, abs=0.01)]  # 7 decimals
+    lanes = [
+        (FRAME.world_from_wgs84_points(np.c_[np.asarray(g.coords), np.zeros(len(g.coords))]), p)
+        for g, p in read_geojson(out / "lane_markings.geojson")
+    ]
+    extents = sorted((p["line"], round(xy[:, 0].min(), 1), round(xy[:, 0].max(), 1)) for xy, p in lanes)
+    # each line over the stretch either drive saw (x 0 to 20), the piece past the opening apart
+    assert extents == [(0, 0.0, 20.0), (0, 30.0, 40.0), (1, 0.0, 20.0)]
+    assert all(np.ptp(xy[:, 1]) < 0.01 for xy, _ in lanes)  # 7 decimals
 
 
 def test_a_failed_swap_puts_the_old_map_back(drives, tmp_path, monkeypatch):
@@ -458,6 +471,7 @@ def test_a_moved_sign_is_one_change_and_moves_the_map_once_two_drives_agree(tmp_
     )
     np.testing.assert_allclose(change["xy"], [old[:2], new[:2]], atol=0.01)  # a line from where to where
     assert change["distance_m"] == pytest.approx(np.linalg.norm((new - old)[:2]), abs=0.01)
+    assert change["from_feature_id"] == 0 and change["feature_id"] != 0  # the sign it moved from
     (sign_now,) = read_geojson(m / "signs.geojson")
     assert FRAME.world_from_wgs84_points(np.array([sign_now[0].coords[0]]))[0][0] == pytest.approx(
         old[0], abs=0.01

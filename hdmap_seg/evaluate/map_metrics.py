@@ -32,6 +32,7 @@ from scipy.optimize import linear_sum_assignment
 from shapely.geometry import LineString, Polygon, mapping
 from shapely.geometry.base import BaseGeometry
 
+from hdmap_seg import lanemerge
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.export.geojson import read_geojson, to_world
 from hdmap_seg.geo.frames import LocalFrame, angle_diff_deg
@@ -346,7 +347,7 @@ def evaluate_changes(map_dir: str | os.PathLike, edits_path: str | os.PathLike) 
     of all reported (any drive's view, agreed or not), and the removals reported outside the
     reporting drive's coverage (there should be none).
 
-    A change is one per map feature (its last report). It matches an edit of the same kind and
+    A change is one per map feature (its last report; none for the feature a reported move left). It matches an edit of the same kind and
     layer one-to-one when within ``CHANGE_THRESHOLD_M``: a removal where the object was, an
     addition where it is, a move at both ends.
     """
@@ -363,6 +364,10 @@ def evaluate_changes(map_dir: str | os.PathLike, edits_path: str | os.PathLike) 
     latest: dict[tuple[str, int], tuple[BaseGeometry, dict]] = {}
     for g, props in _load(map_dir, "changes", frame):
         latest[(props["layer"], props["feature_id"])] = (g, props)
+    # A feature a move left is that move's other end, whatever a drive that missed it said before.
+    for _, props in list(latest.values()):
+        if props.get("from_feature_id") is not None:
+            latest.pop((props["layer"], props["from_feature_id"]), None)
     if not edits_path.is_file():
         raise HdmapError(f"{edits_path}: edits file not found")
     edits = []
@@ -414,12 +419,39 @@ def evaluate_changes(map_dir: str | os.PathLike, edits_path: str | os.PathLike) 
     return {"applied": score(applied), "reported": score(reported), "removed_outside_coverage": outside}
 
 
+def _union_lane_truth(feats: list[tuple[BaseGeometry, dict]]) -> list[tuple[BaseGeometry, dict]]:
+    """The lane lines of several drives' truth (lon/lat) as one per stretch of a world line: pieces of
+    one line (the same ``side`` and ``line``; a line broken at median openings has several) that run
+    along each other are one, run out over the stretch each saw (:func:`hdmap_seg.lanemerge.fuse`
+    with no weight: the truth is exact, only its extent differs)."""
+    frame = LocalFrame(*shapely.get_coordinates(feats[0][0])[0, ::-1], 0.0)
+    groups: dict[tuple, list[tuple[LineString, dict]]] = {}
+    for g, p in feats:
+        groups.setdefault((p.get("side"), p.get("line")), []).append(
+            (shapely.force_2d(to_world(g, frame)), p)
+        )
+    out = []
+    for pieces in groups.values():
+        merged: list[tuple[np.ndarray, dict]] = []
+        for line, p in sorted(pieces, key=lambda t: -t[0].length):
+            for k, (xy, q) in enumerate(merged):
+                if lanemerge.overlap_m(xy, line, 0.05) > 0:
+                    merged[k] = (lanemerge.fuse(xy, np.ones(len(xy)), line, 0.0, 0.05)[0], q)
+                    break
+            else:
+                merged.append((lanemerge.resample(line), p))
+        for xy, p in merged:
+            lonlat = frame.wgs84_from_world_points(np.c_[xy, np.zeros(len(xy))])[:, :2]
+            out.append((LineString(lonlat), p))
+    return out
+
+
 def union_ground_truth(gt_dirs: list[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
     """The truth of several drives of one world (synthetic logs' ``gt/``) as one folder, for scoring a
     merged map: poles and signs once per ``id`` (ids are the world's, the same in every log); median
     footprints united where they overlap, each with the longest centre line inside it (the drives cover
-    about one stretch, so the longest stands for all); lane markings once per line (``side``, ``line``:
-    the world's), the longest of the drives'."""
+    about one stretch, so the longest stands for all); lane markings as the world's lines over the
+    stretch any drive saw (:func:`_union_lane_truth`)."""
     out_dir = Path(out_dir)
     layers: dict[str, list[tuple[BaseGeometry, dict]]] = {}
     for d in gt_dirs:
@@ -443,12 +475,7 @@ def union_ground_truth(gt_dirs: list[str | os.PathLike], out_dir: str | os.PathL
                 merged.append((max(inside, key=lambda g: g.length), {**props, "kind": "centerline"}))
         out["medians"] = merged
     if "lane_markings" in layers:
-        longest: dict[tuple, tuple[BaseGeometry, dict]] = {}
-        for g, p in layers["lane_markings"]:
-            key = (p.get("side"), p.get("line"))
-            if key not in longest or g.length > longest[key][0].length:
-                longest[key] = (g, p)
-        out["lane_markings"] = list(longest.values())
+        out["lane_markings"] = _union_lane_truth(layers["lane_markings"])
     for name, feats in out.items():
         fc = {
             "type": "FeatureCollection",
