@@ -45,6 +45,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.stats import chi2
 from shapely.geometry import LineString, Point
 from shapely.geometry.base import BaseGeometry
+from tqdm import tqdm
 
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.export import write_layers
@@ -147,6 +148,13 @@ class MergeState:
     next_id: int = 0
     #: What the drives added since the map was read said changed (not kept: each run writes its own).
     changes: list[Change] = field(default_factory=list)
+    _seen: BaseGeometry | None = field(default=None, repr=False)  # the drives' coverage united, once made
+
+    def seen_so_far(self) -> BaseGeometry:
+        """The union of the drives' coverage (kept up to date as drives are added)."""
+        if self._seen is None:
+            self._seen = shapely.union_all([_from_wkb(d["coverage"]) for d in self.drives])
+        return self._seen
 
     def to_json(self) -> dict:
         return {
@@ -234,8 +242,8 @@ def _sigma(path: Path, i: int, props: dict) -> float:
     return float(s)
 
 
-def read_drive(folder: Path, drive_id: str, frame: LocalFrame) -> Drive:
-    """A drive's layers folder -> :class:`Drive` in ``frame``'s world; one-line errors naming the file."""
+def read_coverage(folder: Path, frame: LocalFrame) -> BaseGeometry:
+    """A drive's ``coverage.geojson`` in ``frame``'s world; one-line errors naming the file."""
     if not folder.is_dir():
         raise HdmapError(f"{folder}: drive layers folder not found")
     cov_path = folder / f"{COVERAGE}.geojson"
@@ -243,7 +251,12 @@ def read_drive(folder: Path, drive_id: str, frame: LocalFrame) -> Drive:
         raise HdmapError(
             f"{cov_path}: missing; a drive's layers need the ground it saw (hdmap-vectorize writes it)"
         )
-    coverage = shapely.union_all([to_world(g, frame) for g, _ in read_geojson(cov_path)])
+    return shapely.union_all([to_world(g, frame) for g, _ in read_geojson(cov_path)])
+
+
+def read_drive(folder: Path, drive_id: str, frame: LocalFrame) -> Drive:
+    """A drive's layers folder -> :class:`Drive` in ``frame``'s world; one-line errors naming the file."""
+    coverage = read_coverage(folder, frame)
     points: dict[str, list[tuple[np.ndarray, dict]]] = {}
     for name in POINT_LAYERS:
         path = folder / f"{name}.geojson"
@@ -647,11 +660,7 @@ def add_drive(state: MergeState, drive: Drive, config: MergeConfig) -> None:
             "%s: drive %s has no features; merged as a drive that saw nothing", drive.folder, drive.drive_id
         )
     # Where the map's earlier drives had looked, and where this one could have seen (mapchanges).
-    looked = (
-        inside(shapely.union_all([_from_wkb(d["coverage"]) for d in state.drives]), config.change.inside_m)
-        if state.drives
-        else None
-    )
+    looked = inside(state.seen_so_far(), config.change.inside_m) if state.drives else None
     here = inside(drive.coverage, config.change.inside_m)
     for name in POINT_LAYERS:
         state.changes.extend(_add_points(state, name, drive, config, looked, here))
@@ -667,6 +676,8 @@ def add_drive(state: MergeState, drive: Drive, config: MergeConfig) -> None:
             "coverage": _wkb(drive.coverage),
         }
     )
+    if state._seen is not None:
+        state._seen = shapely.union(state._seen, drive.coverage)
 
 
 def map_layers(state: MergeState) -> MapLayers:
@@ -793,6 +804,7 @@ def merge_drives(
     drive_ids: list[str] | None = None,
     state: MergeState | None = None,
     config: MergeConfig | None = None,
+    progress: bool = False,
 ) -> MergeState:
     """Add the drives in ``folders`` (ids: ``drive_ids`` or :func:`default_drive_id`) to ``state`` (None:
     a new map in the first drive's recorded origin, else at its coverage's centre); checks ids and
@@ -824,17 +836,24 @@ def merge_drives(
                 LocalFrame(c.y, c.x, 0.0) if c is not None and not c.is_empty else LocalFrame(0.0, 0.0, 0.0)
             )
         state = MergeState(origin=first)
-    drives = [read_drive(Path(f), i, state.origin) for f, i in zip(folders, ids, strict=True)]
-    for d in drives:
+    for f in folders:
         # The layers are WGS84 and each drive's origin only the frame it was computed in (its first frame's
         # position unless vectorized with --origin), so origins may differ; layers far from the map's are
         # another place, or coordinates written in another frame than their file says.
-        gap_m = float(d.coverage.distance(Point(0.0, 0.0))) if not d.coverage.is_empty else 0.0
+        coverage = read_coverage(Path(f), state.origin)
+        gap_m = float(coverage.distance(Point(0.0, 0.0))) if not coverage.is_empty else 0.0
         if gap_m > config.max_origin_distance_m:
             raise HdmapError(
-                f"{d.folder}: layers {gap_m / 1000:.1f} km from the map's origin {state.origin.to_dict()} "
+                f"{f}: layers {gap_m / 1000:.1f} km from the map's origin {state.origin.to_dict()} "
                 f"(at most {config.max_origin_distance_m / 1000:g} km): another place or world frame"
             )
-    for d in drives:
-        add_drive(state, d, config)
+    # One drive in memory at a time: the map is what grows (a bad file further on stops the run before
+    # anything is written).
+    pairs = list(zip(folders, ids, strict=True))
+    # On a terminal only (None), and gone when done: an error stays one line.
+    bar = tqdm(
+        pairs, desc="merge", unit="drive", leave=False, disable=None if progress and len(pairs) > 1 else True
+    )
+    for f, i in bar:
+        add_drive(state, read_drive(Path(f), i, state.origin), config)
     return state

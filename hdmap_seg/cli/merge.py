@@ -137,7 +137,7 @@ def run(argv: list[str] | None = None) -> dict:
     lock_dir = target.parent / f".{target.name}.lock.d"
     with exclusive_lock(lock_dir, "hdmap-merge"):
         remove_stale_map_copies(target)  # of a killed merge; the lock says none is live
-        state = merge_drives(folders, args.drive_id, state, config)
+        state = merge_drives(folders, args.drive_id, state, config, progress=True)
         write_map(state, target, gpkg=not args.no_gpkg)
     counts = count_features(map_layers(state))
     print(f"{len(state.drives)} drives -> {target}")
