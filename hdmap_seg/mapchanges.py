@@ -8,7 +8,7 @@ be mapped, which is no evidence that it is gone). Poles and signs:
 - **added**: a drive feature that matches nothing, where the map's earlier drives had looked (inside
   their coverage, shrunk the same way); elsewhere it is new ground, mapped at once;
 - **moved**: a removed and an added one of the same layer within ``max_move_m`` of each other (one to
-  one, nearest first; signs also alike in facing and height): farther apart than their uncertainties
+  one, nearest first; signs also alike in facing and height, by the merge's rules): farther apart than their uncertainties
   allow a match (mapmerge's gate), close enough to be one object.
 
 The map itself changes only when ``min_drives`` drives agree: a feature leaves the map when the last
@@ -44,8 +44,6 @@ class ChangeConfig:
     min_drives: int = 2
     inside_m: float = 5.0
     max_move_m: float = 6.0
-    max_facing_deg: float = 45.0
-    max_height_diff_m: float = 1.0
 
 
 @dataclass
@@ -107,21 +105,19 @@ def moved_pairs(
     old_sign: list[tuple[float, float | None]],
     new_xyz: np.ndarray,
     new_sign: list[tuple[float, float]],
-    config: ChangeConfig,
-    facing_diff_deg,
+    max_move_m: float,
+    sign_alike,
 ) -> list[tuple[int, int]]:
     """One-to-one ``(old, new)`` pairs within ``max_move_m``, nearest first; signs (``*_sign``: facing,
-    height) also within ``max_facing_deg`` (``facing_diff_deg(a, b)``) and ``max_height_diff_m``."""
+    height) also ``sign_alike(old, new)`` (the merge's facing and height rules)."""
     if not len(old_xyz) or not len(new_xyz):
         return []
     d = np.linalg.norm(old_xyz[:, None, :2] - new_xyz[None, :, :2], axis=2)
-    ok = d <= config.max_move_m
+    ok = d <= max_move_m
     if layer == SIGNS:
-        for i, (facing_a, height_a) in enumerate(old_sign):
-            for j, (facing_b, height_b) in enumerate(new_sign):
-                ok[i, j] &= facing_diff_deg(facing_a, facing_b) <= config.max_facing_deg and (
-                    height_a is None or abs(height_a - height_b) <= config.max_height_diff_m
-                )
+        for i, a in enumerate(old_sign):
+            for j, b in enumerate(new_sign):
+                ok[i, j] &= sign_alike(a, b)
     rows, cols = linear_sum_assignment(np.where(ok, d, 1e6))
     return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if ok[r, c]]
 

@@ -373,6 +373,22 @@ def _facing_diff_deg(a_deg: float, b_deg: float, either_side: bool) -> float:
     return min(d, 180.0 - d) if either_side else d
 
 
+def _signs_alike(a: tuple[float, float | None], b: tuple[float, float | None], config: MergeConfig) -> bool:
+    """Two signs' ``(facing_deg, height_m)`` within the merge's facing and height rules."""
+    return _facing_diff_deg(a[0], b[0], config.facing_either_side) <= config.max_facing_deg and (
+        a[1] is None or b[1] is None or abs(a[1] - b[1]) <= config.max_height_diff_m
+    )
+
+
+def _sign_key(props: dict) -> tuple[float, float | None]:
+    return float(props["facing_deg"]), float(props["height_m"])
+
+
+def _map_sign_key(feat: dict) -> tuple[float, float | None]:
+    s = feat["sums"]
+    return _facing_deg(s), (s["w_height_m"] / s["n_height_m"] if s.get("n_height_m") else None)
+
+
 def _match(feats: list[dict], name: str, drive: Drive, config: MergeConfig) -> list[tuple[int, int]]:
     """One-to-one ``(drive point, index in feats)`` pairs inside the gate (module docstring)."""
     pts = drive.points[name]
@@ -389,16 +405,8 @@ def _match(feats: list[dict], name: str, drive: Drive, config: MergeConfig) -> l
     if name == SIGNS:
         for i, (_, props) in enumerate(pts):
             for j, f in enumerate(feats):
-                if not ok[i, j]:
-                    continue
-                s = f["sums"]
-                height = s["w_height_m"] / s["n_height_m"] if s.get("n_height_m") else None
-                facing_diff = _facing_diff_deg(
-                    float(props["facing_deg"]), _facing_deg(s), config.facing_either_side
-                )
-                ok[i, j] = facing_diff <= config.max_facing_deg and (
-                    height is None or abs(float(props["height_m"]) - height) <= config.max_height_diff_m
-                )
+                if ok[i, j]:
+                    ok[i, j] = _signs_alike(_map_sign_key(f), _sign_key(props), config)
     # Every allowed pair costs less than any forbidden one, so the most pairs are made, then the closest.
     cost = np.where(ok, maha / config.gate_chi2, 1e6)
     rows, cols = linear_sum_assignment(cost)
@@ -432,15 +440,6 @@ def _within_gate(
     d2 = ((a_xyz[:, None, :2] - b_xyz[None, :, :2]) ** 2).sum(axis=2)
     var = a_sigma[:, None] ** 2 + b_sigma[None, :] ** 2 + config.sigma_floor_m**2
     return d2 <= config.gate_chi2 * var
-
-
-def _sign_key(props: dict) -> tuple[float, float | None]:
-    return float(props["facing_deg"]), float(props["height_m"])
-
-
-def _map_sign_key(feat: dict) -> tuple[float, float | None]:
-    s = feat["sums"]
-    return _facing_deg(s), (s["w_height_m"] / s["n_height_m"] if s.get("n_height_m") else None)
 
 
 def _add_points(
@@ -532,8 +531,8 @@ def _add_points(
         [_map_sign_key(feats[j]) for j in missed] if name == SIGNS else [],
         new_xyz[in_looked],
         [_sign_key(pts[new[k]][1]) for k in in_looked] if name == SIGNS else [],
-        rules,
-        lambda a, b: _facing_diff_deg(a, b, config.facing_either_side),
+        rules.max_move_m,
+        lambda a, b: _signs_alike(a, b, config),
     )
     moved_to = {missed[a]: in_looked[b] for a, b in moves}  # map index -> index in new
     moved_from = {b: a for a, b in moved_to.items()}
