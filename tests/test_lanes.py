@@ -129,3 +129,11 @@ def test_a_painted_ring_with_a_hole_is_voted_where_it_lies_on_the_ground():
         x = (tc * cfg.tile_cells + cols + 0.5) * cell
         y = (tr * cfg.tile_cells + rows + 0.5) * cell
         assert shapely.contains_xy(region, x, y).all()
+
+
+def test_a_ring_whose_rays_all_miss_the_ground_votes_nothing():
+    """Found by the fuzzer: a marking seen only above the horizon projects to an empty ring."""
+    votes = LaneVotes(LaneMarkingConfig())
+    votes.see(0, Polygon([(0, 0), (5, 0), (5, 5), (0, 5)]))
+    votes.vote_rings([np.zeros((0, 2))])
+    assert sum(int(t.votes.sum()) for t in votes.tiles.values()) == 0

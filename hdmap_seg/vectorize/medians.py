@@ -111,6 +111,7 @@ class GroundVotes:
         """Vote the region inside closed world rings (even-odd: a ring inside another is a hole),
         within what the frame seen last saw."""
         w = self._window
+        rings = [r for r in rings if len(r) >= 3]  # a ring no ray of which met the ground is empty
         if w is None or not rings:
             return
         votes = np.zeros_like(w.seen)
