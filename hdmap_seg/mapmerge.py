@@ -226,6 +226,33 @@ def drive_origin(folder: Path) -> LocalFrame | None:
         raise HdmapError(f"{folder}: its run record's origin is not lat0/lon0/alt0 ({err})") from None
 
 
+def drive_classes(folder: Path) -> dict | None:
+    """Which mask classes fed which layer when the drive was vectorized (its run record), if recorded."""
+    record = _run_record(folder)
+    classes = (record or {}).get("config", {}).get("classes") if isinstance(record, dict) else None
+    return classes if isinstance(classes, dict) else None
+
+
+def _warn_other_classes(state: MergeState | None, folders: list[Path]) -> None:
+    """A warning per drive whose layers came from other mask classes than the map's first drive's: a model
+    with other classes is fine, a layer fed by another kind of object is not, and only a person can tell."""
+    known = [d.get("classes") for d in state.drives] if state else []
+    ref = next((c for c in known if c is not None), None)
+    for f in folders:
+        classes = drive_classes(Path(f))
+        if classes is None:
+            continue
+        if ref is None:
+            ref = classes
+        elif classes != ref:
+            log.warning(
+                "%s: vectorized with classes %s where the map's drives had %s; its layers are merged as the same kinds",
+                next(Path(f) / n for n in RUN_RECORDS if (Path(f) / n).is_file()),
+                classes,
+                ref,
+            )
+
+
 def default_drive_id(folder: Path) -> str:
     """A drive's id: the name of the log its run record names, else its folder's (its parent's for ``map``)."""
     record = _run_record(folder)
@@ -673,6 +700,7 @@ def add_drive(state: MergeState, drive: Drive, config: MergeConfig) -> None:
             "features": {name: len(p) for name, p in drive.points.items()}
             | {MEDIANS: len(drive.footprints), LANE_MARKINGS: len(drive.lanes)},
             "coverage": _wkb(drive.coverage),
+            "classes": drive_classes(drive.folder),
         }
     )
     if state._seen is not None:
@@ -825,6 +853,7 @@ def merge_drives(
             raise HdmapError(f"{f}: duplicate drive id {i!r} ({where}); give unique ones with --drive-id")
         seen[i] = Path(f)
     origins = [drive_origin(Path(f)) for f in folders]
+    _warn_other_classes(state, folders)
     if state is None:
         first = next((o for o in origins if o is not None), None)
         if first is None:

@@ -581,3 +581,34 @@ def test_a_lane_line_takes_the_style_most_of_its_length_says(tmp_path):
     ((_, props),) = _lanes(m)
     assert props["style"] == "dashed" and props["n_drives"] == 3
     assert (props["dash_m"], props["gap_m"]) == (pytest.approx(3.1), pytest.approx(8.9))
+
+
+def test_layers_in_another_crs_are_a_one_line_error(drives, tmp_path, capsys):
+    path = drives[1] / "poles.geojson"
+    data = json.loads(path.read_text())
+    data["crs"] = {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::3857"}}
+    path.write_text(json.dumps(data))
+    with pytest.raises(SystemExit) as exc:
+        merge_cli.main(["--out", str(tmp_path / "m"), *map(str, drives)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(path) in err and "EPSG::3857" in err
+    assert not (tmp_path / "m").exists()
+    # WGS84 named the old way is WGS84.
+    data["crs"]["properties"]["name"] = "urn:ogc:def:crs:OGC:1.3:CRS84"
+    path.write_text(json.dumps(data))
+    merge_cli.run(["--out", str(tmp_path / "m"), *map(str, drives), "--no-gpkg"])
+
+
+def test_a_drive_vectorized_with_other_classes_is_a_warning_naming_it(drives, tmp_path, caplog):
+    for folder, classes in zip(drives, ({"pole": [4]}, {"pole": [4]}, {"pole": [5]}), strict=True):
+        record = json.loads((folder / "vectorize.json").read_text())
+        (folder / "vectorize.json").write_text(json.dumps(record | {"config": {"classes": classes}}))
+    m = tmp_path / "m"
+    with caplog.at_level(logging.WARNING):
+        merge_cli.run(["--out", str(m), str(drives[0]), str(drives[1]), "--no-gpkg"])
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        merge_cli.run(["--map", str(m), "--add", str(drives[2]), "--no-gpkg"])  # compared with the map's
+    (record,) = caplog.records
+    assert str(drives[2] / "vectorize.json") in record.getMessage() and "[5]" in record.getMessage()

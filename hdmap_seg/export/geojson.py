@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyproj
 import shapely
 from shapely.geometry import LineString, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
@@ -156,9 +157,32 @@ def read_geojson(path: str | os.PathLike) -> list[tuple[BaseGeometry, dict]]:
         data = json.loads(path.read_text())
         if data.get("type") != "FeatureCollection":
             raise ValueError("not a FeatureCollection")
-        return [(shape(f["geometry"]), dict(f.get("properties") or {})) for f in data["features"]]
+        crs = _named_crs(data.get("crs"))
+        features = [(shape(f["geometry"]), dict(f.get("properties") or {})) for f in data["features"]]
     except (ValueError, KeyError, TypeError, AttributeError, shapely.errors.GEOSException) as err:
         raise HdmapError(f"{path}: not a GeoJSON FeatureCollection ({err})") from None
+    if crs is not None and not _is_wgs84(crs):
+        raise HdmapError(
+            f"{path}: coordinates in {crs}; GeoJSON layers here are WGS84 lon/lat (RFC 7946): reproject them "
+            "(e.g. ogr2ogr -t_srs EPSG:4326) or write them again with hdmap-vectorize"
+        )
+    return features
+
+
+def _named_crs(member) -> str | None:
+    """The name in a (pre-RFC 7946) ``crs`` member, None when there is none."""
+    if member is None:
+        return None
+    return str(member["properties"]["name"])
+
+
+def _is_wgs84(name: str) -> bool:
+    """Whether a CRS name is WGS84 longitude/latitude (axis order aside: GeoJSON is always lon, lat)."""
+    try:
+        crs = pyproj.CRS.from_user_input(name)
+    except pyproj.exceptions.CRSError:
+        return False
+    return crs.is_geographic and crs.equals(pyproj.CRS.from_epsg(4326), ignore_axis_order=True)
 
 
 def _gpkg_layers(layers: MapLayers) -> dict[str, list[Feature]]:
