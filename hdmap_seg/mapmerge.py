@@ -39,6 +39,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dask
 import numpy as np
 import shapely
 from scipy.optimize import linear_sum_assignment
@@ -78,6 +79,17 @@ from hdmap_seg.maplayers import (
     Feature,
     MapLayers,
 )
+from hdmap_seg.maptiles import (
+    HALO_M,
+    INPUT_MARGIN_M,
+    Tile,
+    TileDrive,
+    features_near,
+    run_tiles,
+    tile_box,
+    tile_of,
+    tiles_reached,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +121,8 @@ class MergeConfig:
     max_origin_distance_m: float = 20_000.0
     max_height_diff_m: float = 1.0
     change: ChangeConfig = field(default_factory=ChangeConfig)
+    #: Web-mercator zoom of the tiles poles and signs are merged in (maptiles; 15: about 1.2 x 0.8 km at 48 deg).
+    tile_zoom: int = 15
     #: Lane lines: a drive's line is a map line where it runs within this of it ...
     lane_gate_m: float = 0.5
     #: ... over at least this much of the map line's length (or half the drive line's, if shorter).
@@ -469,7 +483,7 @@ def _within_gate(
     return d2 <= config.gate_chi2 * var
 
 
-def _add_points(
+def add_points(
     state: MergeState,
     name: str,
     drive: Drive,
@@ -675,8 +689,9 @@ def _lane_feature(lane: dict) -> Feature:
     return Feature(line, props)
 
 
-def add_drive(state: MergeState, drive: Drive, config: MergeConfig) -> None:
-    """Merge one drive into ``state`` (in place); what it says changed joins ``state.changes``."""
+def _add_drive_entry(state: MergeState, drive: Drive, config: MergeConfig) -> None:
+    """The drive's medians and lane lines merged, and the drive recorded in the map (its poles and signs
+    are merged tile by tile: :func:`_merge_points`)."""
     if any(d["id"] == drive.drive_id for d in state.drives):
         raise HdmapError(
             f"{drive.folder}: drive id {drive.drive_id!r} is already in the map; give another with --drive-id"
@@ -685,11 +700,6 @@ def add_drive(state: MergeState, drive: Drive, config: MergeConfig) -> None:
         log.warning(
             "%s: drive %s has no features; merged as a drive that saw nothing", drive.folder, drive.drive_id
         )
-    # Where the map's earlier drives had looked, and where this one could have seen (mapchanges).
-    looked = inside(state.seen_so_far(), config.change.inside_m) if state.drives else None
-    here = inside(drive.coverage, config.change.inside_m)
-    for name in POINT_LAYERS:
-        state.changes.extend(_add_points(state, name, drive, config, looked, here))
     _add_medians(state, drive)
     _add_lanes(state, drive, config)
     state.drives.append(
@@ -703,8 +713,102 @@ def add_drive(state: MergeState, drive: Drive, config: MergeConfig) -> None:
             "classes": drive_classes(drive.folder),
         }
     )
-    if state._seen is not None:
-        state._seen = shapely.union(state._seen, drive.coverage)
+
+
+def _merge_tile(
+    tile: Tile,
+    origin: LocalFrame,
+    feats: dict[str, list[dict]],
+    prior_seen: BaseGeometry | None,
+    drives: list[TileDrive],
+    config: MergeConfig,
+) -> tuple[dict[str, list[dict]], list[Change]]:
+    """One tile's Dask task (maptiles): the drives folded into its features in order, change detection
+    included; returns the features and changes that lie inside the tile. New features have negative ids."""
+    state = MergeState(origin=origin, points=feats, next_id=-(10**9))
+    seen = prior_seen
+    for d in drives:
+        # Where the map's earlier drives had looked, and where this one could have seen (mapchanges).
+        looked = None if seen is None else inside(seen, config.change.inside_m)
+        here = inside(d.coverage, config.change.inside_m)
+        drive = Drive(d.drive_id, Path(), None, d.points, [], d.coverage)
+        for name in POINT_LAYERS:
+            state.changes.extend(add_points(state, name, drive, config, looked, here))
+        seen = d.coverage if seen is None else shapely.union(seen, d.coverage)
+    owned = {}
+    for name in POINT_LAYERS:
+        xy = np.array([point_estimate(f)[0][:2] for f in state.points[name]]).reshape(-1, 2)
+        owned[name] = [
+            f for f, t in zip(state.points[name], tile_of(origin, xy, tile[2]), strict=True) if t == tile
+        ]
+    xy = np.array([c.xyz[:2] for c in state.changes]).reshape(-1, 2)
+    changes = [c for c, t in zip(state.changes, tile_of(origin, xy, tile[2]), strict=True) if t == tile]
+    return owned, changes
+
+
+def _merge_points(
+    state: MergeState,
+    drives: list[TileDrive],
+    prior_seen: BaseGeometry | None,
+    config: MergeConfig,
+    scheduler: str | None,
+) -> None:
+    """The drives' poles and signs merged into ``state`` tile by tile on Dask (maptiles)."""
+    if not drives:
+        return
+    zoom = config.tile_zoom
+    reached = tiles_reached(state.origin, shapely.union_all([d.coverage for d in drives]), zoom)
+    xy = {
+        name: np.array([point_estimate(f)[0][:2] for f in state.points[name]]).reshape(-1, 2)
+        for name in POINT_LAYERS
+    }
+    tasks = []
+    for tile in reached:
+        near = tile_box(state.origin, tile).buffer(HALO_M, join_style="mitre")
+        reach = near.buffer(INPUT_MARGIN_M, join_style="mitre")
+        clip = reach.buffer(config.change.inside_m + 1.0, join_style="mitre")
+        shapely.prepare(reach)
+        parts = [
+            TileDrive(
+                d.drive_id,
+                {
+                    name: [p for p in pts if reach.contains(Point(p[0][0], p[0][1]))]
+                    for name, pts in d.points.items()
+                },
+                d.coverage.intersection(clip),
+            )
+            for d in drives
+        ]
+        feats = {name: features_near(state.points[name], xy[name], near) for name in POINT_LAYERS}
+        seen = None if prior_seen is None else prior_seen.intersection(clip)
+        tasks.append(dask.delayed(_merge_tile)(tile, state.origin, feats, seen, parts, config))
+    results = run_tiles(tasks, scheduler)
+    # Untouched tiles keep their features; the tasks' come next, new ones numbered in tile order.
+    reached_set = set(reached)
+    for name in POINT_LAYERS:
+        tiles = tile_of(state.origin, xy[name], zoom)
+        state.points[name] = [
+            f for f, t in zip(state.points[name], tiles, strict=True) if t not in reached_set
+        ]
+    order = {d.drive_id: k for k, d in enumerate(drives)}
+    changes: list[tuple[int, int, Change]] = []
+    for k, (owned, tile_changes) in enumerate(results):
+        ids: dict[int, int] = {}
+        for name in POINT_LAYERS:
+            for f in owned[name]:
+                if f["id"] < 0:
+                    ids[f["id"]] = f["id"] = state.new_id()
+                state.points[name].append(f)
+        for name in POINT_LAYERS:
+            for f in owned[name]:
+                if "moved_from" in f:
+                    f["moved_from"] = ids.get(f["moved_from"], f["moved_from"])
+        for c in tile_changes:
+            c.feature_id = ids.get(c.feature_id, c.feature_id)
+            if c.from_id is not None:
+                c.from_id = ids.get(c.from_id, c.from_id)
+            changes.append((order[c.drive_id], k, c))
+    state.changes.extend(c for _, _, c in sorted(changes, key=lambda t: t[:2]))
 
 
 def map_layers(state: MergeState) -> MapLayers:
@@ -832,6 +936,7 @@ def merge_drives(
     state: MergeState | None = None,
     config: MergeConfig | None = None,
     progress: bool = False,
+    scheduler: str | None = None,
 ) -> MergeState:
     """Add the drives in ``folders`` (ids: ``drive_ids`` or :func:`default_drive_id`) to ``state`` (None:
     a new map in the first drive's recorded origin, else at its coverage's centre); checks ids and
@@ -875,13 +980,19 @@ def merge_drives(
                 f"{f}: layers {gap_m / 1000:.1f} km from the map's origin {state.origin.to_dict()} "
                 f"(at most {config.max_origin_distance_m / 1000:g} km): another place or world frame"
             )
-    # One drive in memory at a time: the map is what grows (a bad file further on stops the run before
-    # anything is written).
+    # Drives are read one at a time; only their poles, signs and coverage are kept for the tiles (a bad
+    # file further on stops the run before anything is written).
+    prior_seen = state.seen_so_far() if state.drives else None
     pairs = list(zip(folders, ids, strict=True))
     # On a terminal only (None), and gone when done: an error stays one line.
     bar = tqdm(
         pairs, desc="merge", unit="drive", leave=False, disable=None if progress and len(pairs) > 1 else True
     )
+    kept = []
     for f, i in bar:
-        add_drive(state, read_drive(Path(f), i, state.origin), config)
+        drive = read_drive(Path(f), i, state.origin)
+        _add_drive_entry(state, drive, config)
+        kept.append(TileDrive(drive.drive_id, drive.points, drive.coverage))
+    _merge_points(state, kept, prior_seen, config, scheduler)
+    state._seen = None  # rebuilt from the drives when next asked
     return state

@@ -612,3 +612,88 @@ def test_a_drive_vectorized_with_other_classes_is_a_warning_naming_it(drives, tm
         merge_cli.run(["--map", str(m), "--add", str(drives[2]), "--no-gpkg"])  # compared with the map's
     (record,) = caplog.records
     assert str(drives[2] / "vectorize.json") in record.getMessage() and "[5]" in record.getMessage()
+
+
+# -------------------------------------------------------------------------------------- tiles on Dask
+
+
+def _street(tmp_path: Path, seed: int) -> list[Path]:
+    """Four drives along a 200 m street with poles every 7 m and signs every 23 m (many tile borders at
+    zoom 20, tiles about 25 m wide here), each seeing them with noise; the last two miss one pole and
+    see a new sign and a sign moved 3 m."""
+    rng = np.random.default_rng(seed)
+    # On the tiles' borders, where a drive's noise puts a pole now on one side, now on the other.
+    edges = sorted(
+        {
+            round(mapmerge.tile_box(FRAME, t).bounds[0], 3)
+            for t in mapmerge.tiles_reached(FRAME, box(-95, 5, 95, 7), 20)
+        }
+    )
+    poles = [np.array([x, 6.0, 0.1]) for x in edges if -95 < x < 95]
+    poles += [
+        np.array([x, 6.0, 0.1]) for x in np.arange(-95.0, 100.0, 7.0) if min(abs(x - e) for e in edges) > 1.5
+    ]
+    signs = [np.array([x, -7.0, 2.5]) for x in np.arange(-90.0, 100.0, 23.0)]
+    wide = box(-110, -20, 110, 20)
+    out = []
+    for k in range(4):
+        ps = [p for j, p in enumerate(poles) if not (k >= 2 and j == len(poles) - 3)]
+        ss = list(signs) + ([np.array([40.0, -7.0, 2.5])] if k >= 2 else [])
+        if k >= 2:
+            ss[4] = ss[4] + [3.0, 0.0, 0.0]
+        folder = make_drive(
+            tmp_path,
+            f"street_{k}",
+            [pole(p + [*rng.normal(0, 0.05, 2), 0], 0.08) for p in ps],
+            [sign(s + [*rng.normal(0, 0.05, 2), 0], 0.1, 90.0 + 180.0 * (k % 2)) for s in ss],
+            coverage=wide,
+        )
+        out.append(folder)
+    return out
+
+
+def _map_points(folder: Path) -> dict[str, np.ndarray]:
+    return {
+        name: np.array(
+            sorted(tuple(np.round(xyz[:2], 6)) for xyz, _ in read_world(folder / f"{name}.geojson"))
+        )
+        for name in (POLES, SIGNS)
+    }
+
+
+def test_tiles_neither_lose_nor_duplicate_features_on_their_borders(tmp_path):
+    folders = _street(tmp_path, 0)
+    one, many = tmp_path / "one_tile", tmp_path / "many_tiles"
+    merge_cli.run(["--out", str(one), *map(str, folders[:2]), "--tile-zoom", "1", "--no-gpkg"])
+    merge_cli.run(["--map", str(one), "--add", *map(str, folders[2:]), "--tile-zoom", "1", "--no-gpkg"])
+    merge_cli.run(["--out", str(many), *map(str, folders[:2]), "--tile-zoom", "20", "--no-gpkg"])
+    merge_cli.run(["--map", str(many), "--add", *map(str, folders[2:]), "--tile-zoom", "20", "--no-gpkg"])
+    state = read_map(many)
+    tiles = {
+        t for f in state.points[POLES] for t in mapmerge.tile_of(FRAME, point_estimate(f)[0][None, :2], 20)
+    }
+    assert len(tiles) >= 6  # the street spans many tiles
+    a, b = _map_points(one), _map_points(many)
+    assert len(a[POLES]) == len(b[POLES]) > 20 and len(a[SIGNS]) == 10  # a sign added, one moved
+    for name in (POLES, SIGNS):
+        np.testing.assert_allclose(a[name], b[name], atol=1e-6)
+    kinds = sorted((c["change"], c["applied"]) for c in _changes(many))
+    assert kinds == sorted((c["change"], c["applied"]) for c in _changes(one))
+    # drive 2 sees each change first (pending), drive 3 agrees (applied)
+    assert kinds == [(k, a) for k in ("added", "moved", "removed") for a in (False, True)]
+
+
+@pytest.mark.slow
+def test_a_merge_on_a_dask_cluster_of_two_workers_is_the_local_one(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    folders = _street(tmp_path, 1)
+    local, remote = tmp_path / "local", tmp_path / "cluster"
+    args = [*map(str, folders), "--tile-zoom", "19", "--no-gpkg"]
+    merge_cli.run(["--out", str(local), *args])
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        merge_cli.run(["--out", str(remote), *args, "--scheduler", cluster.scheduler_address])
+    for name in ("poles", "signs", "changes", "merge"):
+        ext = "json" if name == "merge" else "geojson"
+        assert (local / f"{name}.{ext}").read_bytes() == (remote / f"{name}.{ext}").read_bytes(), name

@@ -2,6 +2,7 @@
 
 hdmap-merge --out MAP DRIVE_LAYERS... [--drive-id ID ...]   a new map
 hdmap-merge --map MAP --add DRIVE_LAYERS... [--drive-id ID ...]   drives added to a map hdmap-merge wrote
+  [--scheduler tcp://HOST:8786]   the tiles on a Dask cluster instead of local threads
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.lane_gate_m,
         help="a drive's lane line is a map line where it runs this close to it",
     )
+    p.add_argument(
+        "--tile-zoom",
+        type=int,
+        default=d.tile_zoom,
+        help="web-mercator zoom of the tiles poles and signs are merged in, one Dask task each (0-22)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="a Dask distributed scheduler (tcp://host:8786) to run the tiles on (default: local threads)",
+    )
     c = d.change
     p.add_argument(
         "--change-drives",
@@ -106,6 +118,7 @@ def run(argv: list[str] | None = None) -> dict:
         max_height_diff_m=args.max_height_diff_m,
         facing_either_side=not args.facing_strict,
         lane_gate_m=args.lane_gate_m,
+        tile_zoom=args.tile_zoom,
         change=ChangeConfig(
             min_drives=args.change_drives, inside_m=args.change_inside_m, max_move_m=args.max_move_m
         ),
@@ -113,6 +126,8 @@ def run(argv: list[str] | None = None) -> dict:
     for name in ("sigma_floor_m", "max_gate_m", "max_facing_deg", "max_height_diff_m", "lane_gate_m"):
         if not getattr(config, name) >= 0:
             raise HdmapError(f"--{name.replace('_', '-')} must be a number >= 0, got {getattr(config, name)}")
+    if not 0 <= args.tile_zoom <= 22:
+        raise HdmapError(f"--tile-zoom must be 0 to 22, got {args.tile_zoom}")
     if args.change_drives < 1:
         raise HdmapError(f"--change-drives must be at least 1, got {args.change_drives}")
     for name in ("change_inside_m", "max_move_m"):
@@ -137,7 +152,7 @@ def run(argv: list[str] | None = None) -> dict:
     lock_dir = target.parent / f".{target.name}.lock.d"
     with exclusive_lock(lock_dir, "hdmap-merge"):
         remove_stale_map_copies(target)  # of a killed merge; the lock says none is live
-        state = merge_drives(folders, args.drive_id, state, config, progress=True)
+        state = merge_drives(folders, args.drive_id, state, config, progress=True, scheduler=args.scheduler)
         write_map(state, target, gpkg=not args.no_gpkg)
     counts = count_features(map_layers(state))
     print(f"{len(state.drives)} drives -> {target}")
