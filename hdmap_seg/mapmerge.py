@@ -19,7 +19,8 @@ become new features.
 Medians: a drive's footprint that overlaps map footprints (a shared area) is united with all of
 them into one; its centre line is the longest of theirs. Coverage: the union of the drives'.
 Lane lines: by curve distance, fused vertex by vertex (:mod:`hdmap_seg.lanemerge`). Change
-detection (:mod:`hdmap_seg.mapchanges`) runs for every drive added to a map that has drives.
+detection (:mod:`hdmap_seg.mapchanges`) runs for every drive added to a map that has drives. Poles
+and signs are merged tile by tile, as Dask tasks (:mod:`hdmap_seg.maptiles`); the rest in this process.
 
 The map folder holds the layers (GeoJSON, GeoPackage) and ``merge.json``: the manifest (drives with
 their origin and coverage) and each feature's information sums at full precision, which is all that
@@ -762,22 +763,25 @@ def _merge_points(
         name: np.array([point_estimate(f)[0][:2] for f in state.points[name]]).reshape(-1, 2)
         for name in POINT_LAYERS
     }
+    drive_xy = [
+        {name: np.array([p[0][:2] for p in pts]).reshape(-1, 2) for name, pts in d.points.items()}
+        for d in drives
+    ]
     tasks = []
     for tile in reached:
         near = tile_box(state.origin, tile).buffer(HALO_M, join_style="mitre")
         reach = near.buffer(INPUT_MARGIN_M, join_style="mitre")
         clip = reach.buffer(config.change.inside_m + 1.0, join_style="mitre")
-        shapely.prepare(reach)
         parts = [
             TileDrive(
                 d.drive_id,
                 {
-                    name: [p for p in pts if reach.contains(Point(p[0][0], p[0][1]))]
+                    name: [p for p, k in zip(pts, covered(reach, drive_xy[n][name]), strict=True) if k]
                     for name, pts in d.points.items()
                 },
                 d.coverage.intersection(clip),
             )
-            for d in drives
+            for n, d in enumerate(drives)
         ]
         feats = {name: features_near(state.points[name], xy[name], near) for name in POINT_LAYERS}
         seen = None if prior_seen is None else prior_seen.intersection(clip)

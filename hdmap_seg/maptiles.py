@@ -89,5 +89,10 @@ def run_tiles(tasks: list, scheduler: str | None):
 
 def features_near(feats: list[dict], xy: np.ndarray, region: BaseGeometry) -> list[dict]:
     """Copies of the features (positions ``xy``) inside ``region``: a task changes its own."""
-    inside = shapely.contains_xy(region, xy[:, 0], xy[:, 1]) if len(xy) else np.zeros(0, bool)
-    return [copy.deepcopy(f) for f, k in zip(feats, inside, strict=True) if k]
+    if not len(xy):
+        return []
+    return [
+        copy.deepcopy(f)
+        for f, k in zip(feats, shapely.contains_xy(region, xy[:, 0], xy[:, 1]), strict=True)
+        if k
+    ]
