@@ -23,6 +23,7 @@ import shapely
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 
+from hdmap_seg.errors import HdmapError
 from hdmap_seg.geo.frames import LocalFrame
 
 #: Features this close to a tile are computed with it: more than any reach of one feature's inputs
@@ -32,6 +33,8 @@ HALO_M = 20.0
 INPUT_MARGIN_M = 10.0
 
 Tile = tuple[int, int, int]
+#: How long to wait for a cluster's scheduler to answer.
+SCHEDULER_TIMEOUT_S = 10
 
 
 @dataclass
@@ -83,7 +86,13 @@ def run_tiles(tasks: list, scheduler: str | None):
         return list(dask.compute(*tasks, scheduler="threads"))
     from distributed import Client  # only a cluster run needs it started
 
-    with Client(scheduler) as client:
+    try:
+        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_S)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise HdmapError(
+            f"--scheduler {scheduler}: no Dask scheduler answered ({type(err).__name__}: {err})"
+        ) from None
+    with client:
         return client.gather(client.compute(tasks))
 
 

@@ -11,7 +11,7 @@ import pytest
 import shapely
 from shapely.geometry import LineString, Point, box
 
-from hdmap_seg import mapmerge
+from hdmap_seg import mapmerge, maptiles
 from hdmap_seg.cli import merge as merge_cli
 from hdmap_seg.errors import HdmapError
 from hdmap_seg.evaluate.map_metrics import evaluate_changes, union_ground_truth
@@ -625,8 +625,8 @@ def _street(tmp_path: Path, seed: int) -> list[Path]:
     # On the tiles' borders, where a drive's noise puts a pole now on one side, now on the other.
     edges = sorted(
         {
-            round(mapmerge.tile_box(FRAME, t).bounds[0], 3)
-            for t in mapmerge.tiles_reached(FRAME, box(-95, 5, 95, 7), 20)
+            round(maptiles.tile_box(FRAME, t).bounds[0], 3)
+            for t in maptiles.tiles_reached(FRAME, box(-95, 5, 95, 7), 20)
         }
     )
     poles = [np.array([x, 6.0, 0.1]) for x in edges if -95 < x < 95]
@@ -670,7 +670,7 @@ def test_tiles_neither_lose_nor_duplicate_features_on_their_borders(tmp_path):
     merge_cli.run(["--map", str(many), "--add", *map(str, folders[2:]), "--tile-zoom", "20", "--no-gpkg"])
     state = read_map(many)
     tiles = {
-        t for f in state.points[POLES] for t in mapmerge.tile_of(FRAME, point_estimate(f)[0][None, :2], 20)
+        t for f in state.points[POLES] for t in maptiles.tile_of(FRAME, point_estimate(f)[0][None, :2], 20)
     }
     assert len(tiles) >= 6  # the street spans many tiles
     a, b = _map_points(one), _map_points(many)
@@ -697,3 +697,13 @@ def test_a_merge_on_a_dask_cluster_of_two_workers_is_the_local_one(tmp_path):
     for name in ("poles", "signs", "changes", "merge"):
         ext = "json" if name == "merge" else "geojson"
         assert (local / f"{name}.{ext}").read_bytes() == (remote / f"{name}.{ext}").read_bytes(), name
+
+
+def test_a_scheduler_that_does_not_answer_is_a_one_line_error(drives, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(maptiles, "SCHEDULER_TIMEOUT_S", 1)
+    with pytest.raises(SystemExit) as exc:
+        merge_cli.main(["--out", str(tmp_path / "m"), *map(str, drives), "--scheduler", "tcp://127.0.0.1:9"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err.splitlines()[-1] and "tcp://127.0.0.1:9" in err.splitlines()[-1]
+    assert not (tmp_path / "m").exists()
