@@ -95,6 +95,9 @@ from hdmap_seg.maptiles import (
 log = logging.getLogger(__name__)
 
 MANIFEST = "merge.json"
+TILES = "tiles"
+#: 15: tiles of about 1.2 x 0.8 km at 48 deg latitude.
+DEFAULT_TILE_ZOOM = 15
 CHANGES = "changes"
 FORMAT = "hdmap-merge"
 VERSION = 2
@@ -122,8 +125,9 @@ class MergeConfig:
     max_origin_distance_m: float = 20_000.0
     max_height_diff_m: float = 1.0
     change: ChangeConfig = field(default_factory=ChangeConfig)
-    #: Web-mercator zoom of the tiles poles and signs are merged in (maptiles; 15: about 1.2 x 0.8 km at 48 deg).
-    tile_zoom: int = 15
+    #: Web-mercator zoom of the tiles poles and signs are merged in (maptiles), for a new map (a map keeps
+    #: its own; None: ``DEFAULT_TILE_ZOOM``).
+    tile_zoom: int | None = None
     #: Lane lines: a drive's line is a map line where it runs within this of it ...
     lane_gate_m: float = 0.5
     #: ... over at least this much of the map line's length (or half the drive line's, if shorter).
@@ -161,9 +165,12 @@ class MergeState:
     medians: list[dict] = field(default_factory=list)
     lanes: list[dict] = field(default_factory=list)
     next_id: int = 0
+    tile_zoom: int = DEFAULT_TILE_ZOOM
     #: What the drives added since the map was read said changed (not kept: each run writes its own).
     changes: list[Change] = field(default_factory=list)
     _seen: BaseGeometry | None = field(default=None, repr=False)  # the drives' coverage united, once made
+    #: The tiles this run recomputed (None: every tile, as for a map read from elsewhere).
+    touched: set | None = field(default=None, repr=False)
 
     def seen_so_far(self) -> BaseGeometry:
         """The union of the drives' coverage (kept up to date as drives are added)."""
@@ -181,6 +188,7 @@ class MergeState:
             "points": self.points,
             "medians": self.medians,
             "lanes": self.lanes,
+            "tile_zoom": self.tile_zoom,
         }
 
     @classmethod
@@ -199,6 +207,8 @@ class MergeState:
                 medians=list(data["medians"]),
                 lanes=list(data.get("lanes", [])),  # version 1 merged no lane lines
                 next_id=int(data["next_id"]),
+                tile_zoom=int(data.get("tile_zoom", DEFAULT_TILE_ZOOM)),
+                touched=set(),
             )
             for feats in state.points.values():
                 for f in feats:
@@ -757,8 +767,10 @@ def _merge_points(
     """The drives' poles and signs merged into ``state`` tile by tile on Dask (maptiles)."""
     if not drives:
         return
-    zoom = config.tile_zoom
+    zoom = state.tile_zoom
     reached = tiles_reached(state.origin, shapely.union_all([d.coverage for d in drives]), zoom)
+    if state.touched is not None:
+        state.touched |= set(reached)
     xy = {
         name: np.array([point_estimate(f)[0][:2] for f in state.points[name]]).reshape(-1, 2)
         for name in POINT_LAYERS
@@ -907,7 +919,9 @@ def write_map(state: MergeState, folder: Path, gpkg: bool = True) -> list[Path]:
     tmp.mkdir()  # not mkdtemp: the map keeps the umask's permissions, not 0700
     moved = False
     try:
-        paths = write_layers(map_layers(state), tmp, state.origin, gpkg=gpkg)
+        layers = map_layers(state)
+        paths = write_layers(layers, tmp, state.origin, gpkg=gpkg)
+        _write_tiles(state, layers, folder / TILES, tmp / TILES)
         changes = [c.feature() for c in state.changes]
         paths.append(write_geojson(tmp / f"{CHANGES}.geojson", changes, state.origin, name=CHANGES))
         write_text_atomic(tmp / MANIFEST, json.dumps(state.to_json(), allow_nan=False) + "\n")
@@ -923,6 +937,26 @@ def write_map(state: MergeState, folder: Path, gpkg: bool = True) -> list[Path]:
     if moved:
         shutil.rmtree(old, ignore_errors=True)
     return [folder / p.name for p in paths] + [folder / MANIFEST]
+
+
+def _write_tiles(state: MergeState, layers: MapLayers, old_dir: Path, new_dir: Path) -> None:
+    """Each tile's poles and signs in ``TILES/z/x/y/``: the tiles this run recomputed are written, the others
+    linked from the old map unchanged (so a tile's files are rewritten only when a drive reaches it)."""
+    by_tile: dict[Tile, dict[str, list[Feature]]] = {}
+    for name in POINT_LAYERS:
+        feats = layers.get(name, [])
+        xy = np.array([[f.geometry.x, f.geometry.y] for f in feats]).reshape(-1, 2)
+        for f, tile in zip(feats, tile_of(state.origin, xy, state.tile_zoom), strict=True):
+            by_tile.setdefault(tile, {n: [] for n in POINT_LAYERS})[name].append(f)
+    for (z, x, y), tile_layers in by_tile.items():
+        rel = Path(str(z)) / str(x) / str(y)
+        old = [old_dir / rel / f"{name}.geojson" for name in POINT_LAYERS]
+        if state.touched is not None and (z, x, y) not in state.touched and all(p.is_file() for p in old):
+            (new_dir / rel).mkdir(parents=True)
+            for p in old:
+                os.link(p, new_dir / rel / p.name)
+        else:
+            write_layers(tile_layers, new_dir / rel, state.origin, gpkg=False)
 
 
 def remove_stale_map_copies(folder: Path) -> int:
@@ -972,7 +1006,12 @@ def merge_drives(
             first = (
                 LocalFrame(c.y, c.x, 0.0) if c is not None and not c.is_empty else LocalFrame(0.0, 0.0, 0.0)
             )
-        state = MergeState(origin=first)
+        state = MergeState(origin=first, tile_zoom=config.tile_zoom or DEFAULT_TILE_ZOOM)
+    elif config.tile_zoom is not None and config.tile_zoom != state.tile_zoom:
+        raise HdmapError(
+            f"--tile-zoom {config.tile_zoom}: the map's tiles are zoom {state.tile_zoom} ({MANIFEST}); "
+            "a map keeps the zoom it was made with"
+        )
     for f in folders:
         # The layers are WGS84 and each drive's origin only the frame it was computed in (its first frame's
         # position unless vectorized with --origin), so origins may differ; layers far from the map's are

@@ -67,6 +67,11 @@ def make_drive(
     return folder
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under a map folder (its tiles too), by relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def read_world(path: Path) -> list[tuple[np.ndarray, dict]]:
     """A layer's points in the world frame, as the drive wrote them (rounded to the file's decimals)."""
     return [(FRAME.world_from_wgs84_points(np.array([[g.x, g.y, g.z]]))[0], p) for g, p in read_geojson(path)]
@@ -275,7 +280,7 @@ def test_a_drive_without_a_run_record_is_named_by_its_folder(drives, tmp_path):
 def test_an_interrupted_merge_leaves_the_old_map_byte_identical(drives, tmp_path, monkeypatch):
     out = tmp_path / "m"
     merge_cli.run(["--out", str(out), str(drives[0]), str(drives[1])])
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = _files(out)
     real, calls = geojson_mod.write_geojson, []
 
     def fail_second(*args, **kwargs):
@@ -288,7 +293,7 @@ def test_an_interrupted_merge_leaves_the_old_map_byte_identical(drives, tmp_path
     with pytest.raises(OSError):
         merge_cli.run(["--map", str(out), "--add", str(drives[2])])
     assert len(calls) == 2
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _files(out) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")) == [".m.lock.d"]
     monkeypatch.undo()
     (tmp_path / ".m.tmp-killed").mkdir()  # what a killed merge leaves
@@ -353,7 +358,7 @@ def test_the_truth_of_many_drives_is_one_feature_per_id_and_united_footprints(tm
 def test_a_failed_swap_puts_the_old_map_back(drives, tmp_path, monkeypatch):
     out = tmp_path / "m"
     merge_cli.run(["--out", str(out), str(drives[0])])
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = _files(out)
     real, calls = mapmerge.os.rename, []
 
     def fail_second(src, dst):
@@ -366,7 +371,7 @@ def test_a_failed_swap_puts_the_old_map_back(drives, tmp_path, monkeypatch):
     with pytest.raises(OSError):
         merge_cli.run(["--map", str(out), "--add", str(drives[1])])
     monkeypatch.undo()
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _files(out) == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")) == [".m.lock.d"]
 
 
@@ -707,3 +712,38 @@ def test_a_scheduler_that_does_not_answer_is_a_one_line_error(drives, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert "\n" not in err.splitlines()[-1] and "tcp://127.0.0.1:9" in err.splitlines()[-1]
     assert not (tmp_path / "m").exists()
+
+
+def test_a_run_rewrites_only_the_tiles_its_drives_reach(tmp_path):
+    folders = _street(tmp_path, 2)
+    m = tmp_path / "m"
+    merge_cli.run(["--out", str(m), *map(str, folders[:2]), "--tile-zoom", "20", "--no-gpkg"])
+    tiles = sorted(p.parent for p in (m / "tiles").rglob("poles.geojson"))
+    top = sum(len(read_geojson(m / f"{n}.geojson")) for n in ("poles", "signs"))
+    assert len(tiles) >= 6 and top == sum(
+        len(read_geojson(t / n)) for t in tiles for n in ("poles.geojson", "signs.geojson")
+    )
+    inode = {t: (t / "poles.geojson").stat().st_ino for t in tiles}
+    # A drive over the street's east end only, seeing the poles there.
+    east = box(60, -20, 110, 20)
+    poles = [pole(xyz, 0.08) for xyz, _ in read_world(m / "poles.geojson") if xyz[0] > 62]
+    late = make_drive(tmp_path, "east", poles, coverage=east)
+    merge_cli.run(["--map", str(m), "--add", str(late), "--no-gpkg"])
+    state = read_map(m)
+    reached = set(maptiles.tiles_reached(FRAME, east, 20))
+    kept = [t for t in tiles if tuple(int(p) for p in t.relative_to(m / "tiles").parts) not in reached]
+    assert kept and len(kept) < len(tiles)
+    for t in tiles:
+        same = (t / "poles.geojson").stat().st_ino == inode[t]
+        assert same == (t in kept), t  # linked from the old map, or written again
+    assert state.tile_zoom == 20
+
+
+def test_a_map_keeps_its_tile_zoom(drives, tmp_path, capsys):
+    m = tmp_path / "m"
+    merge_cli.run(["--out", str(m), str(drives[0]), "--tile-zoom", "17", "--no-gpkg"])
+    merge_cli.run(["--map", str(m), "--add", str(drives[1]), "--no-gpkg"])  # its own zoom by default
+    assert read_map(m).tile_zoom == 17
+    with pytest.raises(SystemExit) as exc:
+        merge_cli.main(["--map", str(m), "--add", str(drives[2]), "--tile-zoom", "15"])
+    assert exc.value.code == 2 and "zoom 17" in capsys.readouterr().err

@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tile-zoom",
         type=int,
-        default=d.tile_zoom,
-        help="web-mercator zoom of the tiles poles and signs are merged in, one Dask task each (0-22)",
+        help="web-mercator zoom of a new map's tiles, in which poles and signs are merged, one Dask task each "
+        "(0-22; default 15; a map keeps its own)",
     )
     p.add_argument(
         "--scheduler",
@@ -126,7 +126,7 @@ def run(argv: list[str] | None = None) -> dict:
     for name in ("sigma_floor_m", "max_gate_m", "max_facing_deg", "max_height_diff_m", "lane_gate_m"):
         if not getattr(config, name) >= 0:
             raise HdmapError(f"--{name.replace('_', '-')} must be a number >= 0, got {getattr(config, name)}")
-    if not 0 <= args.tile_zoom <= 22:
+    if args.tile_zoom is not None and not 0 <= args.tile_zoom <= 22:
         raise HdmapError(f"--tile-zoom must be 0 to 22, got {args.tile_zoom}")
     if args.change_drives < 1:
         raise HdmapError(f"--change-drives must be at least 1, got {args.change_drives}")
