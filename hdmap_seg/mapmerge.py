@@ -954,7 +954,10 @@ def _write_tiles(state: MergeState, layers: MapLayers, old_dir: Path, new_dir: P
         if state.touched is not None and (z, x, y) not in state.touched and all(p.is_file() for p in old):
             (new_dir / rel).mkdir(parents=True)
             for p in old:
-                os.link(p, new_dir / rel / p.name)
+                try:
+                    os.link(p, new_dir / rel / p.name)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(p, new_dir / rel / p.name)
         else:
             write_layers(tile_layers, new_dir / rel, state.origin, gpkg=False)
 
