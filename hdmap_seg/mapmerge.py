@@ -948,10 +948,10 @@ def _write_tiles(state: MergeState, layers: MapLayers, old_dir: Path, new_dir: P
         xy = np.array([[f.geometry.x, f.geometry.y] for f in feats]).reshape(-1, 2)
         for f, tile in zip(feats, tile_of(state.origin, xy, state.tile_zoom), strict=True):
             by_tile.setdefault(tile, {n: [] for n in POINT_LAYERS})[name].append(f)
-    for (z, x, y), tile_layers in by_tile.items():
+    for (x, y, z), tile_layers in by_tile.items():
         rel = Path(str(z)) / str(x) / str(y)
         old = [old_dir / rel / f"{name}.geojson" for name in POINT_LAYERS]
-        if state.touched is not None and (z, x, y) not in state.touched and all(p.is_file() for p in old):
+        if state.touched is not None and (x, y, z) not in state.touched and all(p.is_file() for p in old):
             (new_dir / rel).mkdir(parents=True)
             for p in old:
                 try:

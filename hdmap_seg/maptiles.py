@@ -32,7 +32,7 @@ HALO_M = 20.0
 #: Drive points and coverage are taken this much further out, so that every input of a halo feature is there.
 INPUT_MARGIN_M = 10.0
 
-Tile = tuple[int, int, int]
+Tile = tuple[int, int, int]  # (x, y, zoom), as mercantile orders them
 #: How long to wait for a cluster's scheduler to answer.
 SCHEDULER_TIMEOUT_S = 10
 

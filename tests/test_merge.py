@@ -731,7 +731,13 @@ def test_a_run_rewrites_only_the_tiles_its_drives_reach(tmp_path):
     merge_cli.run(["--map", str(m), "--add", str(late), "--no-gpkg"])
     state = read_map(m)
     reached = set(maptiles.tiles_reached(FRAME, east, 20))
-    kept = [t for t in tiles if tuple(int(p) for p in t.relative_to(m / "tiles").parts) not in reached]
+
+    def tile(folder: Path) -> tuple[int, int, int]:  # tiles/Z/X/Y -> (x, y, z)
+        z, x, y = (int(p) for p in folder.relative_to(m / "tiles").parts)
+        return x, y, z
+
+    assert all(tile(t)[2] == 20 for t in tiles)
+    kept = [t for t in tiles if tile(t) not in reached]
     assert kept and len(kept) < len(tiles)
     for t in tiles:
         same = (t / "poles.geojson").stat().st_ino == inode[t]
