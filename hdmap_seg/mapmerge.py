@@ -22,9 +22,9 @@ Lane lines: by curve distance, fused vertex by vertex (:mod:`hdmap_seg.lanemerge
 detection (:mod:`hdmap_seg.mapchanges`) runs for every drive added to a map that has drives. Poles
 and signs are merged tile by tile, as Dask tasks (:mod:`hdmap_seg.maptiles`); the rest in this process.
 
-The map folder holds the layers (GeoJSON, GeoPackage) and ``merge.json``: the manifest (drives with
-their origin and coverage) and each feature's information sums at full precision, which is all that
-adding drives reuses. The whole new map is written into a temporary folder beside it and swapped in,
+The map folder holds the layers (GeoJSON, GeoPackage), each tile's poles and signs (``tiles/``), the
+run's ``changes.geojson`` and ``merge.json``: the manifest (drives with their origin and coverage) and
+each feature's information sums at full precision, which is all that adding drives reuses. The whole new map is written into a temporary folder beside it and swapped in,
 so an interrupted merge leaves the old map as it was.
 """
 
@@ -149,6 +149,7 @@ class Drive:
     footprints: list[tuple[BaseGeometry, BaseGeometry | None, dict]]  # (polygon, centre line, props)
     coverage: BaseGeometry
     lanes: list[tuple[LineString, dict]] = field(default_factory=list)  # world xy lane-marking lines
+    classes: dict | None = None  # which mask classes fed which layer (its run record), if recorded
 
     @property
     def n_features(self) -> int:
@@ -168,15 +169,8 @@ class MergeState:
     tile_zoom: int = DEFAULT_TILE_ZOOM
     #: What the drives added since the map was read said changed (not kept: each run writes its own).
     changes: list[Change] = field(default_factory=list)
-    _seen: BaseGeometry | None = field(default=None, repr=False)  # the drives' coverage united, once made
-    #: The tiles this run recomputed (None: every tile, as for a map read from elsewhere).
+    #: The tiles this run recomputed (None: every tile, as for a new map).
     touched: set | None = field(default=None, repr=False)
-
-    def seen_so_far(self) -> BaseGeometry:
-        """The union of the drives' coverage (kept up to date as drives are added)."""
-        if self._seen is None:
-            self._seen = shapely.union_all([_from_wkb(d["coverage"]) for d in self.drives])
-        return self._seen
 
     def to_json(self) -> dict:
         return {
@@ -240,9 +234,8 @@ def _run_record(folder: Path) -> dict | None:
     return None
 
 
-def drive_origin(folder: Path) -> LocalFrame | None:
-    """The world origin a drive's layers were made in (its vectorize.json or summary.json), if recorded."""
-    record = _run_record(folder)
+def _record_origin(record: dict | None, folder: Path) -> LocalFrame | None:
+    """The world origin a run record says the drive's layers were made in, if it says."""
     if record is None or "origin" not in record:
         return None
     try:
@@ -251,31 +244,27 @@ def drive_origin(folder: Path) -> LocalFrame | None:
         raise HdmapError(f"{folder}: its run record's origin is not lat0/lon0/alt0 ({err})") from None
 
 
-def drive_classes(folder: Path) -> dict | None:
-    """Which mask classes fed which layer when the drive was vectorized (its run record), if recorded."""
-    record = _run_record(folder)
-    classes = (record or {}).get("config", {}).get("classes") if isinstance(record, dict) else None
+def drive_origin(folder: Path) -> LocalFrame | None:
+    """The world origin a drive's layers were made in (its vectorize.json or summary.json), if recorded."""
+    return _record_origin(_run_record(folder), folder)
+
+
+def _record_classes(record: dict | None) -> dict | None:
+    """Which mask classes fed which layer when the drive was vectorized, if its run record says."""
+    classes = record.get("config", {}).get("classes") if record else None
     return classes if isinstance(classes, dict) else None
 
 
-def _warn_other_classes(state: MergeState | None, folders: list[Path]) -> None:
-    """A warning per drive whose layers came from other mask classes than the map's first drive's: a model
+def _warn_other_classes(drive: Drive, classes_ref: dict | None) -> None:
+    """A warning when the drive's layers came from other mask classes than the map's first drive's: a model
     with other classes is fine, a layer fed by another kind of object is not, and only a person can tell."""
-    known = [d.get("classes") for d in state.drives] if state else []
-    ref = next((c for c in known if c is not None), None)
-    for f in folders:
-        classes = drive_classes(Path(f))
-        if classes is None:
-            continue
-        if ref is None:
-            ref = classes
-        elif classes != ref:
-            log.warning(
-                "%s: vectorized with classes %s where the map's drives had %s; its layers are merged as the same kinds",
-                next(Path(f) / n for n in RUN_RECORDS if (Path(f) / n).is_file()),
-                classes,
-                ref,
-            )
+    if drive.classes is not None and classes_ref is not None and drive.classes != classes_ref:
+        log.warning(
+            "%s: vectorized with classes %s where the map's drives had %s; its layers are merged as the same kinds",
+            next(drive.folder / n for n in RUN_RECORDS if (drive.folder / n).is_file()),
+            drive.classes,
+            classes_ref,
+        )
 
 
 def default_drive_id(folder: Path) -> str:
@@ -294,8 +283,8 @@ def _sigma(path: Path, i: int, props: dict) -> float:
     return float(s)
 
 
-def read_coverage(folder: Path, frame: LocalFrame) -> BaseGeometry:
-    """A drive's ``coverage.geojson`` in ``frame``'s world; one-line errors naming the file."""
+def read_drive(folder: Path, drive_id: str, frame: LocalFrame) -> Drive:
+    """A drive's layers folder -> :class:`Drive` in ``frame``'s world; one-line errors naming the file."""
     if not folder.is_dir():
         raise HdmapError(f"{folder}: drive layers folder not found")
     cov_path = folder / f"{COVERAGE}.geojson"
@@ -303,12 +292,7 @@ def read_coverage(folder: Path, frame: LocalFrame) -> BaseGeometry:
         raise HdmapError(
             f"{cov_path}: missing; a drive's layers need the ground it saw (hdmap-vectorize writes it)"
         )
-    return shapely.union_all([to_world(g, frame) for g, _ in read_geojson(cov_path)])
-
-
-def read_drive(folder: Path, drive_id: str, frame: LocalFrame) -> Drive:
-    """A drive's layers folder -> :class:`Drive` in ``frame``'s world; one-line errors naming the file."""
-    coverage = read_coverage(folder, frame)
+    coverage = shapely.union_all([to_world(g, frame) for g, _ in read_geojson(cov_path)])
     points: dict[str, list[tuple[np.ndarray, dict]]] = {}
     for name in POINT_LAYERS:
         path = folder / f"{name}.geojson"
@@ -347,7 +331,17 @@ def read_drive(folder: Path, drive_id: str, frame: LocalFrame) -> Drive:
             if g.geom_type != "LineString" or g.length == 0:
                 raise HdmapError(f"{path}: feature {i} is a {g.geom_type}, not a LineString of some length")
             lanes.append((shapely.force_2d(to_world(g, frame)), p))
-    return Drive(drive_id, folder, drive_origin(folder), points, footprints, coverage, lanes)
+    record = _run_record(folder)
+    return Drive(
+        drive_id,
+        folder,
+        _record_origin(record, folder),
+        points,
+        footprints,
+        coverage,
+        lanes,
+        _record_classes(record),
+    )
 
 
 # -------------------------------------------------------------------------------------- merging
@@ -441,18 +435,28 @@ def _map_sign_key(feat: dict) -> tuple[float, float | None]:
     return _facing_deg(s), (s["w_height_m"] / s["n_height_m"] if s.get("n_height_m") else None)
 
 
+def _gate(
+    a_xyz: np.ndarray, a_sigma: np.ndarray, b_xyz: np.ndarray, b_sigma: np.ndarray, config: MergeConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(len(a), len(b))`` squared horizontal distances and their chi-square values over both sigmas and
+    the floor (module docstring)."""
+    d2 = ((a_xyz[:, None, :2] - b_xyz[None, :, :2]) ** 2).sum(axis=2)
+    return d2, d2 / (a_sigma[:, None] ** 2 + b_sigma[None, :] ** 2 + config.sigma_floor_m**2)
+
+
 def _match(feats: list[dict], name: str, drive: Drive, config: MergeConfig) -> list[tuple[int, int]]:
     """One-to-one ``(drive point, index in feats)`` pairs inside the gate (module docstring)."""
     pts = drive.points[name]
     if not feats or not pts:
         return []
     est = [point_estimate(f) for f in feats]
-    map_xy = np.array([e[0][:2] for e in est])
-    map_var = np.array([e[1] ** 2 for e in est])
-    xy = np.array([p[0][:2] for p in pts])
-    var = np.array([float(p[1]["sigma_m"]) ** 2 for p in pts])
-    d2 = ((xy[:, None, :] - map_xy[None, :, :]) ** 2).sum(axis=2)
-    maha = d2 / (var[:, None] + map_var[None, :] + config.sigma_floor_m**2)
+    d2, maha = _gate(
+        np.array([p[0] for p in pts]),
+        np.array([float(p[1]["sigma_m"]) for p in pts]),
+        np.array([e[0] for e in est]),
+        np.array([e[1] for e in est]),
+        config,
+    )
     ok = (maha <= config.gate_chi2) & (d2 <= config.max_gate_m**2)
     if name == SIGNS:
         for i, (_, props) in enumerate(pts):
@@ -483,15 +487,6 @@ def _add_medians(state: MergeState, drive: Drive) -> None:
                 "n_parts": sum(m["n_parts"] for m in merged) + 1,
             }
         ]
-
-
-def _within_gate(
-    a_xyz: np.ndarray, a_sigma: np.ndarray, b_xyz: np.ndarray, b_sigma: np.ndarray, config: MergeConfig
-) -> np.ndarray:
-    """``(len(a), len(b))`` flags: horizontally within the chi-square gate of each other (no cap)."""
-    d2 = ((a_xyz[:, None, :2] - b_xyz[None, :, :2]) ** 2).sum(axis=2)
-    var = a_sigma[:, None] ** 2 + b_sigma[None, :] ** 2 + config.sigma_floor_m**2
-    return d2 <= config.gate_chi2 * var
 
 
 def add_points(
@@ -550,7 +545,8 @@ def add_points(
     matched_drive = {i for i, _ in pairs}
     matched_map = {j for _, j in pairs}
     new = [i for i in range(len(pts)) if i not in matched_drive]
-    new_xyz = np.array([pts[i][0] for i in new]).reshape(-1, 3)
+    drive_xyz = np.array([p[0] for p in pts]).reshape(-1, 3)
+    new_xyz = drive_xyz[new]
     if looked is None:  # the map's first drive: everything is new ground
         for i in new:
             feats.append(_new_point(state, name, *pts[i], drive_id))
@@ -559,13 +555,14 @@ def add_points(
     # A drive point within the gate of a map feature (by position alone: facings and heights are
     # noisy, a plate seen from afar or behind) is evidence that it is there, matched or not.
     unmatched = [j for j in live if j not in matched_map]
-    near = _within_gate(
+    _, maha = _gate(
         np.array([est[j][0] for j in unmatched]).reshape(-1, 3),
         np.array([est[j][1] for j in unmatched]),
-        np.array([p[0] for p in pts]).reshape(-1, 3),
+        drive_xyz,
         np.array([float(p[1]["sigma_m"]) for p in pts]),
         config,
     )
+    near = maha <= config.gate_chi2  # no max_gate_m here: evidence, not a match
     for j in np.asarray(unmatched)[near.any(axis=1)] if len(unmatched) else []:
         feats[j]["missed_by"] = []
     missed = [
@@ -588,7 +585,6 @@ def add_points(
     )
     moved_to = {missed[a]: in_looked[b] for a, b in moves}  # map index -> index in new
     moved_from = {b: a for a, b in moved_to.items()}
-    drive_xyz = np.array([p[0] for p in pts]).reshape(-1, 3)
     map_xyz = np.array([est[j][0] for j in live]).reshape(-1, 3)
 
     # Missed where this drive could have seen: gone once the last min_drives covering drives missed it.
@@ -670,8 +666,15 @@ def _add_lanes(state: MergeState, drive: Drive, config: MergeConfig) -> None:
         sums = _lane_sums(props, line.length)
         if best is None:
             xy = resample(line)
-            lane = {"id": state.new_id(), "xy": xy.tolist(), "w": [1.0] * len(xy), "sums": {}, "drives": []}
-            lane["miss"] = 1.0  # product of (1 - confidence): noisy-or over drives
+            # miss: product of (1 - confidence), a noisy-or over drives
+            lane = {
+                "id": state.new_id(),
+                "xy": xy.tolist(),
+                "w": [1.0] * len(xy),
+                "sums": {},
+                "drives": [],
+                "miss": 1.0,
+            }
             state.lanes.append(lane)
         else:
             lane = best
@@ -721,7 +724,7 @@ def _add_drive_entry(state: MergeState, drive: Drive, config: MergeConfig) -> No
             "features": {name: len(p) for name, p in drive.points.items()}
             | {MEDIANS: len(drive.footprints), LANE_MARKINGS: len(drive.lanes)},
             "coverage": _wkb(drive.coverage),
-            "classes": drive_classes(drive.folder),
+            "classes": drive.classes,
         }
     )
 
@@ -980,8 +983,8 @@ def merge_drives(
     scheduler: str | None = None,
 ) -> MergeState:
     """Add the drives in ``folders`` (ids: ``drive_ids`` or :func:`default_drive_id`) to ``state`` (None:
-    a new map in the first drive's recorded origin, else at its coverage's centre); checks ids and
-    places before merging anything."""
+    a new map in the first drive's recorded origin, else at its coverage's centre); checks ids before
+    reading any drive, and each drive's place as it is read, before anything is written."""
     config = config or MergeConfig()
     if drive_ids is not None and len(drive_ids) != len(folders):
         raise HdmapError(
@@ -999,7 +1002,6 @@ def merge_drives(
             raise HdmapError(f"{f}: duplicate drive id {i!r} ({where}); give unique ones with --drive-id")
         seen[i] = Path(f)
     origins = [drive_origin(Path(f)) for f in folders]
-    _warn_other_classes(state, folders)
     if state is None:
         first = next((o for o in origins if o is not None), None)
         if first is None:
@@ -1015,30 +1017,32 @@ def merge_drives(
             f"--tile-zoom {config.tile_zoom}: the map's tiles are zoom {state.tile_zoom} ({MANIFEST}); "
             "a map keeps the zoom it was made with"
         )
-    for f in folders:
-        # The layers are WGS84 and each drive's origin only the frame it was computed in (its first frame's
-        # position unless vectorized with --origin), so origins may differ; layers far from the map's are
-        # another place, or coordinates written in another frame than their file says.
-        coverage = read_coverage(Path(f), state.origin)
-        gap_m = float(coverage.distance(Point(0.0, 0.0))) if not coverage.is_empty else 0.0
-        if gap_m > config.max_origin_distance_m:
-            raise HdmapError(
-                f"{f}: layers {gap_m / 1000:.1f} km from the map's origin {state.origin.to_dict()} "
-                f"(at most {config.max_origin_distance_m / 1000:g} km): another place or world frame"
-            )
     # Drives are read one at a time; only their poles, signs and coverage are kept for the tiles (a bad
-    # file further on stops the run before anything is written).
-    prior_seen = state.seen_so_far() if state.drives else None
+    # file or place further on stops the run before anything is written).
+    # Where the map's drives before this run had looked (change detection).
+    prior_seen = shapely.union_all([_from_wkb(d["coverage"]) for d in state.drives]) if state.drives else None
     pairs = list(zip(folders, ids, strict=True))
     # On a terminal only (None), and gone when done: an error stays one line.
     bar = tqdm(
         pairs, desc="merge", unit="drive", leave=False, disable=None if progress and len(pairs) > 1 else True
     )
     kept = []
+    classes_ref = next((d.get("classes") for d in state.drives if d.get("classes") is not None), None)
     for f, i in bar:
         drive = read_drive(Path(f), i, state.origin)
+        # The layers are WGS84 and each drive's origin only the frame it was computed in (its first frame's
+        # position unless vectorized with --origin), so origins may differ; layers far from the map's are
+        # another place, or coordinates written in another frame than their file says.
+        gap_m = float(drive.coverage.distance(Point(0.0, 0.0))) if not drive.coverage.is_empty else 0.0
+        if gap_m > config.max_origin_distance_m:
+            raise HdmapError(
+                f"{f}: layers {gap_m / 1000:.1f} km from the map's origin {state.origin.to_dict()} "
+                f"(at most {config.max_origin_distance_m / 1000:g} km): another place or world frame"
+            )
+        _warn_other_classes(drive, classes_ref)
+        if classes_ref is None:
+            classes_ref = drive.classes
         _add_drive_entry(state, drive, config)
         kept.append(TileDrive(drive.drive_id, drive.points, drive.coverage))
     _merge_points(state, kept, prior_seen, config, scheduler)
-    state._seen = None  # rebuilt from the drives when next asked
     return state

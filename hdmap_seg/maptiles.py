@@ -68,11 +68,11 @@ def tiles_reached(origin: LocalFrame, region: BaseGeometry, zoom: int) -> list[T
     """The tiles whose box, grown by the halo and the input margin, meets ``region`` (world)."""
     if region.is_empty:
         return []
-    x0, y0, x1, y1 = region.buffer(HALO_M + INPUT_MARGIN_M).bounds
+    grown = region.buffer(HALO_M + INPUT_MARGIN_M)
+    x0, y0, x1, y1 = grown.bounds
     lonlat = origin.wgs84_from_world_points(np.array([[x0, y0, 0.0], [x1, y1, 0.0]]))
     west, south = lonlat[:, 0].min(), lonlat[:, 1].min()
     east, north = lonlat[:, 0].max(), lonlat[:, 1].max()
-    grown = region.buffer(HALO_M + INPUT_MARGIN_M)
     return sorted(
         tuple(t)
         for t in mercantile.tiles(west, south, east, north, zoom)

@@ -361,8 +361,9 @@ def evaluate_changes(map_dir: str | os.PathLike, edits_path: str | os.PathLike) 
         raise HdmapError(f"{manifest}: not a map hdmap-merge wrote ({type(err).__name__}: {err})") from None
     if not (map_dir / "changes.geojson").is_file():
         raise HdmapError(f"{map_dir / 'changes.geojson'}: not found (hdmap-merge writes it)")
+    reports = _load(map_dir, "changes", frame)
     latest: dict[tuple[str, int], tuple[BaseGeometry, dict]] = {}
-    for g, props in _load(map_dir, "changes", frame):
+    for g, props in reports:
         latest[(props["layer"], props["feature_id"])] = (g, props)
     # A feature a move left is that move's other end, whatever a drive that missed it said before.
     for _, props in list(latest.values()):
@@ -412,7 +413,7 @@ def evaluate_changes(map_dir: str | os.PathLike, edits_path: str | os.PathLike) 
     reported = [(p["change"], p["layer"], *ends(g, p["change"])) for g, p in latest.values()]
     applied = [(p["change"], p["layer"], *ends(g, p["change"])) for g, p in latest.values() if p["applied"]]
     outside = 0
-    for g, p in _load(map_dir, "changes", frame):
+    for g, p in reports:
         region = coverage.get(p["drive"])
         if p["change"] == "removed" and (region is None or not region.covers(g)):
             outside += 1
