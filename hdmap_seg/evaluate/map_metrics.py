@@ -37,6 +37,7 @@ from hdmap_seg.errors import HdmapError
 from hdmap_seg.export.geojson import read_geojson, to_world
 from hdmap_seg.geo.frames import LocalFrame, angle_diff_deg
 from hdmap_seg.io import write_text_atomic
+from hdmap_seg.mapmerge import CHANGES, read_map
 
 log = logging.getLogger(__name__)
 
@@ -347,21 +348,17 @@ def evaluate_changes(map_dir: str | os.PathLike, edits_path: str | os.PathLike) 
     of all reported (any drive's view, agreed or not), and the removals reported outside the
     reporting drive's coverage (there should be none).
 
-    A change is one per map feature (its last report; none for the feature a reported move left). It matches an edit of the same kind and
-    layer one-to-one when within ``CHANGE_THRESHOLD_M``: a removal where the object was, an
-    addition where it is, a move at both ends.
+    A change is one per map feature (its last report; none for the feature a reported move left). It
+    matches an edit of the same kind and layer one-to-one when within ``CHANGE_THRESHOLD_M``: a removal
+    where the object was, an addition where it is, a move at both ends.
     """
     map_dir, edits_path = Path(map_dir), Path(edits_path)
-    manifest = map_dir / "merge.json"
-    try:
-        state = json.loads(manifest.read_text())
-        frame = LocalFrame(**state["origin"])
-        coverage = {d["id"]: shapely.from_wkb(d["coverage"]) for d in state["drives"]}
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise HdmapError(f"{manifest}: not a map hdmap-merge wrote ({type(err).__name__}: {err})") from None
-    if not (map_dir / "changes.geojson").is_file():
-        raise HdmapError(f"{map_dir / 'changes.geojson'}: not found (hdmap-merge writes it)")
-    reports = _load(map_dir, "changes", frame)
+    state = read_map(map_dir)
+    frame = state.origin
+    coverage = {d["id"]: shapely.from_wkb(d["coverage"]) for d in state.drives}
+    if not (map_dir / f"{CHANGES}.geojson").is_file():
+        raise HdmapError(f"{map_dir / f'{CHANGES}.geojson'}: not found (hdmap-merge writes it)")
+    reports = _load(map_dir, CHANGES, frame)
     latest: dict[tuple[str, int], tuple[BaseGeometry, dict]] = {}
     for g, props in reports:
         latest[(props["layer"], props["feature_id"])] = (g, props)
