@@ -25,6 +25,17 @@ from hdmap_seg.mapmerge import (
     write_map,
 )
 
+#: Options that are distances, angles or margins: a negative one is a mistake (NaN too).
+NON_NEGATIVE = (
+    "sigma_floor_m",
+    "max_gate_m",
+    "max_facing_deg",
+    "max_height_diff_m",
+    "lane_gate_m",
+    "change_inside_m",
+    "max_move_m",
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -123,16 +134,13 @@ def run(argv: list[str] | None = None) -> dict:
             min_drives=args.change_drives, inside_m=args.change_inside_m, max_move_m=args.max_move_m
         ),
     )
-    for name in ("sigma_floor_m", "max_gate_m", "max_facing_deg", "max_height_diff_m", "lane_gate_m"):
-        if not getattr(config, name) >= 0:
-            raise HdmapError(f"--{name.replace('_', '-')} must be a number >= 0, got {getattr(config, name)}")
+    for name in NON_NEGATIVE:
+        if not getattr(args, name) >= 0:
+            raise HdmapError(f"--{name.replace('_', '-')} must be a number >= 0, got {getattr(args, name)}")
     if args.tile_zoom is not None and not 0 <= args.tile_zoom <= 22:
         raise HdmapError(f"--tile-zoom must be 0 to 22, got {args.tile_zoom}")
     if args.change_drives < 1:
         raise HdmapError(f"--change-drives must be at least 1, got {args.change_drives}")
-    for name in ("change_inside_m", "max_move_m"):
-        if not getattr(args, name) >= 0:
-            raise HdmapError(f"--{name.replace('_', '-')} must be a number >= 0, got {getattr(args, name)}")
     if args.out is not None:
         if args.add:
             raise HdmapError("--add goes with --map; a new map (--out) takes its drives as arguments")
