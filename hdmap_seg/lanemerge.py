@@ -43,7 +43,9 @@ def overlap_m(map_xy: np.ndarray, line: LineString, gate_m: float) -> float:
     return float(seg[ok[:-1] & ok[1:]].sum())
 
 
-def fuse(map_xy: np.ndarray, map_w: np.ndarray, line: LineString, weight: float, gate_m: float) -> tuple:
+def fuse(
+    map_xy: np.ndarray, map_w: np.ndarray, line: LineString, weight: float, gate_m: float
+) -> tuple[np.ndarray, np.ndarray]:
     """The map line after fusing ``line`` (module docstring): ``(xy (m, 2), w (m,))``."""
     near, ok = nearest_on(line, map_xy, gate_m)
     xy, w = map_xy.copy(), map_w.copy()
