@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -155,3 +159,21 @@ def test_the_check_leaves_torch_random_state_alone(tmp_path):
     dm.num_workers = 2
     dm.check()
     assert torch.equal(torch.rand(3), expected)
+
+
+NO_NETWORK = (
+    "import urllib.request, sys\n"
+    "def refuse(*args, **kwargs):\n"
+    "    sys.exit(3)\n"
+    "urllib.request.OpenerDirector.open = refuse\n"
+)
+
+
+@pytest.mark.parametrize(("module", "status"), [("albumentations", 3), ("hdmap_seg.data.transforms", 0)])
+def test_importing_the_package_does_not_reach_for_the_network(module, status):
+    """albumentations alone asks PyPI for updates on import (status 3 here); through hdmap_seg it must not."""
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    proc = subprocess.run(
+        [sys.executable, "-c", f"{NO_NETWORK}import {module}"], env=env, capture_output=True
+    )
+    assert proc.returncode == status, proc.stderr.decode()[-2000:]
