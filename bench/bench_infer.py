@@ -51,15 +51,16 @@ def make_checkpoint(model_name: str, path: Path) -> torch.nn.Module:
 
 def run_infer(
     ckpt: Path,
-    log: Path,
+    log: Path | str,
     out: Path,
     batch_size: int,
     workers: int,
     *overrides: str,
     env: dict[str, str] | None = None,
+    accelerator: str = "cpu",
 ) -> tuple[dict, float]:
-    """Run tools/infer.py (with further ``key=value`` overrides, in ``env``); returns its run summary and
-    the child's peak RSS in MiB."""
+    """Run tools/infer.py on one device of ``accelerator`` (with further ``key=value`` overrides, in
+    ``env``); returns its run summary and the child's peak RSS in MiB. ``log``: a log folder or a glob."""
     cmd = [
         sys.executable,
         str(PROJECT_ROOT / "tools/infer.py"),
@@ -67,7 +68,7 @@ def run_infer(
         f"logs={log}",
         f"out_dir={out}",
         f"hydra.run.dir={out}/hydra",
-        "trainer.accelerator=cpu",
+        f"trainer.accelerator={accelerator}",
         "trainer.devices=1",
         f"batch_size={batch_size}",
         f"num_workers={workers}",
