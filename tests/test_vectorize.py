@@ -31,7 +31,7 @@ from hdmap_seg.vectorize.config import PoleConfig, SignConfig, for_mask_classes,
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layer_builder import FrameStamp
 from hdmap_seg.vectorize.poles import PoleBuilder, pole_instances, pole_observations
-from hdmap_seg.vectorize.signs import sign_instances
+from hdmap_seg.vectorize.signs import sign_instances, support_bases
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,6 +175,41 @@ def test_sign_instances_split_overlapping_plates_and_join_cut_ones():
     assert np.allclose(nearest(220, 55), [220, 55, 41, 31], atol=0.01)
     assert np.allclose(nearest(219, 63), [219, 63, 3, 7], atol=0.01)
     assert np.hypot(*(nearest(320, 120)[:2] - [320, 120])) < 2
+
+
+def test_support_bases_follow_the_pole_down_from_under_the_plate():
+    mask = np.zeros((120, 200), bool)
+    plates = np.array([[30.0, 20.0, 10.0, 10.0], [100.0, 20.0, 10.0, 10.0], [160.0, 20.0, 10.0, 10.0]])
+    mask[25:61, 29:32] = True  # under plate 0, with a 3-row gap bridged, down to row 80
+    mask[61:64, 29:32] = False
+    mask[64:81, 29:32] = True
+    mask[40:119, 99:102] = True  # starts far below plate 1: another pole, not its support
+    mask[25:120, 159:162] = True  # plate 2's support runs out of the image: no base in view
+    bases = support_bases(mask, plates)
+    assert bases[0] == pytest.approx([30.0, 80.5])
+    assert np.isnan(bases[1:]).all()
+    assert np.isnan(support_bases(None, plates)).all()
+
+
+def test_a_sign_on_a_pole_is_as_high_as_its_pole_says_across_a_lower_carriageway():
+    """The far side falls 0.2 m below the car's level road, which its roll cannot see: the sign on a pole
+    is measured above that pole's base; the one on a post (no pole pixels) above the extrapolated surface."""
+
+    def ground(x, y):
+        return -0.04 * np.clip(np.asarray(y, float) - 4.0, 0.0, 5.0)  # 0 at the car, -0.2 m from y = 9
+
+    camera = kitti_like_camera()
+    scene = Scene(
+        poles=np.array([[30.0, 9.15, 0.1, 6.0]]),
+        signs=np.array([[30.0, 9.0, 2.8, 0.8, np.pi], [60.0, 9.0, 2.8, 0.8, np.pi]]),
+    )
+    layers = _run(camera, trajectory(90, ground=ground), scene, ground=ground)
+    on_pole, on_post = sorted(layers["signs"], key=lambda f: f.geometry.x)
+    assert on_pole.geometry.x == pytest.approx(30.0, abs=0.2) and on_post.geometry.x == pytest.approx(
+        60.0, abs=0.2
+    )
+    assert on_pole.properties["height_m"] == pytest.approx(2.8, abs=0.06)
+    assert on_post.properties["height_m"] == pytest.approx(2.8 - 0.2, abs=0.06)
 
 
 def test_scene_poles_signs_medians_land_on_the_truth():

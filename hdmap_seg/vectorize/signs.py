@@ -14,6 +14,11 @@ centroids (Hungarian) by Mahalanobis distance, where distance and apparent size 
 The facing is fitted from the plate's apparent aspect over the views: ``w/h = a |cos(theta - phi_i)|``
 with ``phi_i`` the bearing from the sign to camera ``i``. A class mask cannot tell a plate's face
 from its back, so the facing is that of the side the drive saw.
+
+A sign's height is above the ground where its support stands. Where a pole's pixels run down from under
+the plate to a base in the image (:func:`support_bases`), each view's base ray meets the vertical through
+the sign: the ground is observed there, also across a median or a crown, where the drive's own surface
+(:mod:`hdmap_seg.geo.ground`) only extrapolates. Otherwise the height is above that surface.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import cv2
 import numpy as np
 from shapely.geometry import Point
 
-from hdmap_seg.maplayers import SIGNS, Feature
+from hdmap_seg.maplayers import POLES, SIGNS, Feature
 from hdmap_seg.vectorize.components import components
 from hdmap_seg.vectorize.config import PoseConfig, SignConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
@@ -54,6 +59,11 @@ _MIN_FACING_SPAN_RAD = np.radians(10.0)  # views closer in bearing cannot fit a 
 _NOTCH_FRACTION = 0.07  # notches of overlapping plates: deeper than this x the component's smaller side
 _MAX_SPLITS = 2  # overlapping plates split at most this many times per component (up to 4 pieces)
 _SCALAR_SEARCH = 16  # up to this many parts within reach, a component's left part is searched for in Python
+_SUPPORT_GAP_PX = 3  # a support's pixels below a plate: gaps of up to this many rows are bridged
+_SUPPORT_MIN_VIEWS = 3  # views that saw the support's base, for the ground under a sign
+_SUPPORT_SPREAD_M = 0.15  # their base heights' interquartile range: at most this (else occluded bases)
+_SUPPORT_MISS_M = 0.35  # base rays pass this close to the sign's vertical (a bracket's offset; else another pole)
+_SUPPORT_GATE_M = 0.75  # a support's ground within this of the drive's surface there (else a wrong pole)
 
 
 class SignView(NamedTuple):
@@ -71,6 +81,9 @@ class SignView(NamedTuple):
     dy: float
     dz: float
     prior_depth_m: float  # the depth its pixel size gives a plate of ``size_prior_m``
+    bx: float  # the unit ray through the base of the plate's support, world frame (NaN: none seen)
+    by: float
+    bz: float
 
     @property
     def camera_m(self) -> np.ndarray:
@@ -141,6 +154,52 @@ def sign_instances(sign_mask: np.ndarray, cfg: SignConfig) -> np.ndarray:
         rows, cols = np.nonzero(sub)
         out.append((x + cols.mean(), y + rows.mean(), w, h))
     return np.array(out, dtype=float).reshape(-1, 4)
+
+
+def support_bases(pole_mask: np.ndarray | None, instances: np.ndarray) -> np.ndarray:
+    """Where each sign's support stands in the image: ``(K, 2)`` ``[u_px, v_px]`` of the base, NaN where none.
+
+    A support is pole pixels that start just under the plate (``instances`` as :func:`sign_instances`
+    gives them), within its columns, and run down at least the plate's height, gaps of up to
+    ``_SUPPORT_GAP_PX`` rows bridged; its base is the lower edge of the lowest such row (pixel centres on
+    integers). A run that reaches the image's bottom has no base in view.
+    """
+    out = np.full((len(instances), 2), np.nan)
+    if pole_mask is None or len(instances) == 0:
+        return out
+    H, W = pole_mask.shape
+    for k, (u, v, w, h) in enumerate(instances):
+        c0, c1 = max(0, int(u - w / 2)), min(W, int(np.ceil(u + w / 2)) + 1)
+        r0 = min(H, int(v + h / 2))
+        rows = np.flatnonzero(pole_mask[r0:, c0:c1].any(axis=1))
+        if rows.size == 0 or rows[0] > max(_SUPPORT_GAP_PX, h / 3):
+            continue
+        breaks = np.flatnonzero(np.diff(rows) > _SUPPORT_GAP_PX + 1)
+        last = int(rows[breaks[0]] if breaks.size else rows[-1])
+        if last - rows[0] + 1 < h or r0 + last >= H - 1:
+            continue
+        cols = np.flatnonzero(pole_mask[r0 + last, c0:c1])
+        out[k] = c0 + cols.mean(), r0 + last + 0.5
+    return out
+
+
+def _support_ground_z(p: np.ndarray, kept: np.ndarray) -> float | None:
+    """The ground's height under the sign at ``p`` from its views' support bases, or None: too few, a
+    pole that stands elsewhere (its base rays pass the sign by more than a bracket's offset), or bases
+    that disagree. Each base ray is followed to the vertical through ``p``."""
+    views = SignView(*kept.T)
+    seen = np.isfinite(views.bz)
+    if seen.sum() < _SUPPORT_MIN_VIEWS:
+        return None
+    bx, by, bz = views.bx[seen], views.by[seen], views.bz[seen]
+    ex, ey = p[0] - views.cx_m[seen], p[1] - views.cy_m[seen]
+    flat = np.hypot(bx, by)
+    miss_m = np.abs(ex * by - ey * bx) / flat
+    if np.quantile(miss_m, 0.8) > _SUPPORT_MISS_M:
+        return None
+    z = views.cz_m[seen] + (ex * bx + ey * by) / flat**2 * bz
+    q1, q3 = np.percentile(z, [25, 75])
+    return float(np.median(z)) if q3 - q1 <= _SUPPORT_SPREAD_M else None
 
 
 def _left_part(boxes: list[tuple[int, int, int, int]], x: int, y: int, h: int) -> int:
@@ -240,10 +299,18 @@ class SignBuilder(TrackSet):
 
     def add(self, frame: FrameStamp, masks: LayerMasks, geometry: FrameGeometry) -> None:
         """The frame's sign instances, associated with the tracks and added as rays."""
-        self.fuse(frame, sign_instances(masks[SIGNS], self.cfg), geometry)
+        instances = sign_instances(masks[SIGNS], self.cfg)
+        self.fuse(frame, instances, geometry, support_bases(masks.get(POLES), instances))
 
-    def fuse(self, frame: FrameStamp, instances: np.ndarray, geom: FrameGeometry) -> None:
-        """Associate one frame's instances (:func:`sign_instances`) with the tracks and add their rays."""
+    def fuse(
+        self,
+        frame: FrameStamp,
+        instances: np.ndarray,
+        geom: FrameGeometry,
+        bases_px: np.ndarray | None = None,
+    ) -> None:
+        """Associate one frame's instances (:func:`sign_instances`) with the tracks and add their rays;
+        ``bases_px`` their supports' bases (:func:`support_bases`), if known."""
         self._focal_px = geom.camera.focal_px
         self.retire(frame.index)
         if len(instances) == 0:
@@ -256,6 +323,11 @@ class SignBuilder(TrackSet):
         if len(instances) == 0:
             return
         dirs = geom.rays_world(instances[:, :2])
+        base_dirs = np.full((len(instances), 3), np.nan)
+        if bases_px is not None:
+            bases_px = bases_px[near]
+            seen = np.isfinite(bases_px[:, 1])
+            base_dirs[seen] = geom.rays_world(bases_px[seen])
         C = geom.center
         track_depth = np.full(len(self.active), np.nan)
         pairs: list[tuple[int, int]] = []
@@ -276,7 +348,7 @@ class SignBuilder(TrackSet):
             info = (np.eye(3) - outer) / s_perp**2 + outer / s_depth**2
             x = C + d * prior_depth[o]
             w_rad, h_rad = _angular_size(cam, instances[o])
-            view = SignView(C[0], C[1], w_rad, h_rad, C[2], *d, prior_depth[o])
+            view = SignView(C[0], C[1], w_rad, h_rad, C[2], *d, prior_depth[o], *base_dirs[o])
             if t is None:
                 track = Track.start(info, x, frame.index, frame.time, ground_z[o], [view])
                 self.active.append(track)
@@ -356,10 +428,14 @@ class SignBuilder(TrackSet):
             ):
                 continue
             facing_rad, width_m, height_m = _facing_and_size(p, kept[inliers])
+            ground_z = self.ground_at(t, p[:2])
+            support_z = _support_ground_z(p, kept[inliers])
+            if support_z is not None and abs(support_z - ground_z) <= _SUPPORT_GATE_M:
+                ground_z = support_z
             props = {
                 "id": len(features),
                 "type": "sign",
-                "height_m": round(float(p[2] - self.ground_at(t, p[:2])), 3),
+                "height_m": round(float(p[2] - ground_z), 3),
                 "facing_deg": round(float(np.degrees(np.pi / 2 - facing_rad) % 360.0), 1),
                 "width_m": round(width_m, 2),
                 "height_plate_m": round(height_m, 2),
