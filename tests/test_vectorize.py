@@ -31,7 +31,7 @@ from hdmap_seg.vectorize.config import PoleConfig, SignConfig, for_mask_classes,
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layer_builder import FrameStamp
 from hdmap_seg.vectorize.poles import PoleBuilder, pole_instances, pole_observations
-from hdmap_seg.vectorize.signs import sign_instances, support_bases
+from hdmap_seg.vectorize.signs import SignView, _support_ground_z, sign_instances, support_bases
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -193,7 +193,8 @@ def test_support_bases_follow_the_pole_down_from_under_the_plate():
 
 def test_a_sign_on_a_pole_is_as_high_as_its_pole_says_across_a_lower_carriageway():
     """The far side falls 0.2 m below the car's level road, which its roll cannot see: the sign on a pole
-    is measured above that pole's base; the one on a post (no pole pixels) above the extrapolated surface."""
+    is measured above that pole's base; the one on a post (no pole pixels) above the surface extrapolated
+    from the drive."""
 
     def ground(x, y):
         return -0.04 * np.clip(np.asarray(y, float) - 4.0, 0.0, 5.0)  # 0 at the car, -0.2 m from y = 9
@@ -204,12 +205,29 @@ def test_a_sign_on_a_pole_is_as_high_as_its_pole_says_across_a_lower_carriageway
         signs=np.array([[30.0, 9.0, 2.8, 0.8, np.pi], [60.0, 9.0, 2.8, 0.8, np.pi]]),
     )
     layers = _run(camera, trajectory(90, ground=ground), scene, ground=ground)
-    on_pole, on_post = sorted(layers["signs"], key=lambda f: f.geometry.x)
-    assert on_pole.geometry.x == pytest.approx(30.0, abs=0.2) and on_post.geometry.x == pytest.approx(
-        60.0, abs=0.2
-    )
-    assert on_pole.properties["height_m"] == pytest.approx(2.8, abs=0.06)
-    assert on_post.properties["height_m"] == pytest.approx(2.8 - 0.2, abs=0.06)
+    signs = sorted(layers["signs"], key=lambda f: f.geometry.x)
+    assert [f.geometry.x for f in signs] == pytest.approx([30.0, 60.0], abs=0.2)
+    assert [f.properties["height_m"] for f in signs] == pytest.approx([2.8, 2.6], abs=0.06)
+
+
+def test_a_pole_down_the_sidewalk_in_line_with_a_sign_is_not_its_support():
+    """Seen from far down the road a pole 6 m behind a sign stands under its plate in every view, and its
+    base's heights at the sign agree; triangulated, its base is 6 m away, so it is no support."""
+    sign = np.array([0.0, 0.0, 2.5])
+    cameras = np.stack([np.linspace(-60.0, -40.0, 8), np.full(8, -6.0), np.full(8, 1.7)], axis=1)
+
+    def views(base: np.ndarray) -> np.ndarray:
+        to_sign = (sign - cameras) / np.linalg.norm(sign - cameras, axis=1, keepdims=True)
+        to_base = (base - cameras) / np.linalg.norm(base - cameras, axis=1, keepdims=True)
+        return np.array(
+            [
+                SignView(c[0], c[1], 0.02, 0.02, c[2], *r, 50.0, *b)
+                for c, r, b in zip(cameras, to_sign, to_base, strict=True)
+            ]
+        )
+
+    assert _support_ground_z(sign, views(np.array([0.1, 0.1, -0.3])), 2.0) == pytest.approx(-0.3, abs=0.02)
+    assert _support_ground_z(sign, views(np.array([6.0, 0.0, -0.3])), 2.0) is None
 
 
 def test_scene_poles_signs_medians_land_on_the_truth():

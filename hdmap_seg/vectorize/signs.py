@@ -62,7 +62,7 @@ _SCALAR_SEARCH = 16  # up to this many parts within reach, a component's left pa
 _SUPPORT_GAP_PX = 3  # a support's pixels below a plate: gaps of up to this many rows are bridged
 _SUPPORT_MIN_VIEWS = 3  # views that saw the support's base, for the ground under a sign
 _SUPPORT_SPREAD_M = 0.15  # their base heights' interquartile range: at most this (else occluded bases)
-_SUPPORT_MISS_M = 0.35  # base rays pass this close to the sign's vertical (a bracket's offset; else another pole)
+_SUPPORT_MISS_M = 0.5  # a support's base lies this close to the sign (a bracket's offset; else another pole)
 _SUPPORT_GATE_M = 0.75  # a support's ground within this of the drive's surface there (else a wrong pole)
 
 
@@ -183,21 +183,26 @@ def support_bases(pole_mask: np.ndarray | None, instances: np.ndarray) -> np.nda
     return out
 
 
-def _support_ground_z(p: np.ndarray, kept: np.ndarray) -> float | None:
-    """The ground's height under the sign at ``p`` from its views' support bases, or None: too few, a
-    pole that stands elsewhere (its base rays pass the sign by more than a bracket's offset), or bases
-    that disagree. Each base ray is followed to the vertical through ``p``."""
+def _support_ground_z(p: np.ndarray, kept: np.ndarray, min_parallax_deg: float) -> float | None:
+    """The ground's height under the sign at ``p`` from its views' support bases, or None: too few, rays
+    too parallel to place the base, a pole that stands elsewhere (the base, triangulated from its rays,
+    farther from the sign than a bracket's offset: a pole down the same sidewalk lines up with a sign in
+    every view from the road), or bases that disagree. Each base ray is then followed to the vertical
+    through ``p``, so the height does not depend on how well the base's distance is known."""
     views = SignView(*kept.T)
     seen = np.isfinite(views.bz)
     if seen.sum() < _SUPPORT_MIN_VIEWS:
         return None
-    bx, by, bz = views.bx[seen], views.by[seen], views.bz[seen]
-    ex, ey = p[0] - views.cx_m[seen], p[1] - views.cy_m[seen]
-    flat = np.hypot(bx, by)
-    miss_m = np.abs(ex * by - ey * bx) / flat
-    if np.quantile(miss_m, 0.8) > _SUPPORT_MISS_M:
+    C = views.camera_m[seen]
+    d = np.stack([views.bx[seen], views.by[seen], views.bz[seen]], axis=1)
+    if np.degrees(np.arccos(np.clip((d @ d.T).min(), -1.0, 1.0))) < min_parallax_deg:
         return None
-    z = views.cz_m[seen] + (ex * bx + ey * by) / flat**2 * bz
+    across = np.eye(3)[None] - d[:, :, None] * d[:, None, :]
+    base = np.linalg.solve(across.sum(0), np.einsum("nij,nj->i", across, C))
+    if np.hypot(*(base[:2] - p[:2])) > _SUPPORT_MISS_M:
+        return None
+    ex, ey = p[0] - C[:, 0], p[1] - C[:, 1]
+    z = C[:, 2] + (ex * d[:, 0] + ey * d[:, 1]) / (d[:, 0] ** 2 + d[:, 1] ** 2) * d[:, 2]
     q1, q3 = np.percentile(z, [25, 75])
     return float(np.median(z)) if q3 - q1 <= _SUPPORT_SPREAD_M else None
 
@@ -429,7 +434,7 @@ class SignBuilder(TrackSet):
                 continue
             facing_rad, width_m, height_m = _facing_and_size(p, kept[inliers])
             ground_z = self.ground_at(t, p[:2])
-            support_z = _support_ground_z(p, kept[inliers])
+            support_z = _support_ground_z(p, kept[inliers], self.cfg.min_parallax_deg)
             if support_z is not None and abs(support_z - ground_z) <= _SUPPORT_GATE_M:
                 ground_z = support_z
             props = {
