@@ -29,8 +29,9 @@ def on_gpu(overrides: list[str], precision: str) -> list[str]:
     ]
 
 
-# Random tiny weights leave many pixels with near-tied logits: bf16's 8-bit mantissa flips some of them.
-@pytest.mark.parametrize(("precision", "agreement"), [("32-true", 0.999), ("bf16-mixed", 0.99)])
+# Random tiny weights leave many pixels with near-tied logits: bf16's 8-bit mantissa flips some of them
+# (0.994 of the labels agreed under CPU bf16 autocast on such a checkpoint; Twins-SVT-S on the H200: 0.993).
+@pytest.mark.parametrize(("precision", "agreement"), [("32-true", 0.999), ("bf16-mixed", 0.98)])
 def test_infer_on_the_gpu_gives_the_cpu_masks_and_layers(
     drive_log, checkpoint, tmp_path, precision, agreement
 ):
