@@ -31,7 +31,7 @@ from hdmap_seg.vectorize.config import PoleConfig, SignConfig, for_mask_classes,
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layer_builder import FrameStamp
 from hdmap_seg.vectorize.poles import PoleBuilder, pole_instances, pole_observations
-from hdmap_seg.vectorize.signs import SignView, _support_ground_z, sign_instances, support_bases
+from hdmap_seg.vectorize.signs import SignView, _off_path_m, _support_ground_z, sign_instances, support_bases
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -228,6 +228,18 @@ def test_a_pole_down_the_sidewalk_in_line_with_a_sign_is_not_its_support():
 
     assert _support_ground_z(sign, views(np.array([0.1, 0.1, -0.3])), 2.0) == pytest.approx(-0.3, abs=0.02)
     assert _support_ground_z(sign, views(np.array([6.0, 0.0, -0.3])), 2.0) is None
+
+
+def test_off_path_is_the_distance_from_the_line_the_views_were_taken_along():
+    heading = np.radians(30.0)
+    along, left = np.array([np.cos(heading), np.sin(heading)]), np.array([-np.sin(heading), np.cos(heading)])
+    cameras = np.array([3.0, -1.0]) + np.linspace(0.0, 25.0, 6)[:, None] * along
+    kept = np.array(
+        [SignView(c[0], c[1], 0.02, 0.02, 1.6, 1.0, 0.0, 0.0, 30.0, *[np.nan] * 3) for c in cameras]
+    )
+    sign = np.r_[np.array([3.0, -1.0]) + 40.0 * along + 11.5 * left, 2.5]
+    assert _off_path_m(sign, kept) == pytest.approx(11.5)
+    assert _off_path_m(sign, kept[:1]) == np.inf
 
 
 def test_scene_poles_signs_medians_land_on_the_truth():

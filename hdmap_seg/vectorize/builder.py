@@ -39,19 +39,22 @@ from hdmap_seg.vectorize.layer_builder import FrameStamp, LayerBuilder, LayerMas
 from hdmap_seg.vectorize.medians import GroundVotes, MedianBuilder
 from hdmap_seg.vectorize.poles import PoleBuilder
 from hdmap_seg.vectorize.signs import SignBuilder
-from hdmap_seg.vectorize.tracks import GroundAt, Track
+from hdmap_seg.vectorize.tracks import Track
 
 _PREFETCH = 16  # masks decoded ahead of the vectorizer
 # The lookup table's bit of mask values that are no class; the bits below it are the layers'.
 _NOT_A_CLASS = 128
 
-#: The builder of each layer, from the config, the ground under finished tracks and the vote grid
-#: that counts what each frame saw; in file order. A layer gets its builder when a class feeds it.
-BUILDERS: dict[str, Callable[[VectorizeConfig, GroundAt, GroundVotes], LayerBuilder]] = {
-    POLES: lambda cfg, ground_at, votes: PoleBuilder(cfg.pole, cfg.pose, ground_at),
-    SIGNS: lambda cfg, ground_at, votes: SignBuilder(cfg.sign, cfg.max_range_m, cfg.pose, ground_at),
-    MEDIANS: lambda cfg, ground_at, votes: MedianBuilder(cfg.median, votes),
-    LANE_MARKINGS: lambda cfg, ground_at, votes: LaneMarkingBuilder(cfg.lane_marking),
+#: The builder of each layer, from the config and the map builder: the ground under finished tracks, how far
+#: beside the path that ground is measured rather than extrapolated, and the vote grid that counts what each
+#: frame saw; in file order. A layer gets its builder when a class feeds it.
+BUILDERS: dict[str, Callable[[VectorizeConfig, MapBuilder], LayerBuilder]] = {
+    POLES: lambda cfg, mb: PoleBuilder(cfg.pole, cfg.pose, mb.ground_at),
+    SIGNS: lambda cfg, mb: SignBuilder(
+        cfg.sign, cfg.max_range_m, cfg.pose, mb.ground_at, mb.measured_reach_m
+    ),
+    MEDIANS: lambda cfg, mb: MedianBuilder(cfg.median, mb.ground),
+    LANE_MARKINGS: lambda cfg, mb: LaneMarkingBuilder(cfg.lane_marking),
 }
 
 
@@ -71,10 +74,11 @@ class MapBuilder:
         cfg = self.config
         # The coverage: every frame's visible ground, whether or not a layer is built from it.
         self.ground = GroundVotes(cfg.median)
+        # The drive's surface holds the cross slope its roll measured this far beside the path; the level
+        # plane under the car is a guess everywhere but under it.
+        self.measured_reach_m = cfg.ground.cross_reach_m if ground is not None else 0.0
         self.builders: dict[str, LayerBuilder] = {
-            layer: make(cfg, self._ground_at, self.ground)
-            for layer, make in BUILDERS.items()
-            if LAYER_CLASS[layer] in cfg.classes
+            layer: make(cfg, self) for layer, make in BUILDERS.items() if LAYER_CLASS[layer] in cfg.classes
         }
         # One lookup per pixel maps class ids to layer bits, and values that are no class to
         # _NOT_A_CLASS: one max() of the looked-up mask finds them.
@@ -138,7 +142,7 @@ class MapBuilder:
             )
         return bits
 
-    def _ground_at(self, track: Track, xy_m: np.ndarray) -> float:
+    def ground_at(self, track: Track, xy_m: np.ndarray) -> float:
         """The ground's height at a finished feature: the drive's surface where the track was last seen;
         on the level-plane model the mean plane of the frames that saw it."""
         if self.ground_model is None:

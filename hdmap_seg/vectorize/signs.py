@@ -15,10 +15,10 @@ The facing is fitted from the plate's apparent aspect over the views: ``w/h = a 
 with ``phi_i`` the bearing from the sign to camera ``i``. A class mask cannot tell a plate's face
 from its back, so the facing is that of the side the drive saw.
 
-A sign's height is above the ground where its support stands. Where a pole's pixels run down from under
-the plate to a base in the image (:func:`support_bases`), each view's base ray meets the vertical through
-the sign: the ground is observed there, also across a median or a crown, where the drive's own surface
-(:mod:`hdmap_seg.geo.ground`) only extrapolates. Otherwise the height is above that surface.
+A sign's height is above the ground where its support stands. Near the path the drive's own surface
+(:mod:`hdmap_seg.geo.ground`) is measured; farther out (across a median, a crown falling the other way) it
+only extrapolates. There, where a pole's pixels run down from under the plate to a base in the image
+(:func:`support_bases`), each view's base ray meets the vertical through the sign: the ground is observed.
 """
 
 from __future__ import annotations
@@ -207,6 +207,20 @@ def _support_ground_z(p: np.ndarray, kept: np.ndarray, min_parallax_deg: float) 
     return float(np.median(z)) if q3 - q1 <= _SUPPORT_SPREAD_M else None
 
 
+def _off_path_m(p: np.ndarray, kept: np.ndarray) -> float:
+    """How far the sign at ``p`` stands beside the path its views were taken from: the distance from the
+    line of their cameras' positions (their principal axis); inf where they are all at one place."""
+    views = SignView(*kept.T)
+    xy = np.stack([views.cx_m, views.cy_m], axis=1)
+    centred = xy - xy.mean(axis=0)
+    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+    if sv[0] < 1e-3:
+        return np.inf
+    along = vt[0]
+    rel = p[:2] - xy.mean(axis=0)
+    return float(abs(rel[0] * along[1] - rel[1] * along[0]))
+
+
 def _left_part(boxes: list[tuple[int, int, int, int]], x: int, y: int, h: int) -> int:
     """The latest of the earlier parts ``boxes`` (``x, y, width, height``) that the component at ``(x, y)``,
     ``h`` rows tall, continues: right of it across a narrow gap, its rows mostly the same; -1: none."""
@@ -294,12 +308,16 @@ class SignBuilder(TrackSet):
         max_range_m: float,
         pose: PoseConfig | None = None,
         ground_at: GroundAt = mean_ground,
+        measured_reach_m: float = 0.0,
     ) -> None:
+        """``measured_reach_m``: how far beside the path ``ground_at`` is measured, not extrapolated; signs
+        farther out are measured above their support's base where one is seen."""
         super().__init__(cfg.min_obs, cfg.retire_after_frames, cfg.merge_radius_m)
         self.cfg = cfg
         self.pose = pose or PoseConfig()
         self.max_range_m = max_range_m
         self.ground_at = ground_at
+        self.measured_reach_m = measured_reach_m
         self._focal_px = 1.0
 
     def add(self, frame: FrameStamp, masks: LayerMasks, geometry: FrameGeometry) -> None:
@@ -434,9 +452,10 @@ class SignBuilder(TrackSet):
                 continue
             facing_rad, width_m, height_m = _facing_and_size(p, kept[inliers])
             ground_z = self.ground_at(t, p[:2])
-            support_z = _support_ground_z(p, kept[inliers], self.cfg.min_parallax_deg)
-            if support_z is not None and abs(support_z - ground_z) <= _SUPPORT_GATE_M:
-                ground_z = support_z
+            if _off_path_m(p, kept) > self.measured_reach_m:
+                support_z = _support_ground_z(p, kept[inliers], self.cfg.min_parallax_deg)
+                if support_z is not None and abs(support_z - ground_z) <= _SUPPORT_GATE_M:
+                    ground_z = support_z
             props = {
                 "id": len(features),
                 "type": "sign",
