@@ -53,7 +53,7 @@ NUM_CLASSES = ROAD_CLASSES.num_classes
 #: run name -> what it is (also the row order)
 RUNS = {
     "eager": "Twins-SVT-S + light head, eager PyTorch (inference_mode)",
-    "compile": "the same, torch.compile (default mode)",
+    "compile": "the same, torch.compile (default mode, one graph per frame size)",
     "ort_fp32": "the same exported (hdmap_seg.export.onnx), onnxruntime fp32",
     "ov_fp32": "the same exported, OpenVINO fp32",
     "ort_int8_static": "static int8 (QDQ, hdmap_seg.export.quantize), onnxruntime",
@@ -147,7 +147,9 @@ class Bench:
         if run == "eager":
             return self.twins
         if run == "compile":
-            return torch.compile(self.twins)
+            # One graph per frame size (a survey camera has one): the automatic dynamic shapes that a second
+            # size triggers fail in this torch's inductor ("TensorReferenceAnalysis has no attribute python_mod").
+            return torch.compile(self.twins, dynamic=False)
         if run.startswith(("ort_", "ov_")):
             backend, kind = run.split("_", 1)
             path = self.onnx_path(kind)
