@@ -177,6 +177,20 @@ def test_sign_instances_split_overlapping_plates_and_join_cut_ones():
     assert np.hypot(*(nearest(320, 120)[:2] - [320, 120])) < 2
 
 
+def test_a_plate_cut_off_its_centre_by_a_wide_pole_in_front_is_one_plate():
+    """Near, a lamp pole in front cuts a triangle into a short slice and the rest, wider apart than a post
+    would: one plate where pole pixels fill the gap, as far as the mask of poles says."""
+    signs, poles = np.zeros((200, 300), np.uint8), np.zeros((200, 300), bool)
+    cv2.fillPoly(signs, [np.array([[100, 150], [200, 150], [150, 60]], np.int32)], 1)
+    poles[:, 118:140] = True  # the pole in front, 22 px wide, hides the plate there
+    signs[poles] = 0
+    whole = sign_instances(signs > 0, SignConfig(), poles)
+    assert len(whole) == 1 and whole[0, 2] == pytest.approx(101, abs=1)
+    assert len(sign_instances(signs > 0, SignConfig())) == 2  # no pole mask: the gap is too wide for a post
+    background = np.zeros_like(poles)  # the same gap with nothing in it: two plates side by side
+    assert len(sign_instances(signs > 0, SignConfig(), background)) == 2
+
+
 def test_support_bases_follow_the_pole_down_from_under_the_plate():
     mask = np.zeros((120, 200), bool)
     plates = np.array([[30.0, 20.0, 10.0, 10.0], [100.0, 20.0, 10.0, 10.0], [160.0, 20.0, 10.0, 10.0]])

@@ -59,6 +59,7 @@ _MIN_FACING_SPAN_RAD = np.radians(10.0)  # views closer in bearing cannot fit a 
 _NOTCH_FRACTION = 0.07  # notches of overlapping plates: deeper than this x the component's smaller side
 _MAX_SPLITS = 2  # overlapping plates split at most this many times per component (up to 4 pieces)
 _SCALAR_SEARCH = 16  # up to this many parts within reach, a component's left part is searched for in Python
+_POLE_GAP_FILL = 0.8  # a pole cuts a plate in two: its pixels fill this share of the gap's columns
 _SUPPORT_GAP_PX = 3  # a support's pixels below a plate: gaps of up to this many rows are bridged
 _SUPPORT_MIN_VIEWS = 3  # views that saw the support's base, for the ground under a sign
 _SUPPORT_SPREAD_M = 0.15  # their base heights' interquartile range: at most this (else occluded bases)
@@ -103,13 +104,15 @@ class _Sighting(NamedTuple):
     size_rad: float  # the plate's larger angular side
 
 
-def sign_instances(sign_mask: np.ndarray, cfg: SignConfig) -> np.ndarray:
+def sign_instances(sign_mask: np.ndarray, cfg: SignConfig, pole_mask: np.ndarray | None = None) -> np.ndarray:
     """Sign instances of one frame: ``(K, 4)`` float ``[u_px, v_px, width_px, height_px]``.
 
     ``(u, v)`` is the pixel centroid, ``width/height`` the bounding box. Plates that overlap in the
     image (one in front of the other) are split apart (:func:`_split_overlapping`); parts of one plate
     that a post or pole in front of it cuts apart (side by side, rows that mostly coincide, a narrow
-    gap) are joined. Plates cut by the image border are left out (their centroid would be off).
+    gap) are joined. With the frame's ``pole_mask``, a gap wider than a thin post's must hold pole
+    pixels (the pole in front): two plates side by side are not one. Plates cut by the image border are
+    left out (their centroid would be off).
     """
     H, W = sign_mask.shape
     comps = sorted(components(sign_mask, 1), key=lambda c: c[0])
@@ -118,7 +121,7 @@ def sign_instances(sign_mask: np.ndarray, cfg: SignConfig) -> np.ndarray:
     table = np.zeros((len(comps), 4), np.int64)  # the same, to search many parts at once
     # Components come left to right: a part whose right edge lies farther left than the widest gap a
     # join may bridge can take no more (a noisy mask has thousands of specks; don't try them all).
-    reach = max([2.0] + [0.6 * sub.shape[0] for _, _, sub in comps])
+    reach = max([2.0] + [(1.0 if pole_mask is not None else 0.6) * sub.shape[0] for _, _, sub in comps])
     live: list[int] = []  # indices of merged parts still within reach
     for i, (x, y, sub) in enumerate(comps):
         if i % 64 == 0 and len(live) > _SCALAR_SEARCH:
@@ -126,9 +129,9 @@ def sign_instances(sign_mask: np.ndarray, cfg: SignConfig) -> np.ndarray:
             live = kept[table[kept, 0] + table[kept, 2] >= x - reach].tolist()
         # The left part may be any earlier one: a small blob (a sign behind) can sit in the gap.
         if len(live) <= _SCALAR_SEARCH:
-            j = _left_part([boxes[k] for k in live], x, y, sub.shape[0])
+            j = _left_part([boxes[k] for k in live], x, y, sub.shape, pole_mask)
         else:
-            j = _left_part_among_many(table[live], x, y, sub.shape[0])
+            j = _left_part_among_many(table[live], x, y, sub.shape, pole_mask)
         if j < 0:
             k = len(merged)
             merged.append((x, y, sub, False))
@@ -221,28 +224,57 @@ def _off_path_m(p: np.ndarray, kept: np.ndarray) -> float:
     return float(abs(rel[0] * along[1] - rel[1] * along[0]))
 
 
-def _left_part(boxes: list[tuple[int, int, int, int]], x: int, y: int, h: int) -> int:
-    """The latest of the earlier parts ``boxes`` (``x, y, width, height``) that the component at ``(x, y)``,
-    ``h`` rows tall, continues: right of it across a narrow gap, its rows mostly the same; -1: none."""
+def _left_part(
+    boxes: list[tuple[int, int, int, int]],
+    x: int,
+    y: int,
+    shape: tuple[int, int],
+    pole_mask: np.ndarray | None,
+) -> int:
+    """The latest of the earlier parts ``boxes`` (``x, y, width, height``) that the component at ``(x, y)``
+    of ``shape`` (rows, columns) continues (:func:`_continues`); -1: none."""
     for k in range(len(boxes) - 1, -1, -1):
-        px, py, pw, ph = boxes[k]
-        overlap = min(py + ph, y + h) - max(py, y)
-        gap = x - (px + pw)
-        if 0 <= gap <= max(2, 0.6 * min(ph, h)) and overlap >= 0.7 * max(ph, h):
+        if _continues(boxes[k], x, y, shape, pole_mask):
             return k
     return -1
 
 
-def _left_part_among_many(boxes: np.ndarray, x: int, y: int, h: int) -> int:
-    """:func:`_left_part` of ``(N, 4)`` parts in one pass of NumPy (a noisy mask's specks)."""
+def _left_part_among_many(
+    boxes: np.ndarray, x: int, y: int, shape: tuple[int, int], pole_mask: np.ndarray | None
+) -> int:
+    """:func:`_left_part` of ``(N, 4)`` parts: those within reach found in one pass of NumPy (a noisy mask's
+    specks), then tried from the latest."""
+    h = shape[0]
     px, py, pw, ph = boxes.T
-    overlap = np.minimum(py + ph, y + h) - np.maximum(py, y)
     gap = x - (px + pw)
-    joins = (
-        (gap >= 0) & (gap <= np.maximum(2, 0.6 * np.minimum(ph, h))) & (overlap >= 0.7 * np.maximum(ph, h))
+    reach = np.maximum(
+        np.maximum(2, 0.6 * np.minimum(ph, h)), np.maximum(ph, h) if pole_mask is not None else 0
     )
-    hits = np.flatnonzero(joins)
-    return int(hits[-1]) if hits.size else -1
+    for k in np.flatnonzero((gap >= 0) & (gap <= reach))[::-1]:
+        if _continues(tuple(boxes[k]), x, y, shape, pole_mask):
+            return int(k)
+    return -1
+
+
+def _continues(
+    box: tuple[int, int, int, int], x: int, y: int, shape: tuple[int, int], pole_mask: np.ndarray | None
+) -> bool:
+    """Whether the component at ``(x, y)`` of ``shape`` is the right part of the plate whose left part is
+    ``box``: across a narrow gap (a post in front), its rows mostly the same; or, with the frame's
+    ``pole_mask``, across a gap that pole pixels fill (a pole in front, up to the plate's height wide),
+    the smaller part's rows within the other's (a plate cut off its centre leaves a short slice)."""
+    px, py, pw, ph = (int(v) for v in box)
+    h = shape[0]
+    overlap = min(py + ph, y + h) - max(py, y)
+    gap = x - (px + pw)
+    if gap < 0:
+        return False
+    if gap <= max(2, 0.6 * min(ph, h)) and overlap >= 0.7 * max(ph, h):
+        return True
+    if pole_mask is None or gap > max(ph, h) or overlap < 0.7 * min(ph, h):
+        return False
+    occluder = pole_mask[max(py, y) : min(py + ph, y + h), px + pw : x]
+    return bool(occluder.size) and float(occluder.any(axis=0).mean()) >= _POLE_GAP_FILL
 
 
 def _split_overlapping(x: int, y: int, sub: np.ndarray, depth: int = 0) -> list[tuple[int, int, np.ndarray]]:
@@ -322,8 +354,9 @@ class SignBuilder(TrackSet):
 
     def add(self, frame: FrameStamp, masks: LayerMasks, geometry: FrameGeometry) -> None:
         """The frame's sign instances, associated with the tracks and added as rays."""
-        instances = sign_instances(masks[SIGNS], self.cfg)
-        self.fuse(frame, instances, geometry, support_bases(masks.get(POLES), instances))
+        poles = masks.get(POLES)
+        instances = sign_instances(masks[SIGNS], self.cfg, poles)
+        self.fuse(frame, instances, geometry, support_bases(poles, instances))
 
     def fuse(
         self,
