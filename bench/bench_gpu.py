@@ -213,8 +213,16 @@ def count_flops(net: nn.Module, x: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
-def kernels(configs: list[str], modes: list[str], rounds: int, min_s: float, work: Path) -> str:
-    """The throughput table, one row per (configuration, mode)."""
+def kernels(
+    configs: list[str],
+    modes: list[str],
+    rounds: int,
+    min_s: float,
+    work: Path,
+    emit: Callable[[str], None] = lambda table: None,
+) -> str:
+    """The throughput table, one row per (configuration, mode); ``emit`` gets it after every round, so a run
+    cut short (a lent GPU's time limit) keeps the rounds it finished."""
     peaks = {d: matmul_peak_tflops(d) for d in ("fp32", "tf32", "bf16", "fp16")}
     nets = {m: build(m) for m in {parse_config(c)[0] for c in configs}}
     calls, errors, flops, agreement = {}, {}, {}, {}
@@ -252,8 +260,18 @@ def kernels(configs: list[str], modes: list[str], rounds: int, min_s: float, wor
             for key, call in calls.items():
                 times.setdefault(key, []).append(time_call(call, min_s))
             print(f"round {r + 1}/{rounds}", file=sys.stderr, flush=True)
+            emit(
+                _kernel_table(
+                    configs, modes, peaks, times, errors, flops, agreement, f"{r + 1} of {rounds} rounds"
+                )
+            )
+    return _kernel_table(configs, modes, peaks, times, errors, flops, agreement, f"median of {rounds} rounds")
+
+
+def _kernel_table(configs, modes, peaks, times, errors, flops, agreement, rounds_done: str) -> str:
     rows = [
-        f"Matmul peaks measured here (TFLOP/s): {', '.join(f'{d} {v:.0f}' for d, v in peaks.items())}.",
+        f"Matmul peaks measured here (TFLOP/s): {', '.join(f'{d} {v:.0f}' for d, v in peaks.items())}; "
+        f"{rounds_done}.",
         "",
         "| model | input | batch | mode | ms / batch | images/s | vs fp32 eager | vs bf16 autocast "
         "| GFLOPs / image | % of its dtype's matmul peak | labels = fp32 | max abs logit diff |",
@@ -266,6 +284,8 @@ def kernels(configs: list[str], modes: list[str], rounds: int, min_s: float, wor
             key = (config, mode)
             if key in errors:
                 rows.append(f"| {name} | {h}x{w} | {b} | {mode} | not run: {errors[key]} | | | | | | | |")
+                continue
+            if key not in times:  # its warm-up did not finish
                 continue
             s = statistics.median(times[key])
             fp32 = statistics.median(times[(config, "fp32")]) if (config, "fp32") in times else None
@@ -444,7 +464,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         work = Path(tmp)
         if not args.no_kernels:
-            sections.append(kernels(args.configs, modes, args.rounds, args.min_s, work))
+            emit = lambda table: _write(args.out, [*header, table], quiet=True)  # noqa: E731
+            sections.append(kernels(args.configs, modes, args.rounds, args.min_s, work, emit))
             sections += ["", *[f"- {m}: {MODES[m]}" for m in modes]]
             _write(args.out, header + sections)
         if not args.no_e2e:
@@ -465,9 +486,10 @@ def main() -> None:
     _write(args.out, header + sections)
 
 
-def _write(out: Path | None, lines: list[str]) -> None:
+def _write(out: Path | None, lines: list[str], quiet: bool = False) -> None:
     text = "\n".join(lines) + "\n"
-    print(text, flush=True)
+    if not quiet:
+        print(text, flush=True)
     if out:
         out.write_text(text)
 
