@@ -7,7 +7,7 @@ For each data set: every log is vectorized from its true masks (``tools/vectoriz
 if LOG/map/vectorize.json exists), the logs are merged (``tools/merge.py --out ROOT/merged``), and the
 merged map and each single drive are scored (``tools/eval_map.py``) against the union of the logs'
 truth (``map_metrics.union_ground_truth``: a single drive is clipped to its own coverage, so it is not
-blamed for what it never saw). Prints one row a map and writes ``merge_bar.json`` beside the data sets.
+blamed for what it never saw). Prints one row a map and writes ``--out`` (default ``merge_bar.json`` here).
 """
 
 from __future__ import annotations
