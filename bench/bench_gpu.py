@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import json
 import os
@@ -43,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-from bench_infer import make_checkpoint, run_infer
+from bench_infer import decoded_frames, make_checkpoint, run_infer
 from torch import nn
 
 from hdmap_seg.data.classes import ROAD_CLASSES
@@ -128,7 +129,7 @@ def make_call(mode: str, net: nn.Module, x: torch.Tensor, work: Path) -> Callabl
 
         return call
     if mode == "half":
-        half, xh = _copy(net).half(), x.half()
+        half, xh = copy.deepcopy(net).half(), x.half()
         return lambda: half(xh).float()
     if mode == "compile_fp16":
         compiled = torch.compile(net)
@@ -146,12 +147,6 @@ def make_call(mode: str, net: nn.Module, x: torch.Tensor, work: Path) -> Callabl
     raise ValueError(mode)
 
 
-def _copy(net: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(net)
-
-
 def _tensorrt_call(net: nn.Module, x: torch.Tensor, work: Path) -> Callable[[], torch.Tensor]:
     with contextlib.suppress(ImportError):
         import torch_tensorrt
@@ -162,7 +157,7 @@ def _tensorrt_call(net: nn.Module, x: torch.Tensor, work: Path) -> Callable[[], 
     import onnxruntime as ort
 
     path = work / f"trt_{x.shape[0]}x{x.shape[2]}x{x.shape[3]}.onnx"
-    torch.onnx.export(_copy(net).cpu(), (x.cpu(),), str(path), opset_version=17, dynamo=False)
+    torch.onnx.export(copy.deepcopy(net).cpu(), (x.cpu(),), str(path), opset_version=17, dynamo=False)
     session = ort.InferenceSession(
         str(path),
         providers=[("TensorrtExecutionProvider", {"trt_fp16_enable": True}), "CUDAExecutionProvider"],
@@ -311,14 +306,11 @@ def write_logs(root: Path, scale: float, logs: int, frames: int, workers: int) -
 
 def bare_forward_fps(ckpt: Path, logs: list[Path], batch_size: int, precision: str) -> float:
     """The model alone on the same decoded frames, already batched on the GPU, at ``precision``."""
-    from hdmap_seg.inference import FrameDataset, FrameJob
     from hdmap_seg.module import load_segmenter
 
     net, _ = load_segmenter(ckpt)
     net = net.cuda().eval()
-    frames = [p for log in logs for p in sorted((log / "image_02/data").glob("*.png"))]
-    dataset = FrameDataset([FrameJob(p, p) for p in frames])
-    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))]).cuda()
+    images = decoded_frames(logs).cuda()
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     autocast = torch.autocast("cuda", dtype) if dtype else contextlib.nullcontext()
 

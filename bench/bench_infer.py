@@ -83,10 +83,15 @@ def run_infer(
     return json.loads((out / "summary.json").read_text()), usage.ru_maxrss / 1024
 
 
-def bare_forward_fps(model: torch.nn.Module, log: Path, batch_size: int, repeats: int = 2) -> float:
-    frames = sorted((log / "image_02/data").glob("*.png"))
+def decoded_frames(logs: list[Path]) -> torch.Tensor:
+    """``(N, 3, H, W)`` the logs' camera frames as tools/infer.py feeds them to the model (decoded, normalised)."""
+    frames = [p for log in logs for p in sorted((log / "image_02/data").glob("*.png"))]
     dataset = FrameDataset([FrameJob(p, p) for p in frames])
-    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    return torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+
+
+def bare_forward_fps(model: torch.nn.Module, log: Path, batch_size: int, repeats: int = 2) -> float:
+    images = decoded_frames([log])
     batches = images.split(batch_size)
     with torch.inference_mode():
         model(batches[0])  # warm-up

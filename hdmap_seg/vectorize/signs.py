@@ -110,9 +110,9 @@ def sign_instances(sign_mask: np.ndarray, cfg: SignConfig, pole_mask: np.ndarray
     ``(u, v)`` is the pixel centroid, ``width/height`` the bounding box. Plates that overlap in the
     image (one in front of the other) are split apart (:func:`_split_overlapping`); parts of one plate
     that a post or pole in front of it cuts apart (side by side, rows that mostly coincide, a narrow
-    gap) are joined. With the frame's ``pole_mask``, a gap wider than a thin post's must hold pole
-    pixels (the pole in front): two plates side by side are not one. Plates cut by the image border are
-    left out (their centroid would be off).
+    gap) are joined; with the frame's ``pole_mask``, also across a wider gap that pole pixels fill (a pole in
+    front can cut a plate off its centre: :func:`_continues`). Plates cut by the image border are left out
+    (their centroid would be off).
     """
     H, W = sign_mask.shape
     comps = sorted(components(sign_mask, 1), key=lambda c: c[0])
@@ -198,7 +198,7 @@ def _support_ground_z(p: np.ndarray, kept: np.ndarray, min_parallax_deg: float) 
         return None
     C = views.camera_m[seen]
     d = np.stack([views.bx[seen], views.by[seen], views.bz[seen]], axis=1)
-    if np.degrees(np.arccos(np.clip((d @ d.T).min(), -1.0, 1.0))) < min_parallax_deg:
+    if _parallax_deg(d) < min_parallax_deg:
         return None
     across = np.eye(3)[None] - d[:, :, None] * d[:, None, :]
     base = np.linalg.solve(across.sum(0), np.einsum("nij,nj->i", across, C))
@@ -582,11 +582,15 @@ def _well_triangulated(p: np.ndarray, kept: np.ndarray, min_parallax_deg: float)
     then puts the least-squares point anywhere along the rays.
     """
     views = SignView(*kept.T)
-    dirs = views.ray
-    parallax = np.degrees(np.arccos(np.clip((dirs @ dirs.T).min(), -1.0, 1.0)))
+    parallax = _parallax_deg(views.ray)
     dist = np.linalg.norm(views.camera_m - p, axis=1)
     ratio = float(np.median(dist / views.prior_depth_m))
     return parallax >= min_parallax_deg and 1 / _SIZE_RATIO_FINAL <= ratio <= _SIZE_RATIO_FINAL
+
+
+def _parallax_deg(dirs: np.ndarray) -> float:
+    """The widest angle between any two of the ``(N, 3)`` unit rays, degrees."""
+    return float(np.degrees(np.arccos(np.clip((dirs @ dirs.T).min(), -1.0, 1.0))))
 
 
 def _facing_and_size(p: np.ndarray, kept: np.ndarray) -> tuple[float, float, float]:
