@@ -43,7 +43,7 @@ def test_geojson_follows_rfc7946(tmp_path):
     # lon first: 100 m east of the origin is a larger longitude, 50 m north a larger latitude
     assert lon > ORIGIN.lon0 and lat > ORIGIN.lat0 and alt == pytest.approx(109.5)
     x, y, _ = ORIGIN.to_world(lat, lon)
-    assert (x, y) == pytest.approx((100.0, 50.0), abs=0.01)  # 7 decimals: about 1 cm
+    assert (x, y) == pytest.approx((100.0, 50.0), abs=0.001)  # 8 decimals: about 1 mm
     assert fc["features"][0]["properties"] == {"id": 0, "n_obs": 3, "confidence": 0.75}
     medians = json.loads((tmp_path / "medians.geojson").read_text())["features"]
     poly = shape(medians[0]["geometry"])
@@ -52,7 +52,7 @@ def test_geojson_follows_rfc7946(tmp_path):
     decimals = [
         len(tok.split(".")[1]) for tok in text.replace("]", ",").replace("[", ",").split(",") if "." in tok
     ]
-    assert max(decimals) <= 7
+    assert max(decimals) <= 8
     assert medians[1]["geometry"]["type"] == "LineString" and medians[1]["properties"]["kind"] == "centerline"
     # reading back gives the same geometry within a centimetre
     (g, props), _ = read_geojson(tmp_path / "medians.geojson")

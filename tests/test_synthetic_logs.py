@@ -109,7 +109,7 @@ def test_median_centre_line_lies_on_median_pixels(log_dir):
 
 
 def test_ground_truth_is_valid_rfc7946(log_dir):
-    decimals = re.compile(r"\.\d{8,}")
+    decimals = re.compile(r"\.\d{9,}")  # 8 decimals at most
     for name in ("poles", "signs", "medians", "lane_markings"):
         text = (log_dir / "gt" / f"{name}.geojson").read_text()
         for f in _layer(log_dir, name):

@@ -1,7 +1,7 @@
 """GeoJSON (RFC 7946) and GeoPackage output of map layers, and reading GeoJSON layers back.
 
 RFC 7946: WGS84 longitude, latitude (and altitude in metres for points), exterior rings counter-
-clockwise and holes clockwise, no ``crs`` member. Coordinates are snapped to 7 decimals (1 cm) and
+clockwise and holes clockwise, no ``crs`` member. Coordinates are snapped to 8 decimals (about 1 mm) and
 the snapped geometry is checked valid; altitudes are kept to the millimetre. Files are written
 atomically (:mod:`hdmap_seg.io`).
 """
@@ -33,7 +33,7 @@ from hdmap_seg.maplayers import (
     MapLayers,
 )
 
-DECIMALS = 7
+DECIMALS = 8
 GRID_DEG = 10.0**-DECIMALS
 ALT_DECIMALS = 3
 #: A GeoPackage layer holds one geometry type: the medians' centre lines are a layer of their own there.
@@ -41,7 +41,7 @@ MEDIAN_CENTERLINES = "median_centerlines"
 
 
 def to_wgs84(geom: BaseGeometry, origin: LocalFrame) -> BaseGeometry:
-    """A world-frame geometry -> WGS84 lon/lat(/alt), snapped to 7 decimals, valid, CCW exteriors.
+    """A world-frame geometry -> WGS84 lon/lat(/alt), snapped to 8 decimals, valid, CCW exteriors.
 
     Lines and polygons that cross the antimeridian are cut there into a Multi- geometry (RFC 7946,
     3.1.9), never drawn the long way round the Earth. Lines stay lines and polygons polygons: what
