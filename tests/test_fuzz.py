@@ -808,12 +808,12 @@ def test_a_pole_fit_that_runs_away_keeps_its_start():
     and the GeoJSON writer to ValueError on its infinite longitude."""
     from hdmap_seg.vectorize.poles import refine_pole
 
-    views = np.array(  # cx, cy, drop, azimuth, front range, radius, focal, slope
+    views = np.array(  # cx, cy, drop, azimuth, front range, radius, focal, slope, optical axis azimuth
         [
-            [-0.1665, 1.7295, 1.8167, 0.2399, 4.3388, 0.2577, 33.6693, 0.0],
-            [0.045, 2.1877, 1.8363, 0.1403, 3.0907, 0.1836, 33.6693, 0.0],
-            [0.2672, 2.6477, 1.9, 0.4259, 2.6083, 0.1162, 33.6693, 0.0],
-            [0.7908, 3.6781, 2.0125, 0.9123, 10.103, 0.4501, 33.6693, 0.0],
+            [-0.1665, 1.7295, 1.8167, 0.2399, 4.3388, 0.2577, 33.6693, 0.0, 0.4],
+            [0.045, 2.1877, 1.8363, 0.1403, 3.0907, 0.1836, 33.6693, 0.0, 0.4],
+            [0.2672, 2.6477, 1.9, 0.4259, 2.6083, 0.1162, 33.6693, 0.0, 0.4],
+            [0.7908, 3.6781, 2.0125, 0.9123, 10.103, 0.4501, 33.6693, 0.0, 0.4],
         ]
     )
     start, track_cov = np.array([1.0887, 2.6023]), np.array([[0.0596, 0.0178], [0.0178, 0.0094]])

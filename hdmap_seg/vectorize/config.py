@@ -44,6 +44,9 @@ class PoleConfig:
     # A pole's base rows may err alike in every frame (the same blur of the same mask): the final
     # fit solves for that common offset (this is its prior sigma), where the bearings can tell it.
     base_bias_px: float = 4.0
+    # The drive's surface beside the path is a guess (a kerb, a level sidewalk past the cross slope):
+    # the final fit solves for the base's height above it too (this is its prior sigma).
+    base_height_sigma_m: float = 0.15  # a kerb's height
     sigma_floor_m: float = 0.05  # pose noise floor of one observation
     gate_m: float = 0.5  # model error added to the association gate
     min_obs: int = 5  # a pole seen in fewer frames is rejected (at 10 Hz one in range is seen in 20+)

@@ -119,6 +119,13 @@ class FrameGeometry:
         return np.vstack([ring, ring[:1]])
 
     @cached_property
+    def up_vanishing_px(self) -> np.ndarray:
+        """``(3,)`` homogeneous image point where the world's verticals meet (``K R_cam_from_world e_z``;
+        at infinity, ``[du, dv, 0]``, when the camera's image plane is vertical). The lens's
+        distortion is left out: it bends a vertical little over the few dozen rows it is used on."""
+        return self.camera.K @ self.T_world_from_cam[2, :3]
+
+    @cached_property
     def top_ground_row_px(self) -> int:
         """The highest image row (smallest ``v``) that shows ground within range; rows above cannot."""
         return self.ground_row_px(self.max_range_m)

@@ -3,8 +3,12 @@
 Per frame, connected components of the pole classes are split into instances: columns with few
 pixels (a gap, a thin arm) and jumps of the bottom row between neighbouring columns (two poles at
 different distances touching in the image) separate them. The base is the lowest row of an
-instance at its axis's column there; its ray meets the ground in the pole's front edge, moved back by the
-pole's radius (from its width in pixels) to the axis.
+instance at its axis's column there. The lowest point of a round pole's image is the point of its
+base circle nearest the image plane (``r`` less deep than the axis, not ``r`` nearer along the ray),
+so the ray meets the ground ``r / cos(b)`` in front of the axis, ``b`` the ray's angle from the
+optical axis; the radius comes from the width in pixels, ``2 r f / (range cos^2 b)`` off the optical
+axis. Taking the front edge along the ray, and the width as ``2 r f / range``, put a pole seen
+25-32 deg aside 2-3 cm too far.
 
 An observation's uncertainty is anisotropic: along the viewing direction a pixel of the base row
 is ``(r^2 + Hc^2) / (Hc f)`` metres (``r`` range, ``Hc`` camera height, ``f`` focal length in px),
@@ -46,15 +50,25 @@ _BASE_ROWS_MIN = 3
 
 
 def pole_instances(
-    pole_mask: np.ndarray, cfg: PoleConfig, blocked: np.ndarray | None = None, min_base_row: int = 0
+    pole_mask: np.ndarray,
+    cfg: PoleConfig,
+    blocked: np.ndarray | None = None,
+    min_base_row: int = 0,
+    up_vanishing_px: np.ndarray | None = None,
 ) -> np.ndarray:
     """Pole instances of one frame: ``(K, 3)`` float ``[u_px, v_base_px, width_px]``.
 
     ``pole_mask`` is a ``(H, W)`` uint8/bool mask of pole pixels. ``v_base_px`` is the lower edge of
-    the lowest pole pixel (pixel centres on integers). Instances whose base touches the bottom of
-    the image, or rests on a ``blocked`` pixel (a sign in front of the pole), are not grounded and
-    left out, as are components ending above ``min_base_row`` (their base would be out of range)
-    and instances cut by the image's left or right side (their axis is not seen).
+    the lowest pole pixel (pixel centres on integers), ``u_px`` the axis's column there: the centroid
+    of the lowest rows carried down along the pole's image, the line towards ``up_vanishing_px``
+    (homogeneous ``(3,)``, :attr:`FrameGeometry.up_vanishing_px`; default: upright in the image).
+    A rolled camera leans poles by 1-2 px per metre of pole within 20 m, and the lowest rows'
+    centroid lies half a metre up; its column, taken as the base's, moved every pole seen with the
+    same roll (the same lane's drives, a crowned road's) the same way. ``width_px`` is the lowest
+    rows' mean width. Instances whose base touches the bottom of the image, or rests on a
+    ``blocked`` pixel (a sign in front of the pole), are not grounded and left out, as are
+    components ending above ``min_base_row`` (their base would be out of range) and instances cut
+    by the image's left or right side (their axis is not seen).
     """
     height, width = pole_mask.shape
     out = []
@@ -84,21 +98,34 @@ def pole_instances(
                 ]
                 if below.any():
                     continue
-            # The axis at the base, from the lowest rows only: a rolled camera leans poles in the image,
-            # and the mean column of the whole pole would sit half its height's lean away.
+            # The axis from the lowest rows only (a crossbar or an arm higher up is not the axis).
             seg_height = v_bottom - int(top[cols].min()) + 1
-            low = sub[
-                max(0, v_bottom + 1 - max(_BASE_ROWS_MIN, int(_BASE_ROWS_FRACTION * seg_height))) : v_bottom
-                + 1
-            ]
-            low_counts = low[:, cols].sum(0)
-            u = (
-                x + float(np.average(cols, weights=low_counts))
-                if low_counts.any()
-                else x + float(cols.mean())
-            )
-            out.append((u, y + v_bottom + 0.5, float(len(cols))))
+            row0 = max(0, v_bottom + 1 - max(_BASE_ROWS_MIN, int(_BASE_ROWS_FRACTION * seg_height)))
+            # A leaning pole's lowest rows reach past its strong columns (those run its whole height):
+            # each row's pixels joined to the strong span are the row's, on either side, up to
+            # another pole's strong columns.
+            lean = _lean(up_vanishing_px, x + float(cols.mean()), y + 0.5 * (row0 + v_bottom))
+            band = sub[row0 : v_bottom + 1] & ~strong
+            reach = int(np.ceil(abs(lean) * len(band))) + 1
+            c0, c1 = cols[0], cols[-1] + 1
+            left = np.cumprod(band[:, max(0, c0 - reach) : c0][:, ::-1], axis=1)[:, ::-1]
+            right = np.cumprod(band[:, c1 : c1 + reach], axis=1)
+            band = sub[row0 : v_bottom + 1]
+            rr, cc = np.nonzero(np.concatenate([left, band[:, c0:c1], right], axis=1))
+            u_c = x + max(0, c0 - reach) + float(cc.mean())
+            v_c = y + row0 + float(rr.mean())
+            v_base = y + v_bottom + 0.5
+            width_px = len(cc) / len(np.unique(rr))  # the rows' own: a leaning pole has few strong columns
+            out.append((u_c + _lean(up_vanishing_px, u_c, v_c) * (v_base - v_c), v_base, width_px))
     return np.array(out, dtype=float).reshape(-1, 3)
+
+
+def _lean(up_vanishing_px: np.ndarray | None, u_px: float, v_px: float) -> float:
+    """Columns per row of a world-vertical line through pixel ``(u_px, v_px)``: towards the vanishing point."""
+    if up_vanishing_px is None:
+        return 0.0
+    du, dv = up_vanishing_px[:2] - up_vanishing_px[2] * np.array([u_px, v_px])
+    return float(du / dv) if abs(dv) > 1e-9 * max(abs(du), 1.0) else 0.0
 
 
 class PoleView(NamedTuple):
@@ -115,6 +142,7 @@ class PoleView(NamedTuple):
     radius_m: float  # the pole's radius, from its width in pixels
     focal_px: float
     slope: float  # the ground's rise per metre away from the camera there
+    optical_azimuth_rad: float  # bearing of the camera's optical axis
 
 
 class PoleObservations(NamedTuple):
@@ -122,7 +150,7 @@ class PoleObservations(NamedTuple):
 
     xy: np.ndarray  # (K, 2) ground positions of the axes
     info: np.ndarray  # (K, 2, 2) information matrices
-    views: np.ndarray  # (K, 8) PoleView rows
+    views: np.ndarray  # (K, 9) PoleView rows
     ground: np.ndarray  # (K,) the ground's height at each position
 
 
@@ -148,8 +176,10 @@ def pole_observations(
     hits, offset, r, width = hits[keep], offset[keep], r[keep], instances[keep, 2]
     f = geom.camera.focal_px
     u_hat = offset / r[:, None]
-    radius = 0.5 * width * r / f
-    xy = hits[:, :2] + radius[:, None] * u_hat
+    optical_az = _optical_azimuth(geom.T_world_from_cam)
+    cos_b = _cos_off_axis(np.arctan2(u_hat[:, 1], u_hat[:, 0]), optical_az)
+    radius = 0.5 * width * r * cos_b**2 / f
+    xy = hits[:, :2] + (radius / cos_b)[:, None] * u_hat
     z, grad = geom.surface.height_and_gradient(xy)
     drop = C[2] - hits[:, 2]
     slope = np.einsum("ij,ij->i", grad, u_hat)
@@ -173,13 +203,23 @@ def pole_observations(
         radius,
         np.full(n, f),
         slope,
+        np.full(n, optical_az),
     ]
     return PoleObservations(xy, info, views, z)
 
 
+def _optical_azimuth(T_world_from_cam: np.ndarray) -> float:
+    return float(np.arctan2(T_world_from_cam[1, 2], T_world_from_cam[0, 2]))
+
+
+def _cos_off_axis(azimuth_rad: np.ndarray, optical_azimuth_rad: float | np.ndarray) -> np.ndarray:
+    """Cosine of a bearing's angle from the optical axis's, floored (no pole is seen 80 deg aside)."""
+    return np.maximum(np.cos(azimuth_rad - optical_azimuth_rad), 0.2)
+
+
 def refine_pole(
     xy0: np.ndarray,
-    views: np.ndarray,  # (N, 8) PoleView rows
+    views: np.ndarray,  # (N, 9) PoleView rows
     cfg: PoleConfig,
     pose: PoseConfig | None = None,
     cov0: np.ndarray | None = None,
@@ -192,7 +232,10 @@ def refine_pole(
     offset ``b`` (px, prior ``base_bias_px``) fitted with the point: where the bearings of many
     views fix the point they fix ``b`` too; where they cannot (a short baseline), the rows place it.
     A view's ground is the plane through its base point with the view's slope, so on a grade the
-    depression follows the ground as the point moves. Pose noise (``pose``) widens each view's
+    depression follows the ground as the point moves. The base's height above that ground is fitted
+    too (``dz``, prior ``base_height_sigma_m``): beside the path the drive's surface is a guess (a
+    kerb, a level sidewalk past the cross slope), and a height error moves near views' rows more
+    than far ones', which the bearings tell apart. Pose noise (``pose``) widens each view's
     pixel noise: its heading error turns the bearing, its position error moves the point, which
     near views feel most.
 
@@ -215,24 +258,26 @@ def refine_pole(
     sig_row = np.hypot(
         cfg.sigma_row_px, f * pose.sigma_m * np.abs(drop0 + slope * r_front) / (r_front**2 + drop0**2)
     )
-    prior = np.diag([0.0, 0.0, 1.0 / cfg.base_bias_px**2])
-    theta = np.r_[np.asarray(xy0, dtype=float), 0.0]  # x_m, y_m, b_px
+    prior = np.diag([0.0, 0.0, 1.0 / cfg.base_bias_px**2, 1.0 / cfg.base_height_sigma_m**2])
+    theta = np.r_[np.asarray(xy0, dtype=float), 0.0, 0.0]  # x_m, y_m, b_px, dz_m
     A0 = None
     for _ in range(_REFINE_ITERATIONS):
         d = theta[:2] - C
-        rho = np.maximum(np.linalg.norm(d, axis=1), radius + 1e-3)
-        front = rho - radius
-        drop = drop0 - slope * (front - r_front)
+        ahead = radius / _cos_off_axis(np.arctan2(d[:, 1], d[:, 0]), v.optical_azimuth_rad)
+        rho = np.maximum(np.linalg.norm(d, axis=1), ahead + 1e-3)
+        front = rho - ahead
+        drop = drop0 - slope * (front - r_front) - theta[3]
         az_err = (np.arctan2(d[:, 1], d[:, 0]) - az_obs + np.pi) % (2 * np.pi) - np.pi
         res = np.stack(
             [f * az_err / sig_col, (f * (np.arctan2(drop, front) - dep_obs) + theta[2]) / sig_row], axis=1
         )
-        J = np.zeros((len(views), 2, 3))
+        J = np.zeros((len(views), 2, 4))
         J[:, 0, :2] = (f / sig_col)[:, None] * np.stack([-d[:, 1], d[:, 0]], axis=1) / rho[:, None] ** 2
         J[:, 1, :2] = (
             (-f * (drop + slope * front) / (front**2 + drop**2) / sig_row)[:, None] * d / rho[:, None]
         )
         J[:, 1, 2] = 1.0 / sig_row
+        J[:, 1, 3] = -f * front / (front**2 + drop**2) / sig_row
         w = np.minimum(1.0, _HUBER_K / np.maximum(np.abs(res), 1e-12))
         A = np.einsum("nk,nki,nkj->ij", w, J, J) + prior
         A0 = A if A0 is None else A0
@@ -281,7 +326,11 @@ class PoleBuilder(TrackSet):
     def add(self, frame: FrameStamp, masks: LayerMasks, geometry: FrameGeometry) -> None:
         """The frame's pole instances, grounded where no sign hides their base, fused into the tracks."""
         inst = pole_instances(
-            masks[POLES], self.cfg, blocked=masks.get(SIGNS), min_base_row=geometry.top_ground_row_px
+            masks[POLES],
+            self.cfg,
+            blocked=masks.get(SIGNS),
+            min_base_row=geometry.top_ground_row_px,
+            up_vanishing_px=geometry.up_vanishing_px,
         )
         self.fuse(frame, pole_observations(inst, geometry, self.cfg, self.pose))
 
