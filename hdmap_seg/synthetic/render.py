@@ -39,6 +39,7 @@ _NEAR_M = 0.3  # near clipping plane
 _MAX_GROUND_M = 400.0  # ground beyond this along the ray is left to the sky/haze
 _CULL_SMALL_M = 130.0  # poles, signs, trees and cars farther than this are not drawn
 _CULL_LARGE_M = 350.0
+_BASE_ARC_POINTS = 9  # points of the near half of a pole's base circle (a few px wide when near)
 _TEX = 512  # side of the tiling noise textures
 _HEIGHT_GRID_M = 2.0  # spacing of the terrain's height grid the rays march through
 _MARCH_STEPS = 32  # geometric steps of a ray's march through the slab of the terrain's heights
@@ -606,13 +607,21 @@ class Renderer:
         return shade
 
     def _cylinder(self, x: float, y: float, z0: float, z1: float, radius: float, color, label: int) -> None:
-        """A vertical cylinder as a quad facing the camera, shaded across its width."""
+        """A vertical cylinder: its outline (the sides, the near half of its base circle below) filled
+        with the depth of the plane through its axis facing the camera, shaded across its width.
+
+        The base is drawn round, not as a quad's straight edge: the lowest point of a real pole's image
+        is its base circle's point nearest the image plane, which map building measures poles by.
+        """
         dx, dy = x - self.o[0], y - self.o[1]
         dist = np.hypot(dx, dy)
         if dist < radius + 0.05:
             return
         px, py = -dy / dist * radius, dx / dist * radius  # half-width across the view direction
-        P = np.array([[x - px, y - py, z0], [x + px, y + py, z0], [x + px, y + py, z1], [x - px, y - py, z1]])
+        # From one side round through the point facing the camera to the other (quad's plane first).
+        a = np.arctan2(py, px) + np.linspace(0.0, np.pi, _BASE_ARC_POINTS)
+        arc = np.c_[x + radius * np.cos(a), y + radius * np.sin(a), np.full(_BASE_ARC_POINTS, z0)]
+        P = np.vstack([[[x - px, y - py, z1], [x + px, y + py, z1]], arc])
         r = self._raster(self._to_cam(P))
         if r is None:
             return
