@@ -150,7 +150,13 @@ def test_instances_split_touching_poles_and_skip_ungrounded_ones():
     signs[91:100, 115:130] = True
     inst = pole_instances(mask > 0, PoleConfig(), blocked=signs)
     # A and B apart at their base jump, the arm cut off; u at the column centre, v at the lower pixel edge.
-    assert sorted(inst.tolist()) == [[52.5, 150.5, 6.0], [58.5, 120.5, 6.0], [242.0, 100.5, 5.0]]
+    # The one cut by the image's bottom is not grounded: its lowest rows' centroid gives its bearing.
+    assert sorted(inst.tolist()) == [
+        [52.5, 150.5, 6.0, 1.0],
+        [58.5, 120.5, 6.0, 1.0],
+        [202.0, 191.5, 5.0, 0.0],
+        [242.0, 100.5, 5.0, 1.0],
+    ]
 
 
 def test_instances_follow_a_leaning_pole_down_to_its_base():
@@ -172,11 +178,11 @@ def test_instances_follow_a_leaning_pole_down_to_its_base():
     mask[inside] = 1
     # The vanishing point of the verticals: the axis's line, far up.
     up = np.array([base_u - lean * 1e5, base_v - 1e5, 1.0])
-    ((u, v, w),) = pole_instances(mask > 0, PoleConfig(), up_vanishing_px=up)
-    assert v == pytest.approx(base_v, abs=0.5)
+    ((u, v, w, grounded),) = pole_instances(mask > 0, PoleConfig(), up_vanishing_px=up)
+    assert grounded == 1.0 and v == pytest.approx(base_v, abs=0.5)
     assert u == pytest.approx(base_u - lean * (base_v - v), abs=0.25)  # on the axis, at the base row
     assert w == pytest.approx(2 * half_w, abs=0.5)  # the rows' width, not the strong columns'
-    ((u_upright, _, _),) = pole_instances(mask > 0, PoleConfig())
+    ((u_upright, _, _, _),) = pole_instances(mask > 0, PoleConfig())
     assert abs(u_upright - base_u) > 0.5  # taken as upright, the base lands half the band's lean off
 
 
@@ -200,7 +206,7 @@ def test_pole_far_to_the_side_grounded_at_its_base_circle():
 def test_pole_on_a_kerb_found_by_its_base_height():
     """Poles on a sidewalk 0.15 m above the road the car drives: the surface under the car says nothing
     of the kerb, and the final fit solves for the base's height above it (the rows of near and far
-    views disagree on it); held to the surface, every pole lands 2-4 cm short."""
+    views disagree on it); held to the surface, the poles land 1-3 cm off."""
     camera = kitti_like_camera()
 
     def kerb(x, y):
@@ -223,7 +229,7 @@ def test_pole_on_a_kerb_found_by_its_base_height():
 
     fitted = errors(PoleConfig())
     assert fitted.mean() < 0.012 and fitted.max() < 0.02
-    assert errors(PoleConfig(base_height_sigma_m=1e-4)).mean() > 0.02
+    assert errors(PoleConfig(base_height_sigma_m=1e-4)).mean() > max(0.015, 2 * fitted.mean())
 
 
 def test_sign_instances_split_overlapping_plates_and_join_cut_ones():

@@ -29,6 +29,7 @@ from hdmap_seg.vectorize.config import PoleConfig, PoseConfig
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layer_builder import FrameStamp, LayerMasks
 from hdmap_seg.vectorize.tracks import (
+    CHI2_1D_99,
     CHI2_2D_99,
     GroundAt,
     Track,
@@ -56,7 +57,7 @@ def pole_instances(
     min_base_row: int = 0,
     up_vanishing_px: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Pole instances of one frame: ``(K, 3)`` float ``[u_px, v_base_px, width_px]``.
+    """Pole instances of one frame: ``(K, 4)`` float ``[u_px, v_base_px, width_px, grounded]``.
 
     ``pole_mask`` is a ``(H, W)`` uint8/bool mask of pole pixels. ``v_base_px`` is the lower edge of
     the lowest pole pixel (pixel centres on integers), ``u_px`` the axis's column there: the centroid
@@ -65,10 +66,12 @@ def pole_instances(
     A rolled camera leans poles by 1-2 px per metre of pole within 20 m, and the lowest rows'
     centroid lies half a metre up; its column, taken as the base's, moved every pole seen with the
     same roll (the same lane's drives, a crowned road's) the same way. ``width_px`` is the lowest
-    rows' mean width. Instances whose base touches the bottom of the image, or rests on a
-    ``blocked`` pixel (a sign in front of the pole), are not grounded and left out, as are
-    components ending above ``min_base_row`` (their base would be out of range) and instances cut
-    by the image's left or right side (their axis is not seen).
+    rows' mean width. An instance cut by the image's bottom has ``grounded`` 0 and, for
+    ``(u_px, v_base_px)``, the centroid of its lowest rows: a point of its axis, whose bearing
+    still places it (a pole passed close by leaves the image's bottom while its bearing turns
+    fastest). Instances whose base rests on a ``blocked`` pixel (a sign in front of the pole) are
+    left out, as are components ending above ``min_base_row`` (their base would be out of range)
+    and instances cut by the image's left or right side (their axis is not seen).
     """
     height, width = pole_mask.shape
     out = []
@@ -88,11 +91,12 @@ def pole_instances(
             if len(cols) < cfg.min_width_px:  # a slanted pole's edge column, not a pole
                 continue
             v_bottom = int(bottom[cols].max())
-            if v_bottom - int(top[cols].min()) + 1 < cfg.min_height_px or y + v_bottom >= height - 1:
+            if v_bottom - int(top[cols].min()) + 1 < cfg.min_height_px:
                 continue
+            grounded = y + v_bottom < height - 1
             if x + cols[0] == 0 or x + cols[-1] == width - 1:  # cut by the image's side: its axis is not seen
                 continue
-            if blocked is not None:
+            if grounded and blocked is not None:
                 below = blocked[
                     y + v_bottom + 1 : y + v_bottom + 1 + _BELOW_CHECK_PX, x + cols[0] : x + cols[-1] + 1
                 ]
@@ -116,8 +120,11 @@ def pole_instances(
             v_c = y + row0 + float(rr.mean())
             v_base = y + v_bottom + 0.5
             width_px = len(cc) / len(np.unique(rr))  # the rows' own: a leaning pole has few strong columns
-            out.append((u_c + _lean(up_vanishing_px, u_c, v_c) * (v_base - v_c), v_base, width_px))
-    return np.array(out, dtype=float).reshape(-1, 3)
+            if grounded:
+                out.append((u_c + _lean(up_vanishing_px, u_c, v_c) * (v_base - v_c), v_base, width_px, 1.0))
+            else:
+                out.append((u_c, v_c, width_px, 0.0))
+    return np.array(out, dtype=float).reshape(-1, 4)
 
 
 def _lean(up_vanishing_px: np.ndarray | None, u_px: float, v_px: float) -> float:
@@ -163,6 +170,7 @@ def pole_observations(
     range across the ray.
     """
     pose = pose or PoseConfig()
+    instances = instances[instances[:, 3] > 0] if instances.shape[1] > 3 else instances
     if len(instances) == 0:
         return PoleObservations(
             np.zeros((0, 2)), np.zeros((0, 2, 2)), np.zeros((0, len(PoleView._fields))), np.zeros(0)
@@ -250,8 +258,10 @@ def refine_pole(
     """
     v = PoleView(*np.asarray(views).T)
     C = np.stack([v.cx_m, v.cy_m], axis=1)
-    drop0, az_obs, r_front, radius, f = v.drop_m, v.azimuth_rad, v.front_range_m, v.radius_m, v.focal_px
-    slope = v.slope
+    has_row = np.isfinite(v.drop_m)  # bearing-only views (base below the image) have no row
+    drop0 = np.where(has_row, v.drop_m, 1.0)
+    radius, slope = np.where(has_row, v.radius_m, 0.0), np.where(has_row, v.slope, 0.0)
+    az_obs, r_front, f = v.azimuth_rad, v.front_range_m, v.focal_px
     dep_obs = np.arctan2(drop0, r_front)
     pose = pose or PoseConfig()
     sig_col = np.hypot(np.hypot(cfg.sigma_col_px, f * pose.sigma_yaw_rad), f * pose.sigma_m / r_front)
@@ -271,6 +281,7 @@ def refine_pole(
         res = np.stack(
             [f * az_err / sig_col, (f * (np.arctan2(drop, front) - dep_obs) + theta[2]) / sig_row], axis=1
         )
+        res[:, 1] *= has_row
         J = np.zeros((len(views), 2, 4))
         J[:, 0, :2] = (f / sig_col)[:, None] * np.stack([-d[:, 1], d[:, 0]], axis=1) / rho[:, None] ** 2
         J[:, 1, :2] = (
@@ -278,6 +289,7 @@ def refine_pole(
         )
         J[:, 1, 2] = 1.0 / sig_row
         J[:, 1, 3] = -f * front / (front**2 + drop**2) / sig_row
+        J[:, 1] *= has_row[:, None]
         w = np.minimum(1.0, _HUBER_K / np.maximum(np.abs(res), 1e-12))
         A = np.einsum("nk,nki,nkj->ij", w, J, J) + prior
         A0 = A if A0 is None else A0
@@ -333,6 +345,59 @@ class PoleBuilder(TrackSet):
             up_vanishing_px=geometry.up_vanishing_px,
         )
         self.fuse(frame, pole_observations(inst, geometry, self.cfg, self.pose))
+        cut = inst[inst[:, 3] == 0]
+        if len(cut):
+            dirs = geometry.rays_world(cut[:, :2])
+            # Its base lies below the image: nearer than the ground the image's last row shows there.
+            bottom = np.c_[cut[:, 0], np.full(len(cut), geometry.camera.size[1] - 0.5)]
+            hits, ok = geometry.intersect(geometry.rays_world(bottom))
+            reach = np.where(ok, np.linalg.norm(hits[:, :2] - geometry.center[:2], axis=1), np.inf)
+            self.fuse_bearings(
+                frame,
+                geometry,
+                np.arctan2(dirs[:, 1], dirs[:, 0]),
+                reach,
+                _optical_azimuth(geometry.T_world_from_cam),
+            )
+
+    def fuse_bearings(
+        self,
+        frame: FrameStamp,
+        geometry: FrameGeometry,
+        azimuth_rad: np.ndarray,
+        reach_m: np.ndarray,
+        optical_azimuth_rad: float,
+    ) -> None:
+        """Add the bearings ``(B,)`` of poles whose base is below the image to the tracks they point at.
+
+        A bearing places a pole across its ray only (``sigma`` the column noise at the track's
+        range). It joins a track on the ray within the 99 % gate of one degree of freedom and nearer
+        than ``reach_m`` (the ground at the image's bottom; a pole farther along the same line of
+        sight is another), never one this frame saw grounded; one that joins none is dropped. It
+        joins the track's views for the final fit (:func:`refine_pole`) only: it is no sighting of
+        a base (``n_obs``, ``min_obs``) and leaves the information sums that associate the next
+        frames as they were.
+        """
+        tracks = [t for t in self.active if t.last_frame != frame.index]
+        if not tracks:
+            return
+        C = geometry.center[:2]
+        f = geometry.camera.focal_px
+        u_hat = np.stack([np.cos(azimuth_rad), np.sin(azimuth_rad)], axis=1)
+        n_hat = np.stack([-u_hat[:, 1], u_hat[:, 0]], axis=1)
+        est = np.array([t.estimate for t in tracks]) - C
+        cov_t = np.array([t.covariance for t in tracks])
+        along, across = u_hat @ est.T, n_hat @ est.T  # (B, T)
+        floor = np.hypot(self.cfg.sigma_floor_m, self.pose.sigma_m)
+        sig = np.hypot(np.hypot(along / f * self.cfg.sigma_col_px, along * self.pose.sigma_yaw_rad), floor)
+        var = np.einsum("bi,tij,bj->bt", n_hat, cov_t, n_hat) + sig**2 + self.cfg.gate_m**2
+        near = (along > 1.0) & (along < 1.1 * reach_m[:, None] + 0.5)
+        cost = np.where(near, across**2 / var, np.inf)
+        for b, t in assign(cost, CHI2_1D_99):
+            view = PoleView(
+                C[0], C[1], np.nan, azimuth_rad[b], along[b, t], np.nan, f, np.nan, optical_azimuth_rad
+            )
+            keep_best(tracks[t].kept, view, self.cfg.max_obs_kept, score=lambda v: -v.front_range_m)
 
     def fuse(self, frame: FrameStamp, obs: PoleObservations) -> None:
         """Associate one frame's observations with the tracks (Hungarian, Mahalanobis gate) and add them."""

@@ -109,6 +109,8 @@ def keep_best(kept: list, record: Any, limit: int, score: Callable[[Any], float]
 #: 99% of a chi-square with 2 degrees of freedom: the squared Mahalanobis gate of association (poles
 #: on the ground, signs in the image).
 CHI2_2D_99 = 9.21
+#: ... and with 1 (a bearing: across its ray only).
+CHI2_1D_99 = 6.63
 
 
 def assign(cost: np.ndarray, gate: float | np.ndarray) -> list[tuple[int, int]]:
