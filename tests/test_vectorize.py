@@ -30,7 +30,7 @@ from hdmap_seg.vectorize import MapBuilder, VectorizeConfig, load_vectorize_conf
 from hdmap_seg.vectorize.config import PoleConfig, SignConfig, for_mask_classes, layer_classes
 from hdmap_seg.vectorize.frame import FrameGeometry
 from hdmap_seg.vectorize.layer_builder import FrameStamp
-from hdmap_seg.vectorize.poles import PoleBuilder, pole_instances, pole_observations
+from hdmap_seg.vectorize.poles import PoleBuilder, PoleView, pole_instances, pole_observations
 from hdmap_seg.vectorize.signs import SignView, _off_path_m, _support_ground_z, sign_instances, support_bases
 
 REPO = Path(__file__).resolve().parents[1]
@@ -230,6 +230,24 @@ def test_pole_on_a_kerb_found_by_its_base_height():
     fitted = errors(PoleConfig())
     assert fitted.mean() < 0.012 and fitted.max() < 0.02
     assert errors(PoleConfig(base_height_sigma_m=1e-4)).mean() > max(0.015, 2 * fitted.mean())
+
+
+def test_pole_passed_close_by_keeps_its_bearing_after_its_base_leaves_the_image():
+    """A pole 3 m beside the lane: once its base is below the image, its bearing (turning fastest then)
+    still joins its track as a view of the final fit, though not as a sighting of its base."""
+    camera = kitti_like_camera()
+    pole = np.array([[25.0, -5.0, 0.12, 7.0]])
+    builder = MapBuilder(camera)
+    for i, T in enumerate(trajectory(30)):
+        builder.add_frame(i, render_mask(camera, T, Scene(poles=pole)), T @ camera.T_vehicle_from_cam)
+    (track,) = [*builder.builders["poles"].active, *builder.builders["poles"].finished]
+    views = PoleView(*np.array(track.kept).T)
+    bearing_only = ~np.isfinite(views.drop_m)
+    assert bearing_only.sum() >= 2 and track.n_obs == (~bearing_only).sum()
+    assert views.front_range_m[bearing_only].max() < views.front_range_m[~bearing_only].min()
+    (f,) = builder.finish()["poles"]
+    assert np.hypot(f.geometry.x - 25.0, f.geometry.y + 5.0) < 0.01
+    assert f.properties["n_obs"] == track.n_obs
 
 
 def test_sign_instances_split_overlapping_plates_and_join_cut_ones():
