@@ -370,8 +370,8 @@ class PoleBuilder(TrackSet):
     ) -> None:
         """Add the bearings ``(B,)`` of poles whose base is below the image to the tracks they point at.
 
-        A bearing places a pole across its ray only (``sigma`` the column noise at the track's
-        range). It joins a track on the ray within the 99 % gate of one degree of freedom and nearer
+        A bearing places a pole across its ray only. It joins a track on the ray within the 99 % gate
+        of one degree of freedom (the column noise at the track's range, its covariance) and nearer
         than ``reach_m`` (the ground at the image's bottom; a pole farther along the same line of
         sight is another), never one this frame saw grounded; one that joins none is dropped. It
         joins the track's views for the final fit (:func:`refine_pole`) only: it is no sighting of
