@@ -289,6 +289,14 @@ def test_a_plate_cut_off_its_centre_by_a_wide_pole_in_front_is_one_plate():
     assert len(sign_instances(signs > 0, SignConfig())) == 2  # no pole mask: the gap is too wide for a post
     background = np.zeros_like(poles)  # the same gap with nothing in it: two plates side by side
     assert len(sign_instances(signs > 0, SignConfig(), background)) == 2
+    # Two plates side by side with a pole between them (a cluster of signs): joined they would be twice as
+    # wide as tall, which no plate is; they stay two.
+    signs, poles = np.zeros((200, 300), np.uint8), np.zeros((200, 300), bool)
+    cv2.circle(signs, (60, 80), 20, 1, -1)
+    cv2.circle(signs, (131, 84), 20, 1, -1)
+    poles[:, 81:111] = True  # wider than a post's gap (0.6 of the plates' height): only a pole joins it
+    signs[poles] = 0
+    assert len(sign_instances(signs > 0, SignConfig(), poles)) == 2
 
 
 def test_support_bases_follow_the_pole_down_from_under_the_plate():

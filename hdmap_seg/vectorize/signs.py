@@ -60,6 +60,9 @@ _NOTCH_FRACTION = 0.07  # notches of overlapping plates: deeper than this x the 
 _MAX_SPLITS = 2  # overlapping plates split at most this many times per component (up to 4 pieces)
 _SCALAR_SEARCH = 16  # up to this many parts within reach, a component's left part is searched for in Python
 _POLE_GAP_FILL = 0.8  # a pole cuts a plate in two: its pixels fill this share of the gap's columns
+# ... and the joined plate is at most this many times as wide as it is tall (plates of a cluster, side by
+# side with poles between them, are not one plate)
+_JOIN_MAX_ASPECT = 1.5
 _SUPPORT_GAP_PX = 3  # a support's pixels below a plate: gaps of up to this many rows are bridged
 _SUPPORT_MIN_VIEWS = 3  # views that saw the support's base, for the ground under a sign
 _SUPPORT_SPREAD_M = 0.15  # their base heights' interquartile range: at most this (else occluded bases)
@@ -262,7 +265,8 @@ def _continues(
     """Whether the component at ``(x, y)`` of ``shape`` is the right part of the plate whose left part is
     ``box``: across a narrow gap (a post in front), its rows mostly the same; or, with the frame's
     ``pole_mask``, across a gap that pole pixels fill (a pole in front, up to the plate's height wide),
-    the smaller part's rows within the other's (a plate cut off its centre leaves a short slice)."""
+    the smaller part's rows within the other's (a plate cut off its centre leaves a short slice), if
+    the two together are no wider than ``_JOIN_MAX_ASPECT`` times their height."""
     px, py, pw, ph = (int(v) for v in box)
     h = shape[0]
     overlap = min(py + ph, y + h) - max(py, y)
@@ -272,6 +276,8 @@ def _continues(
     if gap <= max(2, 0.6 * min(ph, h)) and overlap >= 0.7 * max(ph, h):
         return True
     if pole_mask is None or gap > max(ph, h) or overlap < 0.7 * min(ph, h):
+        return False
+    if x + shape[1] - px > _JOIN_MAX_ASPECT * max(ph, h):  # wider than a plate: plates side by side
         return False
     occluder = pole_mask[max(py, y) : min(py + ph, y + h), px + pw : x]
     return bool(occluder.size) and float(occluder.any(axis=0).mean()) >= _POLE_GAP_FILL
