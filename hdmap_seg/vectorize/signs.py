@@ -62,7 +62,7 @@ _SCALAR_SEARCH = 16  # up to this many parts within reach, a component's left pa
 _POLE_GAP_FILL = 0.8  # a pole cuts a plate in two: its pixels fill this share of the gap's columns
 # ... and the joined plate is at most this many times as wide as it is tall (plates of a cluster, side by
 # side with poles between them, are not one plate)
-_JOIN_MAX_ASPECT = 1.5
+_JOIN_MAX_ASPECT = 2.0
 _SUPPORT_GAP_PX = 3  # a support's pixels below a plate: gaps of up to this many rows are bridged
 _SUPPORT_MIN_VIEWS = 3  # views that saw the support's base, for the ground under a sign
 _SUPPORT_SPREAD_M = 0.15  # their base heights' interquartile range: at most this (else occluded bases)
