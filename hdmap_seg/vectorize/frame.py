@@ -126,6 +126,11 @@ class FrameGeometry:
         return self.camera.K @ self.T_world_from_cam[2, :3]
 
     @cached_property
+    def optical_azimuth_rad(self) -> float:
+        """Bearing of the camera's optical axis in the world's horizontal plane."""
+        return float(np.arctan2(self.T_world_from_cam[1, 2], self.T_world_from_cam[0, 2]))
+
+    @cached_property
     def top_ground_row_px(self) -> int:
         """The highest image row (smallest ``v``) that shows ground within range; rows above cannot."""
         return self.ground_row_px(self.max_range_m)

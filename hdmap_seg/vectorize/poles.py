@@ -109,12 +109,12 @@ def pole_instances(
             # each row's pixels joined to the strong span are the row's, on either side, up to
             # another pole's strong columns.
             lean = _lean(up_vanishing_px, x + float(cols.mean()), y + 0.5 * (row0 + v_bottom))
-            band = sub[row0 : v_bottom + 1] & ~strong
+            band = sub[row0 : v_bottom + 1]
+            weak = band & ~strong
             reach = int(np.ceil(abs(lean) * len(band))) + 1
             c0, c1 = cols[0], cols[-1] + 1
-            left = np.cumprod(band[:, max(0, c0 - reach) : c0][:, ::-1], axis=1)[:, ::-1]
-            right = np.cumprod(band[:, c1 : c1 + reach], axis=1)
-            band = sub[row0 : v_bottom + 1]
+            left = np.cumprod(weak[:, max(0, c0 - reach) : c0][:, ::-1], axis=1)[:, ::-1]
+            right = np.cumprod(weak[:, c1 : c1 + reach], axis=1)
             rr, cc = np.nonzero(np.concatenate([left, band[:, c0:c1], right], axis=1))
             u_c = x + max(0, c0 - reach) + float(cc.mean())
             v_c = y + row0 + float(rr.mean())
@@ -164,13 +164,13 @@ class PoleObservations(NamedTuple):
 def pole_observations(
     instances: np.ndarray, geom: FrameGeometry, cfg: PoleConfig, pose: PoseConfig | None = None
 ) -> PoleObservations:
-    """Instances -> where the poles stand, how certain, and their views (:class:`PoleObservations`).
+    """Grounded instances (:func:`pole_instances`' first three columns) -> where the poles stand, how
+    certain, and their views (:class:`PoleObservations`).
 
     ``pose`` adds the noise of the pose: its position error as it is, its heading error times the
     range across the ray.
     """
     pose = pose or PoseConfig()
-    instances = instances[instances[:, 3] > 0] if instances.shape[1] > 3 else instances
     if len(instances) == 0:
         return PoleObservations(
             np.zeros((0, 2)), np.zeros((0, 2, 2)), np.zeros((0, len(PoleView._fields))), np.zeros(0)
@@ -184,8 +184,7 @@ def pole_observations(
     hits, offset, r, width = hits[keep], offset[keep], r[keep], instances[keep, 2]
     f = geom.camera.focal_px
     u_hat = offset / r[:, None]
-    optical_az = _optical_azimuth(geom.T_world_from_cam)
-    cos_b = _cos_off_axis(np.arctan2(u_hat[:, 1], u_hat[:, 0]), optical_az)
+    cos_b = _cos_off_axis(np.arctan2(u_hat[:, 1], u_hat[:, 0]), geom.optical_azimuth_rad)
     radius = 0.5 * width * r * cos_b**2 / f
     xy = hits[:, :2] + (radius / cos_b)[:, None] * u_hat
     z, grad = geom.surface.height_and_gradient(xy)
@@ -196,7 +195,7 @@ def pole_observations(
     rate = np.maximum(drop + slope * r, 0.1 * drop)
     floor = np.hypot(cfg.sigma_floor_m, pose.sigma_m)
     sig_r = np.hypot((r**2 + drop**2) / (rate * f) * cfg.sigma_row_px, floor)
-    sig_l = np.hypot(np.hypot(r / f * cfg.sigma_col_px, r * pose.sigma_yaw_rad), floor)
+    sig_l = _across_sigma_m(r, f, cfg, pose)
     n_hat = np.stack([-u_hat[:, 1], u_hat[:, 0]], axis=1)
     info = (u_hat[:, :, None] * u_hat[:, None, :]) / sig_r[:, None, None] ** 2 + (
         n_hat[:, :, None] * n_hat[:, None, :]
@@ -211,13 +210,15 @@ def pole_observations(
         radius,
         np.full(n, f),
         slope,
-        np.full(n, optical_az),
+        np.full(n, geom.optical_azimuth_rad),
     ]
     return PoleObservations(xy, info, views, z)
 
 
-def _optical_azimuth(T_world_from_cam: np.ndarray) -> float:
-    return float(np.arctan2(T_world_from_cam[1, 2], T_world_from_cam[0, 2]))
+def _across_sigma_m(range_m: np.ndarray, focal_px: float, cfg: PoleConfig, pose: PoseConfig) -> np.ndarray:
+    """Noise across a view's ray at ``range_m``: the axis column's, the heading's, the pose's floor."""
+    floor = np.hypot(cfg.sigma_floor_m, pose.sigma_m)
+    return np.hypot(np.hypot(range_m / focal_px * cfg.sigma_col_px, range_m * pose.sigma_yaw_rad), floor)
 
 
 def _cos_off_axis(azimuth_rad: np.ndarray, optical_azimuth_rad: float | np.ndarray) -> np.ndarray:
@@ -273,11 +274,12 @@ def refine_pole(
     A0 = None
     for _ in range(_REFINE_ITERATIONS):
         d = theta[:2] - C
-        ahead = radius / _cos_off_axis(np.arctan2(d[:, 1], d[:, 0]), v.optical_azimuth_rad)
+        az = np.arctan2(d[:, 1], d[:, 0])
+        ahead = radius / _cos_off_axis(az, v.optical_azimuth_rad)
         rho = np.maximum(np.linalg.norm(d, axis=1), ahead + 1e-3)
         front = rho - ahead
         drop = drop0 - slope * (front - r_front) - theta[3]
-        az_err = (np.arctan2(d[:, 1], d[:, 0]) - az_obs + np.pi) % (2 * np.pi) - np.pi
+        az_err = (az - az_obs + np.pi) % (2 * np.pi) - np.pi
         res = np.stack(
             [f * az_err / sig_col, (f * (np.arctan2(drop, front) - dep_obs) + theta[2]) / sig_row], axis=1
         )
@@ -344,29 +346,19 @@ class PoleBuilder(TrackSet):
             min_base_row=geometry.top_ground_row_px,
             up_vanishing_px=geometry.up_vanishing_px,
         )
-        self.fuse(frame, pole_observations(inst, geometry, self.cfg, self.pose))
-        cut = inst[inst[:, 3] == 0]
+        grounded = inst[:, 3] > 0
+        self.fuse(frame, pole_observations(inst[grounded, :3], geometry, self.cfg, self.pose))
+        cut = inst[~grounded]
         if len(cut):
             dirs = geometry.rays_world(cut[:, :2])
             # Its base lies below the image: nearer than the ground the image's last row shows there.
             bottom = np.c_[cut[:, 0], np.full(len(cut), geometry.camera.size[1] - 0.5)]
             hits, ok = geometry.intersect(geometry.rays_world(bottom))
             reach = np.where(ok, np.linalg.norm(hits[:, :2] - geometry.center[:2], axis=1), np.inf)
-            self.fuse_bearings(
-                frame,
-                geometry,
-                np.arctan2(dirs[:, 1], dirs[:, 0]),
-                reach,
-                _optical_azimuth(geometry.T_world_from_cam),
-            )
+            self.fuse_bearings(frame, geometry, np.arctan2(dirs[:, 1], dirs[:, 0]), reach)
 
     def fuse_bearings(
-        self,
-        frame: FrameStamp,
-        geometry: FrameGeometry,
-        azimuth_rad: np.ndarray,
-        reach_m: np.ndarray,
-        optical_azimuth_rad: float,
+        self, frame: FrameStamp, geometry: FrameGeometry, azimuth_rad: np.ndarray, reach_m: np.ndarray
     ) -> None:
         """Add the bearings ``(B,)`` of poles whose base is below the image to the tracks they point at.
 
@@ -388,14 +380,21 @@ class PoleBuilder(TrackSet):
         est = np.array([t.estimate for t in tracks]) - C
         cov_t = np.array([t.covariance for t in tracks])
         along, across = u_hat @ est.T, n_hat @ est.T  # (B, T)
-        floor = np.hypot(self.cfg.sigma_floor_m, self.pose.sigma_m)
-        sig = np.hypot(np.hypot(along / f * self.cfg.sigma_col_px, along * self.pose.sigma_yaw_rad), floor)
+        sig = _across_sigma_m(along, f, self.cfg, self.pose)
         var = np.einsum("bi,tij,bj->bt", n_hat, cov_t, n_hat) + sig**2 + self.cfg.gate_m**2
         near = (along > 1.0) & (along < 1.1 * reach_m[:, None] + 0.5)
         cost = np.where(near, across**2 / var, np.inf)
         for b, t in assign(cost, CHI2_1D_99):
             view = PoleView(
-                C[0], C[1], np.nan, azimuth_rad[b], along[b, t], np.nan, f, np.nan, optical_azimuth_rad
+                C[0],
+                C[1],
+                np.nan,
+                azimuth_rad[b],
+                along[b, t],
+                np.nan,
+                f,
+                np.nan,
+                geometry.optical_azimuth_rad,
             )
             keep_best(tracks[t].kept, view, self.cfg.max_obs_kept, score=lambda v: -v.front_range_m)
 
