@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from pathlib import Path
@@ -199,6 +200,50 @@ def test_light_head_shapes_and_size() -> None:
     assert 0.45e6 < n_params(head) < 0.55e6
     features = [torch.randn(2, c, 16 // 2**i, 24 // 2**i) for i, c in enumerate(channels)]
     assert head(features, out_size=(64, 96)).shape == (2, K, 64, 96)
+
+
+def _plain_light_head(
+    head: LightHead, features: list[torch.Tensor], out_size: tuple[int, int]
+) -> torch.Tensor:
+    """The head in its published order: project, resize to the finest stage, concatenate, fuse, classify."""
+    size = features[0].shape[-2:]
+    x = torch.cat(
+        [
+            F.interpolate(proj(f), size=size, mode="bilinear", align_corners=False)
+            for proj, f in zip(head.proj, features, strict=True)
+        ],
+        dim=1,
+    )
+    x = head.classifier(head.dropout(head.fuse(x)))
+    return F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_light_head_computes_the_concatenating_head(train: bool) -> None:
+    # The head folds the fuse convolution into the projections and resizes after it; it must be the
+    # same function, with the same gradients, at an odd size where every resize interpolates.
+    torch.manual_seed(0)
+    channels, E, K = [8, 16, 32, 64], 16, 5
+    head = LightHead(channels, K, embed_dim=E, dropout=0.0).train(train)
+    with torch.no_grad():  # BN statistics that are not the identity
+        head.fuse.bn.running_mean.normal_()
+        head.fuse.bn.running_var.uniform_(0.5, 2.0)
+        for p in head.parameters():
+            p.normal_(0, 0.3)
+    features = [
+        torch.randn(2, c, 13 // 2**i + 1, 19 // 2**i + 1, requires_grad=True) for i, c in enumerate(channels)
+    ]
+    plain = copy.deepcopy(head)
+    out, want = head(features, out_size=(51, 77)), _plain_light_head(plain, features, out_size=(51, 77))
+    torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-4)
+    assert want.abs().max() > 1.0  # not a comparison of near-zero maps
+    grad_out = torch.randn_like(out)
+    got_grads = torch.autograd.grad(out, [head.proj[3].weight, head.fuse.conv.weight, features[2]], grad_out)
+    want_grads = torch.autograd.grad(
+        want, [plain.proj[3].weight, plain.fuse.conv.weight, features[2]], grad_out
+    )
+    for got, expected in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
 
 
 def test_optimiser_can_find_the_head_and_the_position_convolutions() -> None:

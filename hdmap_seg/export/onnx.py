@@ -28,6 +28,8 @@ from hdmap_seg.io import atomic_path
 
 OPSET = 17
 INPUT, OUTPUT = "image", "logits"
+#: the symbolic axes of both, by position
+DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
 #: metadata_props keys (strings; JSON where structured)
 META_CLASSES, META_MEAN, META_STD = "hdmap_seg.classes", "hdmap_seg.mean", "hdmap_seg.std"
 META_DIVISOR, META_MODEL = "hdmap_seg.size_divisor", "hdmap_seg.model_config"
@@ -36,6 +38,8 @@ MAX_LOGIT_DIFF = 1e-4
 MIN_LABEL_AGREEMENT = 0.999
 # Traced at a size that is not a multiple of the windows at any stage (every branch of the padding taken).
 _TRACE_HW = (100, 130)
+# elements a folded constant may have: any layer's weights (onnxscript's default, 8192, leaves most of them)
+_FOLD_LIMIT = 1 << 24
 
 
 def export_onnx(
@@ -50,11 +54,11 @@ def export_onnx(
     The file appears only when complete (written beside it, then renamed).
     """
     import onnx
+    from onnxscript.optimizer import fold_constants
 
     path = Path(path)
     model = model.eval().cpu()
     dummy = torch.zeros(1, 3, *_TRACE_HW)
-    axes = {0: "batch", 2: "height", 3: "width"}
     with atomic_path(path) as tmp, warnings.catch_warnings():
         # The tracer warns about every Python int it records as a shape op; that is what we want.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -66,9 +70,12 @@ def export_onnx(
             opset_version=opset,
             input_names=[INPUT],
             output_names=[OUTPUT],
-            dynamic_axes={INPUT: axes, OUTPUT: axes},
+            dynamic_axes={INPUT: DYNAMIC_AXES, OUTPUT: DYNAMIC_AXES},
         )
         proto = onnx.load(str(tmp))
+        # The tracer records arithmetic on parameters (the light head's folded weights) as nodes; the
+        # quantizers need every Conv weight to be an initializer, so compute such nodes here, once.
+        fold_constants(proto, input_size_limit=_FOLD_LIMIT, output_size_limit=_FOLD_LIMIT)
         meta = {
             META_CLASSES: json.dumps(classes.to_dict()),
             META_MEAN: json.dumps(list(IMAGENET_MEAN)),
