@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,14 @@ from torch import nn
 
 from hdmap_seg.data.classes import ClassSet
 from hdmap_seg.errors import HdmapError
-from hdmap_seg.export.onnx import INPUT, META_DIVISOR, check_normalisation, classes_of, read_metadata
+from hdmap_seg.export.onnx import (
+    DYNAMIC_AXES,
+    INPUT,
+    META_DIVISOR,
+    check_normalisation,
+    classes_of,
+    read_metadata,
+)
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 # the Python package each exported-model backend runs on
@@ -35,20 +44,59 @@ INSTALL = {
     "openvino": 'pip install -e ".[deploy]"  (openvino)',
     "tensorrt": "pip install onnxruntime-gpu tensorrt  (on a machine with an NVIDIA GPU)",
 }
+#: a compiled model's forward: images (B, 3, H, W) float32 -> logits (B, C, H, W)
+Runner = Callable[[np.ndarray], np.ndarray]
 
 
 class ExportedModel(nn.Module):
-    """Base of the exported-model runtimes: numpy in, numpy out, tensors on the caller's device."""
+    """Base of the exported-model runtimes: numpy in, numpy out, tensors on the caller's device.
+
+    The exported graph takes any size. A runtime that knows the input's exact shape folds the shape
+    arithmetic (padding, window partitions, the window mask) into constants and picks kernels for it:
+    OpenVINO runs Twins-SVT-S about 10 % faster so (docs/benchmarks.md). A drive has one frame size, so
+    a shape met a second time gets a model compiled for it (compiling takes about a second, a frame
+    half that); the first time, and for shapes met once, the general model runs. Subclasses with
+    ``specialise`` compile both through :meth:`compile`.
+    """
 
     backend = ""
+    #: compile a model for each recurring input shape (see the class docstring)
+    specialise = False
+    #: shapes that keep their compiled model, the least recently used dropped first
+    MAX_SPECIALISED = 4
 
     def __init__(self, path: Path, size_divisor: int) -> None:
         super().__init__()
         self.path = path
         self.size_divisor = size_divisor  # as Segmenter's: frames are padded to multiples of it
+        self._specialised: OrderedDict[tuple[int, ...], Runner] = OrderedDict()
+        self._seen: set[tuple[int, ...]] = set()
 
-    def run(self, images: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
+    def compile(self, shape: tuple[int, ...] | None) -> Runner:  # pragma: no cover - overridden
+        """A function running the model on inputs of ``shape`` (``None``: any shape)."""
         raise NotImplementedError
+
+    def _runner(self, shape: tuple[int, ...]) -> Runner:
+        if not self.specialise:
+            return self.general
+        if shape in self._specialised:
+            self._specialised.move_to_end(shape)
+            return self._specialised[shape]
+        if shape not in self._seen:
+            self._seen.add(shape)
+            return self.general
+        runner = self._specialised[shape] = self.compile(shape)
+        if len(self._specialised) > self.MAX_SPECIALISED:
+            self._specialised.popitem(last=False)
+        return runner
+
+    @property
+    def specialised_shapes(self) -> list[tuple[int, ...]]:
+        """The shapes with a model compiled for them, least recently used first."""
+        return list(self._specialised)
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return self._runner(images.shape)(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.run(np.ascontiguousarray(images.detach().float().cpu().numpy()))
@@ -59,52 +107,80 @@ class ExportedModel(nn.Module):
 
 
 class OnnxRuntimeModel(ExportedModel):
-    """An ``.onnx`` in an onnxruntime session (``providers`` in order of preference)."""
+    """An ``.onnx`` in an onnxruntime session (``providers`` in order of preference).
+
+    Sessions for one shape (onnxruntime's free-dimension overrides) only on the CPU alone: the GPU
+    providers were not measured with them, and TensorRT builds an engine per shape itself.
+    """
 
     backend = "onnxruntime"
 
     def __init__(self, path: Path, size_divisor: int, providers: list, threads: int | None = None) -> None:
         super().__init__(path, size_divisor)
+        self.requested_providers, self.threads = providers, threads
+        self.specialise = providers == ["CPUExecutionProvider"]
+        self.general = self.compile(None)
+        self.providers = self.general.session.get_providers()
+
+    def compile(self, shape: tuple[int, ...] | None) -> Runner:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
+        if self.threads:
+            options.intra_op_num_threads = self.threads
         # Idle threads sleep rather than spin: frames are decoded by DataLoader workers on the same cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if shape is not None:
+            for axis, name in DYNAMIC_AXES.items():
+                options.add_free_dimension_override_by_name(name, shape[axis])
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            session = ort.InferenceSession(str(self.path), options, providers=self.requested_providers)
         except Exception as err:  # onnxruntime's own exception types
-            raise HdmapError(f"{path}: onnxruntime cannot load it ({type(err).__name__}: {err})") from None
-        self.providers = self.session.get_providers()
+            raise HdmapError(
+                f"{self.path}: onnxruntime cannot load it ({type(err).__name__}: {err})"
+            ) from None
 
-    def run(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {INPUT: images})[0]
+        def run(images: np.ndarray) -> np.ndarray:
+            return session.run(None, {INPUT: images})[0]
+
+        run.session = session  # type: ignore[attr-defined]
+        return run
 
 
 class OpenVinoModel(ExportedModel):
     """An ``.onnx`` compiled by OpenVINO for its CPU device (latency hint: one frame at a time)."""
 
     backend = "openvino"
+    specialise = True
 
     def __init__(self, path: Path, size_divisor: int, threads: int | None = None) -> None:
         super().__init__(path, size_divisor)
         import openvino as ov
 
+        self.core = ov.Core()
         # On CPUs with AVX512-BF16 or AMX, OpenVINO runs an fp32 model in bf16 unless told not to: logits
         # 0.0075 off PyTorch's, and labels that differ from the checkpoint's on the same frames.
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        try:
-            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
-        except Exception as err:  # OpenVINO raises RuntimeError subclasses for a bad model
-            raise HdmapError(f"{path}: OpenVINO cannot compile it ({type(err).__name__}: {err})") from None
-        self.request = self.compiled.create_infer_request()
+            self.config["INFERENCE_NUM_THREADS"] = threads
+        self.general = self.compile(None)
 
-    def run(self, images: np.ndarray) -> np.ndarray:
-        return self.request.infer({0: images})[0].copy()
+    def compile(self, shape: tuple[int, ...] | None) -> Runner:
+        try:
+            model = self.core.read_model(str(self.path))
+            if shape is not None:
+                model.reshape({INPUT: list(shape)})
+            request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        except Exception as err:  # OpenVINO raises RuntimeError subclasses for a bad model
+            raise HdmapError(
+                f"{self.path}: OpenVINO cannot compile it ({type(err).__name__}: {err})"
+            ) from None
+
+        def run(images: np.ndarray) -> np.ndarray:
+            return request.infer({0: images})[0].copy()
+
+        return run
 
 
 def installed(backend: str) -> bool:

@@ -74,6 +74,23 @@ def test_batch_is_dynamic_and_openvino_agrees(exported):
         assert float((out - ref).abs().max()) <= 1e-4, backend
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_recurring_shapes_get_a_model_compiled_for_them_with_the_same_logits(exported, backend):
+    model, path = exported
+    runtime, _ = load_model(path, backend)
+    runtime.MAX_SPECIALISED = 2
+    gen = torch.Generator().manual_seed(0)
+    for h, w in [(64, 96), (64, 96), (64, 96), (97, 61), (97, 61), (40, 56), (40, 56), (64, 96), (64, 96)]:
+        x = torch.randn(1, 3, h, w, generator=gen)
+        with torch.inference_mode():
+            assert float((runtime(x) - model(x)).abs().max()) <= 1e-4, (backend, h, w)
+    # the second meeting compiles; the least recently used of more than two is dropped
+    assert runtime.specialised_shapes == [(1, 3, 40, 56), (1, 3, 64, 96)]
+    # a model compiled for one shape is one for that shape only
+    with pytest.raises(Exception):  # noqa: B017, PT011 - each runtime raises its own type
+        runtime.compile((1, 3, 64, 96))(np.zeros((1, 3, 40, 56), np.float32))
+
+
 def test_compare_backends_times_each_and_measures_agreement_with_the_reference(exported):
     model, path = exported
     flipped = lambda x: -model(x)  # noqa: E731 - the opposite ranking: labels rarely agree
