@@ -53,9 +53,9 @@ class ExportedModel(nn.Module):
 
     The exported graph takes any size. A runtime that knows the input's exact shape folds the shape
     arithmetic (padding, window partitions, the window mask) into constants and picks kernels for it:
-    OpenVINO runs Twins-SVT-S about 10 % faster so (docs/benchmarks.md). A drive has one frame size, so
-    a shape met a second time gets a model compiled for it (compiling takes about a second, a frame
-    half that); the first time, and for shapes met once, the general model runs. Subclasses with
+    OpenVINO runs Twins-SVT-S about 10 % faster so. A drive has one frame size, so a shape met a second
+    time gets a model compiled for it (OpenVINO: 0.6 s for Twins-SVT-S at 512x1024, about a frame's time);
+    the first time, and for shapes met once, the general model runs. Subclasses with
     ``specialise`` compile both through :meth:`compile`.
     """
 
@@ -64,6 +64,8 @@ class ExportedModel(nn.Module):
     specialise = False
     #: shapes that keep their compiled model, the least recently used dropped first
     MAX_SPECIALISED = 4
+    #: the model compiled for any shape (set by subclasses)
+    general: Runner
 
     def __init__(self, path: Path, size_divisor: int) -> None:
         super().__init__()
@@ -76,7 +78,7 @@ class ExportedModel(nn.Module):
         """A function running the model on inputs of ``shape`` (``None``: any shape)."""
         raise NotImplementedError
 
-    def _runner(self, shape: tuple[int, ...]) -> Runner:
+    def _runner_for(self, shape: tuple[int, ...]) -> Runner:
         if not self.specialise:
             return self.general
         if shape in self._specialised:
@@ -96,7 +98,7 @@ class ExportedModel(nn.Module):
         return list(self._specialised)
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        return self._runner(images.shape)(images)
+        return self._runner_for(images.shape)(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.run(np.ascontiguousarray(images.detach().float().cpu().numpy()))
@@ -109,8 +111,8 @@ class ExportedModel(nn.Module):
 class OnnxRuntimeModel(ExportedModel):
     """An ``.onnx`` in an onnxruntime session (``providers`` in order of preference).
 
-    Sessions for one shape (onnxruntime's free-dimension overrides) only on the CPU alone: the GPU
-    providers were not measured with them, and TensorRT builds an engine per shape itself.
+    Only a session on the CPU alone is specialised to recurring shapes (free-dimension overrides): the
+    GPU providers were not measured so, and TensorRT builds an engine per shape itself.
     """
 
     backend = "onnxruntime"
@@ -119,10 +121,11 @@ class OnnxRuntimeModel(ExportedModel):
         super().__init__(path, size_divisor)
         self.requested_providers, self.threads = providers, threads
         self.specialise = providers == ["CPUExecutionProvider"]
-        self.general = self.compile(None)
-        self.providers = self.general.session.get_providers()
+        session = self._session(None)
+        self.providers = session.get_providers()
+        self.general = self._runner(session)
 
-    def compile(self, shape: tuple[int, ...] | None) -> Runner:
+    def _session(self, shape: tuple[int, ...] | None):  # -> onnxruntime.InferenceSession
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -135,17 +138,18 @@ class OnnxRuntimeModel(ExportedModel):
             for axis, name in DYNAMIC_AXES.items():
                 options.add_free_dimension_override_by_name(name, shape[axis])
         try:
-            session = ort.InferenceSession(str(self.path), options, providers=self.requested_providers)
+            return ort.InferenceSession(str(self.path), options, providers=self.requested_providers)
         except Exception as err:  # onnxruntime's own exception types
             raise HdmapError(
                 f"{self.path}: onnxruntime cannot load it ({type(err).__name__}: {err})"
             ) from None
 
-        def run(images: np.ndarray) -> np.ndarray:
-            return session.run(None, {INPUT: images})[0]
+    @staticmethod
+    def _runner(session) -> Runner:
+        return lambda images: session.run(None, {INPUT: images})[0]
 
-        run.session = session  # type: ignore[attr-defined]
-        return run
+    def compile(self, shape: tuple[int, ...] | None) -> Runner:
+        return self._runner(self._session(shape))
 
 
 class OpenVinoModel(ExportedModel):

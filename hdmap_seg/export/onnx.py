@@ -54,7 +54,7 @@ def export_onnx(
     The file appears only when complete (written beside it, then renamed).
     """
     import onnx
-    from onnxscript.optimizer import fold_constants
+    from onnxscript.optimizer import fold_constants, remove_unused_nodes
 
     path = Path(path)
     model = model.eval().cpu()
@@ -76,6 +76,7 @@ def export_onnx(
         # The tracer records arithmetic on parameters (the light head's folded weights) as nodes; the
         # quantizers need every Conv weight to be an initializer, so compute such nodes here, once.
         fold_constants(proto, input_size_limit=_FOLD_LIMIT, output_size_limit=_FOLD_LIMIT)
+        remove_unused_nodes(proto)  # and initializers: onnxruntime warns about each one left
         meta = {
             META_CLASSES: json.dumps(classes.to_dict()),
             META_MEAN: json.dumps(list(IMAGENET_MEAN)),
