@@ -85,6 +85,13 @@ def test_int8_loads_keeps_metadata_and_agrees(trained, tmp_path):
         assert agreement >= MIN_AGREEMENT, (name, agreement)
         assert miou >= ref_miou - MAX_MIOU_DROP, (name, miou, ref_miou)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dynamic.onnx", "static.onnx"]  # no temporaries
+    # static int8: every Conv reads int8 (dequantized) inputs but the stem, which stays float
+    graph = onnx.load(str(int8["static"])).graph
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    quantized = [any(producer.get(i) == "DequantizeLinear" for i in node.input) for node in convs]
+    assert "patch_embeds.0" in convs[0].name and not quantized[0]
+    assert len(convs) > 5 and all(quantized[1:])
 
 
 def test_calibration_frames_are_normalised_and_spread(toy_dataset):
