@@ -135,7 +135,7 @@ def quantize_static_onnx(
         ]
         # The stem (the first Conv, on the image's pixels; nodes are in topological order) stays float.
         # Quantized, it cost a CamVid checkpoint 4.7 mIoU points (17.51 -> 12.82, road IoU 68 -> 36:
-        # road and pavement merged); float, 0.03 (docs/benchmarks.md). It is 0.3 % of Twins-SVT-S's FLOPs.
+        # road and pavement merged); float, 0.04 (docs/benchmarks.md). It is 0.3 % of Twins-SVT-S's FLOPs.
         excluded += [n.name for n in graph.node if n.op_type == "Conv"][:1]
         quantize_static(
             model_in,

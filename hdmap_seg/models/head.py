@@ -24,7 +24,7 @@ class LightHead(nn.Module):
     for stage i folds into that stage's projection; and a 1x1 convolution commutes with bilinear
     resizing (whose weights sum to one, so biases commute too). Each stage is therefore mapped to E
     channels at its own resolution, resized, and the stages are summed: no (B, n*E, H_0, W_0) concatenation,
-    and the n*E x E fuse matmul (about a quarter of Twins-SVT-S's FLOPs) runs on the coarse maps. The
+    and the n*E x E fuse matmul (a fifth of Twins-SVT-S's FLOPs before) runs on the coarse maps. The
     parameters are those of the plain order, so checkpoints load unchanged.
     """
 
