@@ -138,6 +138,18 @@ class PoseConfig:
     def sigma_yaw_rad(self) -> float:
         return float(np.radians(self.sigma_yaw_deg))
 
+    def floor_m(self, sigma_floor_m: float) -> float:
+        """A view's position noise that no range scales: a layer's ``sigma_floor_m`` and the pose's."""
+        return float(np.hypot(sigma_floor_m, self.sigma_m))
+
+    def across_ray_sigma_m(
+        self, range_m: np.ndarray, focal_px: float, sigma_px: float, sigma_floor_m: float
+    ) -> np.ndarray:
+        """1-sigma of a view's position across its ray at ``range_m``: the image's ``sigma_px`` and the
+        heading's error grow with the range; the floor (:meth:`floor_m`) does not."""
+        angular = np.hypot(sigma_px / focal_px, self.sigma_yaw_rad)
+        return np.hypot(np.asarray(range_m) * angular, self.floor_m(sigma_floor_m))
+
 
 @dataclass
 class VectorizeConfig:

@@ -193,9 +193,8 @@ def pole_observations(
     # Range per pixel of the base row: the depression angle changes by (drop + slope r) / (r^2 + drop^2)
     # per metre; a ground rising away resolves range better, one falling away worse.
     rate = np.maximum(drop + slope * r, 0.1 * drop)
-    floor = np.hypot(cfg.sigma_floor_m, pose.sigma_m)
-    sig_r = np.hypot((r**2 + drop**2) / (rate * f) * cfg.sigma_row_px, floor)
-    sig_l = _across_sigma_m(r, f, cfg, pose)
+    sig_r = np.hypot((r**2 + drop**2) / (rate * f) * cfg.sigma_row_px, pose.floor_m(cfg.sigma_floor_m))
+    sig_l = pose.across_ray_sigma_m(r, f, cfg.sigma_col_px, cfg.sigma_floor_m)
     n_hat = np.stack([-u_hat[:, 1], u_hat[:, 0]], axis=1)
     info = (u_hat[:, :, None] * u_hat[:, None, :]) / sig_r[:, None, None] ** 2 + (
         n_hat[:, :, None] * n_hat[:, None, :]
@@ -213,12 +212,6 @@ def pole_observations(
         np.full(n, geom.optical_azimuth_rad),
     ]
     return PoleObservations(xy, info, views, z)
-
-
-def _across_sigma_m(range_m: np.ndarray, focal_px: float, cfg: PoleConfig, pose: PoseConfig) -> np.ndarray:
-    """Noise across a view's ray at ``range_m``: the axis column's, the heading's, the pose's floor."""
-    floor = np.hypot(cfg.sigma_floor_m, pose.sigma_m)
-    return np.hypot(np.hypot(range_m / focal_px * cfg.sigma_col_px, range_m * pose.sigma_yaw_rad), floor)
 
 
 def _cos_off_axis(azimuth_rad: np.ndarray, optical_azimuth_rad: float | np.ndarray) -> np.ndarray:
@@ -380,7 +373,7 @@ class PoleBuilder(TrackSet):
         est = np.array([t.estimate for t in tracks]) - C
         cov_t = np.array([t.covariance for t in tracks])
         along, across = u_hat @ est.T, n_hat @ est.T  # (B, T)
-        sig = _across_sigma_m(along, f, self.cfg, self.pose)
+        sig = self.pose.across_ray_sigma_m(along, f, self.cfg.sigma_col_px, self.cfg.sigma_floor_m)
         var = np.einsum("bi,tij,bj->bt", n_hat, cov_t, n_hat) + sig**2 + self.cfg.gate_m**2
         near = (along > 1.0) & (along < 1.1 * reach_m[:, None] + 0.5)
         cost = np.where(near, across**2 / var, np.inf)

@@ -404,7 +404,7 @@ class SignBuilder(TrackSet):
             t = matched.get(o)
             depth = track_depth[t] if t is not None and self.active[t].n_obs >= 2 else prior_depth[o]
             d = dirs[o]
-            s_perp = _perp_sigma_m(depth, f, self.cfg, self.pose)
+            s_perp = self.pose.across_ray_sigma_m(depth, f, self.cfg.sigma_px, self.cfg.sigma_floor_m)
             s_depth = 0.5 * prior_depth[o]
             outer = np.outer(d, d)
             info = (np.eye(3) - outer) / s_perp**2 + outer / s_depth**2
@@ -511,13 +511,6 @@ class SignBuilder(TrackSet):
         return {"sign_tracks": self.n_tracks}
 
 
-def _perp_sigma_m(depth_m, focal_px: float, cfg: SignConfig, pose: PoseConfig):
-    """1-sigma of a view's miss distance across its ray at ``depth_m``: the centroid's pixel noise and
-    the heading's error grow with the depth, the floor and the pose's position error do not."""
-    angular = np.hypot(cfg.sigma_px / focal_px, pose.sigma_yaw_rad)
-    return np.hypot(np.asarray(depth_m) * angular, np.hypot(cfg.sigma_floor_m, pose.sigma_m))
-
-
 class _Fit(NamedTuple):
     """A sign's point refitted from its views (:func:`_refine`)."""
 
@@ -549,7 +542,9 @@ def _refine(
     inliers = np.ones(len(kept), bool)
     p = p0
     for _ in range(_REFINE_ITERATIONS):
-        s_perp = _perp_sigma_m(np.linalg.norm(p - C, axis=1), focal_px, cfg, pose)
+        s_perp = pose.across_ray_sigma_m(
+            np.linalg.norm(p - C, axis=1), focal_px, cfg.sigma_px, cfg.sigma_floor_m
+        )
         info = (np.eye(3) - outer) / s_perp[:, None, None] ** 2 + outer / (0.5 * prior[:, None, None]) ** 2
         x = C + d * prior[:, None]
         A = info[inliers].sum(0)
