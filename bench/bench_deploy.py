@@ -19,8 +19,8 @@ threads (best of several 2048x2048 ``torch.matmul``, measured in this process). 
 model's FLOPs, so their % of the fp32 peak can pass 100.
 
 ``--e2e``: ``tools/infer.py`` frames/s (its predict phase: decoding, workers, model, mask writing) per backend on
-a small synthetic KITTI drive, against that backend's bare forward on the same decoded frames
-(bench/bench_infer.py's method); the checkpoint holds random weights (speed does not depend on them).
+a small synthetic KITTI drive, against that backend's bare forward on the same decoded frames, in
+``--e2e-rounds`` interleaved rounds (median); the checkpoint holds random weights (speed does not depend on them).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from bench_infer import bare_forward_fps, make_checkpoint, run_infer
+from bench_infer import bare_pass_fps, decoded_frames, make_checkpoint, run_infer, warm_up
 from bench_models import cpu_name
 from torch import nn
 
@@ -231,8 +231,15 @@ def table(
     return "\n".join(rows)
 
 
-def end_to_end(work: Path, threads: int, frames: int, scale: float, batch_size: int, workers: int) -> str:
-    """tools/infer.py frames/s per backend against the bare forward of that backend, as a Markdown table."""
+def end_to_end(
+    work: Path, threads: int, frames: int, scale: float, batch_size: int, workers: int, rounds: int
+) -> str:
+    """tools/infer.py frames/s per backend against the bare forward of that backend, as a Markdown table.
+
+    Interleaved like the table above: each round runs, for every backend in turn, one bare pass over the
+    decoded frames and one tools/infer.py run; the figures are medians over the rounds, so that the
+    machine's drift (10-15 % over minutes here) falls on both sides alike.
+    """
     from hdmap_seg.synthetic import SynthConfig, write_drive_log
 
     ckpt = work / "e2e.ckpt"
@@ -242,24 +249,52 @@ def end_to_end(work: Path, threads: int, frames: int, scale: float, batch_size: 
     log = write_drive_log(
         SynthConfig(seed=21, scale=scale, train=0, val=0, frames_per_log=frames), 0, work / "e2e_log"
     )
-    rows = [
-        "| backend | frames | tools/infer.py frames/s (predict phase) | bare forward frames/s | ratio |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for backend, path in (("torch", ckpt), ("onnxruntime", onnx_path), ("openvino", onnx_path)):
+    batches = decoded_frames([log]).split(batch_size)
+    # tools/infer.py gives the exported-model runtimes torch's thread count, which OMP_NUM_THREADS sets
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    backends = {"torch": ckpt, "onnxruntime": onnx_path, "openvino": onnx_path}
+    bare, failed = {}, {}
+    for backend, path in backends.items():
         try:
-            out = work / f"e2e_out_{backend}"
-            # tools/infer.py gives the exported-model runtimes torch's thread count, which OMP_NUM_THREADS sets
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-            summary, _ = run_infer(path, log, out, batch_size, workers, f"backend={backend}", env=env)
-            bare, _ = load_model(path, backend, threads=threads)
-            bare_fps = bare_forward_fps(bare, log, batch_size)
-            rows.append(
-                f"| {backend} | {summary['frames_predicted']} | {summary['frames_per_s']:.2f} | {bare_fps:.2f} "
-                f"| {summary['frames_per_s'] / bare_fps:.2f} |"
-            )
+            bare[backend], _ = load_model(path, backend, threads=threads)
+            warm_up(bare[backend], batches)
         except Exception as err:  # record and go on to the next backend
-            rows.append(f"| {backend} | | failed: {type(err).__name__}: {str(err)[-300:]!r} | | |")
+            failed[backend] = f"{type(err).__name__}: {str(err)[-300:]}"
+    infer_fps: dict[str, list[float]] = {b: [] for b in bare}
+    bare_fps: dict[str, list[float]] = {b: [] for b in bare}
+    for _ in range(rounds):
+        for backend in list(bare):
+            try:
+                bare_fps[backend].append(bare_pass_fps(bare[backend], batches))
+                summary, _ = run_infer(
+                    backends[backend],
+                    log,
+                    work / f"e2e_out_{backend}",
+                    batch_size,
+                    workers,
+                    f"backend={backend}",
+                    "overwrite=true",
+                    env=env,
+                )
+                infer_fps[backend].append(summary["frames_per_s"])
+            except Exception as err:
+                failed[backend] = f"{type(err).__name__}: {str(err)[-300:]}"
+                del bare[backend]
+    rows = [
+        "| backend | tools/infer.py frames/s (predict phase), rounds | bare forward frames/s, rounds "
+        "| ratio of the medians |",
+        "| --- | --- | --- | ---: |",
+    ]
+    for backend in backends:
+        if backend in failed:
+            rows.append(f"| {backend} | failed: {failed[backend]!r} | | |")
+            continue
+        i, b = infer_fps[backend], bare_fps[backend]
+        rows.append(
+            f"| {backend} | **{statistics.median(i):.2f}** ({', '.join(f'{x:.2f}' for x in i)}) "
+            f"| **{statistics.median(b):.2f}** ({', '.join(f'{x:.2f}' for x in b)}) "
+            f"| {statistics.median(i) / statistics.median(b):.2f} |"
+        )
     return "\n".join(rows)
 
 
@@ -277,6 +312,7 @@ def main() -> None:
         "--e2e", action="store_true", help="also tools/infer.py against the bare forward, per backend"
     )
     p.add_argument("--e2e-frames", type=int, default=20)
+    p.add_argument("--e2e-rounds", type=int, default=3, help="interleaved rounds end to end (median)")
     p.add_argument(
         "--e2e-scale", type=float, default=0.5, help="camera scale of the e2e drive (1 = 1242x375)"
     )
@@ -292,7 +328,11 @@ def main() -> None:
         bench = Bench(work, args.threads, calib_size=sizes[0])
         medians, flops = benchmark(bench, args.runs, sizes, args.rounds, args.warmup)
         peak = max(peak_before, matmul_peak_gflops())  # before and after: the machine's best moment
-        e2e = end_to_end(work, args.threads, args.e2e_frames, args.e2e_scale, 4, 2) if args.e2e else ""
+        e2e = (
+            end_to_end(work, args.threads, args.e2e_frames, args.e2e_scale, 4, 2, args.e2e_rounds)
+            if args.e2e
+            else ""
+        )
 
     import onnxruntime
     import openvino
@@ -314,7 +354,8 @@ def main() -> None:
     if e2e:
         lines += [
             "",
-            f"End to end ({args.e2e_frames} frames, camera scale {args.e2e_scale}, batch 4, 2 workers):",
+            f"End to end ({args.e2e_frames} frames, camera scale {args.e2e_scale}, batch 4, 2 workers, "
+            f"median of {args.e2e_rounds} interleaved rounds):",
             "",
             e2e,
         ]

@@ -168,11 +168,15 @@ class OpenVinoModel(ExportedModel):
         self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            self.source = self.core.read_model(str(self.path))  # parsed once, cloned per compile
+        except Exception as err:  # OpenVINO raises RuntimeError subclasses for a bad model
+            raise HdmapError(f"{self.path}: OpenVINO cannot read it ({type(err).__name__}: {err})") from None
         self.general = self.compile(None)
 
     def compile(self, shape: tuple[int, ...] | None) -> Runner:
         try:
-            model = self.core.read_model(str(self.path))
+            model = self.source.clone()
             if shape is not None:
                 model.reshape({INPUT: list(shape)})
             request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
