@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import select
 import shutil
 import sys
 from collections.abc import Callable
@@ -15,6 +16,9 @@ R = TypeVar("R")
 
 #: Exit status of a command that stopped on a user mistake (bad file, bad option).
 USER_ERROR_EXIT = 2
+
+#: Exit status when the reader of stdout went away (``| head``): what SIGPIPE's default action gives.
+BROKEN_PIPE_EXIT = 128 + 13
 
 #: errno values of a full disk or an exhausted quota: the user's to fix, not our bug.
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -114,18 +118,38 @@ def user_error_message(err: BaseException) -> str | None:
     return _hdmap_message(err) or _no_space_message(err)
 
 
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end was closed (``hdmap-... | head`` once head exits)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), stdout replaced or closed
+        return False
+
+
 def exit_on_user_error(main: Callable[..., R]) -> Callable[..., R]:
     """Decorate a command's ``main`` so that a user error prints one line ``error: ...`` and exits 2.
 
     User errors: :class:`HdmapError` (also wrapped by Hydra's ``instantiate`` or re-raised from a
     DataLoader worker) and a full disk or quota (``OSError`` ENOSPC / EDQUOT). Anything else is a bug
-    and keeps its traceback.
+    and keeps its traceback. A reader of stdout that stops early (``| head``) ends the command quietly
+    with :data:`BROKEN_PIPE_EXIT`, as it ends ``cat``; a broken pipe elsewhere (a DataLoader worker's)
+    is still a bug.
     """
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
-            return main(*args, **kwargs)
+            result = main(*args, **kwargs)
+            sys.stdout.flush()  # a closed reader shows here, not in Python's flush at exit
+            return result
+        except BrokenPipeError:
+            if not stdout_reader_gone():
+                raise
+            # Python would try to flush stdout again at exit and print that it failed.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(BROKEN_PIPE_EXIT) from None
         except Exception as err:
             message = user_error_message(err)
             if message is None:

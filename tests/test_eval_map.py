@@ -12,6 +12,7 @@ import pytest
 from shapely.geometry import LineString, Point, Polygon
 from test_vectorize_scene import ORIGIN, default_scene, kitti_like_camera, trajectory, write_kitti_log
 
+from hdmap_seg.errors import BROKEN_PIPE_EXIT
 from hdmap_seg.evaluate import evaluate_maps
 from hdmap_seg.evaluate.map_metrics import (
     average_precision,
@@ -195,6 +196,27 @@ def test_console_scripts_exit_0_and_report_on_stdout(tmp_path):
         proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "{" not in proc.stderr and "Traceback" not in proc.stderr and proc.stdout.strip()
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly_after_its_files(tmp_path):
+    """``hdmap-eval-map ... | head``: head exits first; the command still writes its files, then ends as
+    SIGPIPE ends ``cat`` (status 141), with no traceback and no "Exception ignored" at exit."""
+    scene = default_scene()
+    _write_truth(tmp_path / "gt", scene)
+    _write_truth(tmp_path / "pred", scene)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "tools/eval_map.py"), str(tmp_path / "pred"), str(tmp_path / "gt")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # the reader is gone before the command prints
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == BROKEN_PIPE_EXIT, stderr[-2000:]
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-2000:]
+    assert (
+        json.loads((tmp_path / "pred" / "eval" / "metrics.json").read_text())["poles"]["@0.5m"]["f1"] == 1.0
+    )
 
 
 def test_a_missing_predicted_layer_is_left_out_with_a_warning_not_scored_empty(tmp_path, caplog):
