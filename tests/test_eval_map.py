@@ -52,6 +52,18 @@ def test_point_metrics_report_height_errors_of_matched_pairs():
     assert "mean_height_error_m" not in point_metrics(pred, gt)
 
 
+def test_point_metrics_report_facing_errors_also_along_the_plates_axis():
+    pred = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [20.0, 0.0, 0.0]])
+    gt = pred + [0.1, 0.0, 0.0]
+    # 10 deg off; the back's facing, 4 deg off the reversed truth (across north); exact
+    pred_props = [{"facing_deg": 30.0}, {"facing_deg": 356.0}, {"facing_deg": 90.0}]
+    gt_props = [{"facing_deg": 20.0}, {"facing_deg": 180.0}, {"facing_deg": 90.0}]
+    m = point_metrics(pred, gt, pred_props, gt_props)
+    assert m["mean_facing_error_deg"] == pytest.approx((10 + 176 + 0) / 3, abs=0.005)  # rounded to 0.01
+    assert m["mean_facing_axis_error_deg"] == pytest.approx((10 + 4 + 0) / 3, abs=0.005)
+    assert m["facing_reversed"] == 1
+
+
 def test_point_metrics_count_misses_and_extras():
     gt = np.array([[0, 0, 0], [10, 0, 0], [20, 0, 0], [30, 0, 0]], float)
     pred = np.array([[0.2, 0, 0], [10, 1.5, 0], [50, 0, 0]], float)

@@ -2,7 +2,7 @@
 
 Points (poles, signs): one-to-one matching on horizontal distance (Hungarian, scipy), precision,
 recall and F1 at 0.5 / 1 / 2 m; mean and 90th-percentile horizontal error of the pairs matched at
-2 m (signs also their altitude, height-above-ground and facing errors).
+2 m (signs also their altitude, height-above-ground and facing errors, the facing also modulo 180 deg).
 
 Lines and polygons (median centre lines and footprints, lane markings): MapTR's Chamfer AP. Each
 line, or polygon's exterior ring, is resampled to ``FIXED_NUM`` points evenly along its length
@@ -80,8 +80,14 @@ def point_metrics(pred: np.ndarray, gt: np.ndarray, pred_props=None, gt_props=No
         dz = np.array([abs(pred[i, 2] - gt[j, 2]) for i, j, _ in pairs])
         out["mean_alt_error_m"] = round(float(dz.mean()), 4)
     if pairs and pred_props and gt_props and all("facing_deg" in p for p in pred_props + gt_props):
-        dang = [angle_diff_deg(pred_props[i]["facing_deg"], gt_props[j]["facing_deg"]) for i, j, _ in pairs]
+        dang = np.array(
+            [angle_diff_deg(pred_props[i]["facing_deg"], gt_props[j]["facing_deg"]) for i, j, _ in pairs]
+        )
         out["mean_facing_error_deg"] = round(float(np.mean(dang)), 2)
+        # The plate's axis, what masks can tell (a drive that saw a plate's back maps the back's facing;
+        # docs/map.md, "Limitations"), and how many pairs point the opposite way.
+        out["mean_facing_axis_error_deg"] = round(float(np.mean(np.minimum(dang, 180.0 - dang))), 2)
+        out["facing_reversed"] = int(np.sum(dang > 90.0))
     if pairs and pred_props and gt_props and all("height_m" in p for p in pred_props + gt_props):
         dh = np.array([abs(pred_props[i]["height_m"] - gt_props[j]["height_m"]) for i, j, _ in pairs])
         out["mean_height_error_m"] = round(float(dh.mean()), 4)
