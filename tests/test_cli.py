@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 
 from conftest import REPO_ROOT
@@ -72,3 +73,14 @@ def test_every_console_script_answers_help_with_exit_0():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, (name, err[-2000:])
         assert "Traceback" not in err and out.strip(), name
+
+
+@pytest.mark.parametrize("status", [1, 2])
+def test_a_failed_demo_step_passes_its_exit_status_on(status, capsys):
+    """A step's user error (2) stays a user error of ``make demo``, a bug (1) stays a bug."""
+    from hdmap_seg.cli.demo import run
+
+    with pytest.raises(SystemExit) as exit_info:
+        run([sys.executable, "-c", f"raise SystemExit({status})"])
+    assert exit_info.value.code == status
+    assert f"demo: step failed (exit {status})" in capsys.readouterr().err

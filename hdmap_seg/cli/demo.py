@@ -58,7 +58,9 @@ def run(cmd: list[str]) -> float:
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=PROJECT_ROOT)
     if proc.returncode != 0:
-        raise SystemExit(f"demo: step failed (exit {proc.returncode}): {shlex.join(cmd)}")
+        # The step printed its own error; its status says whose it is (2: the user's input, 1: a bug).
+        print(f"demo: step failed (exit {proc.returncode}): {shlex.join(cmd)}", file=sys.stderr)
+        raise SystemExit(proc.returncode)
     return time.perf_counter() - start
 
 
