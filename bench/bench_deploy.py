@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from bench_infer import bare_pass_fps, decoded_frames, make_checkpoint, run_infer, warm_up
+from bench_infer import bare_pass_fps, decoded_frames, make_checkpoint, median_cell, run_infer, warm_up
 from bench_models import cpu_name
 from torch import nn
 
@@ -291,8 +291,7 @@ def end_to_end(
             continue
         i, b = infer_fps[backend], bare_fps[backend]
         rows.append(
-            f"| {backend} | **{statistics.median(i):.2f}** ({', '.join(f'{x:.2f}' for x in i)}) "
-            f"| **{statistics.median(b):.2f}** ({', '.join(f'{x:.2f}' for x in b)}) "
+            f"| {backend} | {median_cell(i)} | {median_cell(b)} "
             f"| {statistics.median(i) / statistics.median(b):.2f} |"
         )
     return "\n".join(rows)

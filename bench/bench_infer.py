@@ -102,6 +102,11 @@ def bare_pass_fps(model: torch.nn.Module, batches: Sequence[torch.Tensor]) -> fl
     return sum(len(b) for b in batches) / (time.perf_counter() - start)
 
 
+def median_cell(values: Sequence[float]) -> str:
+    """A table cell of interleaved rounds: the median in bold, then every round's figure."""
+    return f"**{statistics.median(values):.2f}** ({', '.join(f'{x:.2f}' for x in values)})"
+
+
 def warm_up(model: torch.nn.Module, batches: Sequence[torch.Tensor]) -> None:
     """Two calls on the first batch: the exported runtimes compile a model for a shape met twice."""
     with torch.inference_mode():
@@ -162,8 +167,8 @@ def main() -> None:
     )
     print("| --- | ---: | --- | --- | ---: |")
     print(
-        f"| {args.model} | {size['frames']} | **{infer:.2f}** ({', '.join(f'{x:.2f}' for x in infer_fps)}) "
-        f"| **{bare:.2f}** ({', '.join(f'{x:.2f}' for x in bare_fps)}) | {infer / bare:.2f} |\n"
+        f"| {args.model} | {size['frames']} | {median_cell(infer_fps)} | {median_cell(bare_fps)} "
+        f"| {infer / bare:.2f} |\n"
     )
     print(f"| frames (scale {args.memory_scale}) | peak RSS of tools/infer.py (MiB) |")
     print("| ---: | ---: |")
